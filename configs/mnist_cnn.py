@@ -1,0 +1,19 @@
+"""The Flax-example CNN on MNIST: Conv32-ReLU-AvgPool, Conv64-ReLU-AvgPool, Dense 256 ReLU, Dense 10.
+
+    jaxcnn train --config configs/mnist_cnn.py --data-dir ../shared/data
+
+SGD 0.1 with momentum 0.9, batch 128, 10 epochs (the Flax example's settings).
+Reaches ~99.1-99.3% MNIST test accuracy (about 10 minutes on a 2-core CPU).
+"""
+
+from jaxcnn.config import base_config
+
+
+def get_config():
+    config = base_config(model="cnn", dataset="mnist")
+    config.batch_size = 128
+    config.num_epochs = 10
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.optimizer.momentum = 0.9
+    return config.lock()

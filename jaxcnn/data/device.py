@@ -1,0 +1,58 @@
+"""On-device input: whole splits live on the device as uint8; batches are gathered there.
+
+The epoch order is a permutation from `jax.random`, keyed by (seed, epoch) alone, so a run's data
+order does not depend on how it was started or resumed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxcnn.data import Split
+
+# Folded into the run seed so the data order is independent of the parameter-init and dropout keys.
+_SHUFFLE_SALT = 0x5EED
+
+
+class DeviceSplit(struct.PyTreeNode):
+    """A split's arrays on the device; a pytree, so it is passed to compiled functions as is."""
+
+    images: jax.Array  # uint8 (N, H, W, C)
+    labels: jax.Array  # int32 (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def put_on_device(split: Split) -> DeviceSplit:
+    return DeviceSplit(jnp.asarray(split.images, jnp.uint8), jnp.asarray(split.labels, jnp.int32))
+
+
+def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
+    """uint8 pixels -> float32 `(x / 255 - mean) / std`."""
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+    """Shuffled example indices for one epoch as (steps, batch_size); the last partial batch dropped."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _SHUFFLE_SALT), epoch)
+    steps = num_examples // batch_size
+    return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (steps, batch_size) covering every example once, padded with index 0, and the mask
+    (1.0 for real examples, 0.0 for padding) that keeps the padding out of the metrics."""
+    steps = -(-num_examples // batch_size)
+    positions = np.arange(steps * batch_size)
+    indices = np.where(positions < num_examples, positions, 0).astype(np.int32)
+    mask = (positions < num_examples).astype(np.float32)
+    return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def gather_batch(data: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:
+    """The batch at `indices`, normalised; runs inside the compiled step."""
+    return {"image": normalize(data.images[indices], mean, std), "label": data.labels[indices]}

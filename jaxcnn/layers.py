@@ -1,0 +1,184 @@
+"""Building blocks shared by the models: activations, convolution, pooling, batch norm.
+
+This is the one place that turns config values for conv and pool options (ints, tuples, strings, or
+the lists ml_collections may produce) into what Flax takes, and the one place a convolution is built,
+so a faster convolution can replace `nn.Conv` here alone.
+
+Error messages name the model option (`model.<key>`) that usually carries the value: the CNN models
+expose these options under the same names (`kernel_size`, `padding`, `pool_window`, ...).
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from numbers import Integral
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxcnn.errors import JaxcnnError
+
+Activation = Callable[[jax.Array], jax.Array]
+Padding = str | tuple[tuple[int, int], ...]
+
+ACTIVATIONS: dict[str, Activation] = {
+    "elu": jax.nn.elu,
+    # Exact GELU (x·Φ(x)), as PyTorch and Keras default to; jax.nn.gelu defaults to the tanh form.
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "leaky_relu": jax.nn.leaky_relu,  # bound to `negative_slope` by get_activation
+    "linear": lambda x: x,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+
+POOLS: dict[str, Callable[..., jax.Array]] = {"avg": nn.avg_pool, "max": nn.max_pool}
+
+
+def get_activation(name: str, negative_slope: float = 0.01) -> Activation:
+    """The activation called `name`; `negative_slope` is leaky_relu's slope for x < 0."""
+    if name not in ACTIVATIONS:
+        raise JaxcnnError(
+            f"unknown activation {name!r} (model.activation); expected one of: {', '.join(ACTIVATIONS)}"
+        )
+    if name == "leaky_relu":
+        return partial(jax.nn.leaky_relu, negative_slope=negative_slope)
+    return ACTIVATIONS[name]
+
+
+def get_pool(kind: str) -> Callable[..., jax.Array]:
+    """Flax's pooling function for `kind` ("max" or "avg")."""
+    if kind not in POOLS:
+        raise JaxcnnError(f"unknown pool kind {kind!r} (model.pool); expected one of: {', '.join(POOLS)}")
+    return POOLS[kind]
+
+
+def check_dropout(rate: float) -> None:
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise JaxcnnError(f"invalid dropout rate {rate!r} (model.dropout); expected a number in [0, 1), e.g. 0.5")
+
+
+def is_sizes(value: Any) -> bool:
+    """Whether `value` is a sequence of layer sizes (ints >= 1), e.g. hidden Dense widths."""
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(_is_int(v) and v >= 1 for v in value)
+
+
+def check_sizes(value: Any, key: str) -> None:
+    if not is_sizes(value):
+        raise JaxcnnError(f"invalid sizes {value!r} ({key}); expected a tuple of ints >= 1, e.g. (64, 128)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def to_tuple(value: int | Sequence[int], key: str, ndim: int = 2, minimum: int = 1) -> tuple[int, ...]:
+    """An int (same for every spatial dim) or one int per spatial dim, as a tuple of `ndim` ints."""
+    values = (value,) * ndim if _is_int(value) else value
+    if (
+        not isinstance(values, Sequence)
+        or isinstance(values, str)
+        or len(values) != ndim
+        or not all(_is_int(v) and v >= minimum for v in values)
+    ):
+        raise JaxcnnError(
+            f"invalid value {value!r} ({key}); expected an int >= {minimum} or {ndim} such ints, e.g. 3 or (3, 3)"
+        )
+    return tuple(int(v) for v in values)
+
+
+def to_padding(value: Any, key: str, ndim: int = 2) -> Padding:
+    """'VALID'/'SAME' (any case), an int, one int per spatial dim, or one (lo, hi) pair per dim."""
+
+    def pair(p: Any) -> tuple[int, int] | None:
+        if _is_int(p) and p >= 0:
+            return (int(p), int(p))
+        if isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) and v >= 0 for v in p):
+            return (int(p[0]), int(p[1]))
+        return None
+
+    if isinstance(value, str) and value.upper() in ("VALID", "SAME"):
+        return value.upper()
+    if _is_int(value) and value >= 0:
+        return ((int(value), int(value)),) * ndim
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == ndim:
+        pairs = tuple(pair(p) for p in value)
+        if None not in pairs:
+            return pairs
+    raise JaxcnnError(
+        f"invalid padding {value!r} ({key}); expected 'VALID', 'SAME', an int >= 0, "
+        f"{ndim} ints (one per spatial dim) or {ndim} (lo, hi) pairs, e.g. 1 or ((1, 1), (1, 1))"
+    )
+
+
+def _check_not_empty(x: jax.Array, y: jax.Array, what: str) -> None:
+    if 0 in y.shape[1:-1]:
+        raise JaxcnnError(
+            f"{what} turns spatial size {x.shape[1:-1]} into {y.shape[1:-1]}; use a larger input, "
+            "more padding or fewer blocks (model.blocks)"
+        )
+
+
+def conv(
+    x: jax.Array,
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Any = "SAME",
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+    name: str | None = None,
+) -> jax.Array:
+    """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
+
+    `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
+    divide both `features` and the input channels.
+    """
+    ndim = x.ndim - 2
+    in_channels = x.shape[-1]
+    if not _is_int(groups) or groups < 1 or features % groups or in_channels % groups:
+        raise JaxcnnError(
+            f"groups {groups!r} (model.groups) must be an int >= 1 dividing both the input channels "
+            f"({in_channels}) and the conv features ({features}); choose a common divisor, e.g. 1"
+        )
+    y = nn.Conv(
+        features=features,
+        kernel_size=to_tuple(kernel_size, "model.kernel_size", ndim),
+        strides=to_tuple(strides, "model.strides", ndim),
+        padding=to_padding(padding, "model.padding", ndim),
+        kernel_dilation=to_tuple(dilation, "model.dilation", ndim),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        name=name,
+    )(x)
+    _check_not_empty(x, y, f"a convolution with kernel_size {kernel_size!r}")
+    return y
+
+
+def pool(
+    x: jax.Array,
+    kind: str,
+    window: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: Any = "VALID",
+) -> jax.Array:
+    """Max or average pooling over NHWC `x`; `stride` defaults to `window` (non-overlapping)."""
+    pool_fn = get_pool(kind)
+    ndim = x.ndim - 2
+    window = to_tuple(window, "model.pool_window", ndim)
+    stride = window if stride is None else to_tuple(stride, "model.pool_stride", ndim)
+    y = pool_fn(x, window, stride, to_padding(padding, "model.pool_padding", ndim))
+    _check_not_empty(x, y, f"a {kind} pool with window {window}")
+    return y
+
+
+def batch_norm(x: jax.Array, train: bool, dtype: Any = jnp.float32, name: str | None = None) -> jax.Array:
+    """BatchNorm over the batch (statistics in `batch_stats`); no `axis_name`: under sharded jit the
+    batch is global, so the statistics already span all devices."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )(x)

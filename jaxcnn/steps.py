@@ -1,0 +1,57 @@
+"""Pure training and evaluation steps: arrays in, arrays out; no I/O, no Python randomness.
+
+Strategies (plain jit, pmap, sharded jit, fused scans) wrap these at the call site.
+A batch is a dict: `image` float32 (B, H, W, C), `label` int32 (B,), and for evaluation `mask`
+float32 (B,) marking the real examples of a padded batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcnn import losses, optim
+from jaxcnn.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
+    """One optimizer step on one batch; returns the new state and the batch's mean metrics."""
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def objective(params):
+        outputs, updates = state.apply_fn(
+            state.variables(params), batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        loss = state.loss_fn(outputs, batch["label"]).mean()
+        penalty = state.l2 * losses.l2_penalty(params) if state.l2 else 0.0
+        return loss + penalty, (loss, outputs, updates.get("batch_stats", {}))
+
+    grads, (loss, logits, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "learning_rate": optim.learning_rate_in_effect(opt_state),
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(state.loss_fn(logits, batch["label"]) * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }

@@ -1,0 +1,19 @@
+"""Shared fixtures. Real-data tests find MNIST through JAXCNN_DATA_DIR and skip when it is unset."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def real_data_dir() -> pathlib.Path | None:
+    value = os.environ.get("JAXCNN_DATA_DIR")
+    return pathlib.Path(value) if value else None
+
+
+requires_mnist = pytest.mark.skipif(
+    real_data_dir() is None or not (real_data_dir() / "mnist").is_dir(),
+    reason="real MNIST not available: set JAXCNN_DATA_DIR to a directory with mnist/ "
+           "(CI sets it to ../shared/data)")
