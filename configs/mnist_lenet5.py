@@ -2,7 +2,8 @@
 
     jaxcnn train --config configs/mnist_lenet5.py --data-dir ../shared/data
 
-Adam 1e-3, batch 128, 10 epochs, with a warmup + cosine schedule. Reaches ~99.0% MNIST test accuracy.
+Adam 1e-3, batch 128, 10 epochs, with one warmup epoch then cosine decay. Reaches 98.8% MNIST
+test accuracy in ~2 minutes on a 2-core CPU.
 """
 
 from jaxcnn.config import base_config

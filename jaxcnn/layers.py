@@ -4,8 +4,10 @@ This is the one place that turns config values for conv and pool options (ints, 
 the lists ml_collections may produce) into what Flax takes, and the one place a convolution is built,
 so a faster convolution can replace `nn.Conv` here alone.
 
-Error messages name the model option (`model.<key>`) that usually carries the value: the CNN models
-expose these options under the same names (`kernel_size`, `padding`, `pool_window`, ...).
+It also holds the checks of model option values that the model families share (sizes, dropout), so
+a bad config value fails when the model is created. Error messages name the model option
+(`model.<key>`) that carries the value: the CNN models expose conv and pool options under the names
+used here (`kernel_size`, `padding`, `pool_window`, ...).
 """
 
 from collections.abc import Callable, Sequence
@@ -50,30 +52,19 @@ def get_activation(name: str, negative_slope: float = 0.01) -> Activation:
 def get_pool(kind: str) -> Callable[..., jax.Array]:
     """Flax's pooling function for `kind` ("max" or "avg")."""
     if kind not in POOLS:
-        raise JaxcnnError(f"unknown pool kind {kind!r} (model.pool); expected one of: {', '.join(POOLS)}")
+        raise JaxcnnError(
+            f"unknown pool kind {kind!r} (model.pool); expected one of: {', '.join(POOLS)}"
+        )
     return POOLS[kind]
-
-
-def check_dropout(rate: float) -> None:
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
-        raise JaxcnnError(f"invalid dropout rate {rate!r} (model.dropout); expected a number in [0, 1), e.g. 0.5")
-
-
-def is_sizes(value: Any) -> bool:
-    """Whether `value` is a sequence of layer sizes (ints >= 1), e.g. hidden Dense widths."""
-    return isinstance(value, Sequence) and not isinstance(value, str) and all(_is_int(v) and v >= 1 for v in value)
-
-
-def check_sizes(value: Any, key: str) -> None:
-    if not is_sizes(value):
-        raise JaxcnnError(f"invalid sizes {value!r} ({key}); expected a tuple of ints >= 1, e.g. (64, 128)")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def to_tuple(value: int | Sequence[int], key: str, ndim: int = 2, minimum: int = 1) -> tuple[int, ...]:
+def to_tuple(
+    value: int | Sequence[int], key: str, ndim: int = 2, minimum: int = 1
+) -> tuple[int, ...]:
     """An int (same for every spatial dim) or one int per spatial dim, as a tuple of `ndim` ints."""
     values = (value,) * ndim if _is_int(value) else value
     if (
@@ -83,7 +74,8 @@ def to_tuple(value: int | Sequence[int], key: str, ndim: int = 2, minimum: int =
         or not all(_is_int(v) and v >= minimum for v in values)
     ):
         raise JaxcnnError(
-            f"invalid value {value!r} ({key}); expected an int >= {minimum} or {ndim} such ints, e.g. 3 or (3, 3)"
+            f"invalid value {value!r} ({key}); expected an int >= {minimum} or {ndim} such ints, "
+            "e.g. 3 or (3, 3)"
         )
     return tuple(int(v) for v in values)
 
@@ -110,6 +102,27 @@ def to_padding(value: Any, key: str, ndim: int = 2) -> Padding:
         f"invalid padding {value!r} ({key}); expected 'VALID', 'SAME', an int >= 0, "
         f"{ndim} ints (one per spatial dim) or {ndim} (lo, hi) pairs, e.g. 1 or ((1, 1), (1, 1))"
     )
+
+
+def check_dropout(rate: float) -> None:
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise JaxcnnError(
+            f"invalid dropout rate {rate!r} (model.dropout); expected a number in [0, 1), e.g. 0.5"
+        )
+
+
+def is_sizes(value: Any) -> bool:
+    """Whether `value` is a sequence of layer sizes (ints >= 1), e.g. hidden Dense widths."""
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(_is_int(v) and v >= 1 for v in value)
+    )
+
+
+def check_sizes(value: Any, key: str) -> None:
+    if not is_sizes(value):
+        raise JaxcnnError(f"invalid sizes {value!r} ({key}); expected a tuple of ints >= 1, e.g. (64, 128)")
 
 
 def _check_not_empty(x: jax.Array, y: jax.Array, what: str) -> None:
@@ -176,7 +189,9 @@ def pool(
     return y
 
 
-def batch_norm(x: jax.Array, train: bool, dtype: Any = jnp.float32, name: str | None = None) -> jax.Array:
+def batch_norm(
+    x: jax.Array, train: bool, dtype: Any = jnp.float32, name: str | None = None
+) -> jax.Array:
     """BatchNorm over the batch (statistics in `batch_stats`); no `axis_name`: under sharded jit the
     batch is global, so the statistics already span all devices."""
     return nn.BatchNorm(

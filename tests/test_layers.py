@@ -42,7 +42,8 @@ def test_activation_table_covers_every_formula():
 
 @pytest.mark.parametrize("name", sorted(FORMULAS))
 def test_activation_matches_its_formula(name):
-    np.testing.assert_allclose(layers.get_activation(name)(POINTS), FORMULAS[name](POINTS), rtol=1e-5, atol=1e-6)
+    actual = layers.get_activation(name)(POINTS)
+    np.testing.assert_allclose(actual, FORMULAS[name](POINTS), rtol=1e-5, atol=1e-6)
 
 
 def test_leaky_relu_uses_negative_slope():

@@ -20,20 +20,26 @@ EXPECTED_PARAMS = {
     # conv 3·3·1·32 + 32 = 320; conv 3·3·32·64 + 64 = 18,496; 28→14→7 (SAME, avg-pool 2):
     # 7·7·64·256 + 256 = 803,072; 256·10 + 10 = 2,570
     "cnn": 824_458,
-    # input padded to 32: conv 5·5·1·6 + 6 = 156 (→28, pool 14); conv 5·5·6·16 + 16 = 2,416 (→10, pool 5);
-    # 5·5·16·120 + 120 = 48,120; 120·84 + 84 = 10,164; 84·10 + 10 = 850
+    # input padded to 32: conv 5·5·1·6 + 6 = 156 (→28, pool 14); conv 5·5·6·16 + 16 = 2,416
+    # (→10, pool 5); 5·5·16·120 + 120 = 48,120; 120·84 + 84 = 10,164; 84·10 + 10 = 850
     "lenet5": 61_706,
     # bias-free convs 3·3·(3·64 + 64·64 + 64·128 + 128·128 + 128·256 + 256·256) = 1,144,512;
-    # BN 2·(64+64+128+128+256+256) = 1,792; 32→4 after 3 pools: 4·4·256·512 + 512 = 2,097,664; 512·10 + 10 = 5,130
+    # BN 2·(64 + 64 + 128 + 128 + 256 + 256) = 1,792; 32→4 after 3 pools: 4·4·256·512 + 512 = 2,097,664;
+    # 512·10 + 10 = 5,130
     "vgg": 3_249_098,
     # stem 3·3·3·16 + BN 32 = 464; stage 1: 3 blocks · 2·(3·3·16·16 + 32) = 14,016;
-    # stage 2: first block 3·3·16·32 + 64 + 3·3·32·32 + 64 + shortcut 16·32 + 64 = 14,528, two more 2·18,560 → 51,648;
-    # stage 3: 3·3·32·64 + 128 + 3·3·64·64 + 128 + 32·64 + 128 = 57,728, two more 2·73,984 → 205,696; Dense 64·10 + 10 = 650
+    # stage 2: first block 3·3·16·32 + 64 + 3·3·32·32 + 64 + shortcut 16·32 + 64 = 14,528,
+    #   two more 2·(9,216 + 64) each → 14,528 + 37,120 = 51,648;
+    # stage 3: 3·3·32·64 + 128 + 3·3·64·64 + 128 + 32·64 + 128 = 57,728,
+    #   two more 2·(36,864 + 128) each → 57,728 + 147,968 = 205,696;
+    # Dense 64·10 + 10 = 650
     "resnet20": 272_474,
     # stem 3·3·3·64 + 128 = 1,856; stage 1: 2 blocks · 2·(3·3·64·64 + 128) = 147,968;
     # stage 2: 73,728 + 256 + 147,456 + 256 + 8,192 + 256 = 230,144, + 2·(147,456 + 256) = 525,568;
-    # stage 3: 294,912 + 512 + 589,824 + 512 + 32,768 + 512 = 919,040, + 2·(589,824 + 512) = 2,099,712;
-    # stage 4: 1,179,648 + 1,024 + 2,359,296 + 1,024 + 131,072 + 1,024 = 3,673,088, + 2·(2,359,296 + 1,024) = 8,393,728;
+    # stage 3: 294,912 + 512 + 589,824 + 512 + 32,768 + 512 = 919,040,
+    #   + 2·(589,824 + 512) = 2,099,712;
+    # stage 4: 1,179,648 + 1,024 + 2,359,296 + 1,024 + 131,072 + 1,024 = 3,673,088,
+    #   + 2·(2,359,296 + 1,024) = 8,393,728;
     # Dense 512·10 + 10 = 5,130
     "resnet18": 11_173_962,
 }
@@ -48,19 +54,24 @@ def abstract_init(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2
 
 
 def run_modes(model: nn.Module, x: jax.Array) -> dict:
-    """Init, then apply in eval and train mode with dropout keys 1 and 2, all in one jitted call."""
+    """Apply in eval and train mode with dropout keys 1 and 2, in one jitted call.
 
-    def body(x):
-        variables = model.init(jax.random.key(0), x)
+    The variables have init's structure (traced, not run) filled from NumPy: compiling Flax's
+    initialisers for every parameter shape costs seconds, and these tests need no particular values.
+    """
+    abstract = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda a: jnp.asarray(0.1 * rng.normal(size=a.shape), a.dtype), abstract)
 
+    @jax.jit
+    def apply_modes(variables, x):
         def apply(train, key):
             rngs = {"dropout": jax.random.key(key)}
             return model.apply(variables, x, train=train, mutable=["batch_stats"], rngs=rngs)
 
-        return {"variables": variables, "eval": [apply(False, 1), apply(False, 2)],
-                "train": [apply(True, 1), apply(True, 2)]}
+        return {"eval": [apply(False, 1), apply(False, 2)], "train": [apply(True, 1), apply(True, 2)]}
 
-    return jax.jit(body)(x)
+    return {"variables": variables, **apply_modes(variables, x)}
 
 
 def test_registry_lists_every_preset():
@@ -82,6 +93,14 @@ def test_mnist_preset_computes_finite_logits(name):
     (logits, _), _ = run_modes(models.create_model(name, 10), x)["eval"]
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     assert np.isfinite(logits).all()
+
+
+def test_real_init_gives_float32_params_and_finite_logits():
+    model = models.create_model("tiny_cnn", 10)
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    variables = model.init(jax.random.key(0), x)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert np.isfinite(model.apply(variables, x)).all()
 
 
 def test_default_input_shapes_are_mnist_or_cifar():
@@ -139,7 +158,8 @@ def test_bfloat16_computes_in_bfloat16_but_keeps_float32_params_and_logits():
     ],
 )
 def test_batch_norm_stats_update_in_train_mode_only(name, options):
-    out = run_modes(models.create_model(name, 10, **options), jax.random.normal(jax.random.key(1), (4, 8, 8, 3)))
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    out = run_modes(models.create_model(name, 10, **options), x)
     initial = out["variables"]["batch_stats"]
     (_, in_eval), _ = out["eval"]
     (_, in_train), _ = out["train"]

@@ -80,7 +80,8 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **option
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise JaxcnnError(
-            f"unknown option model.{unknown[0]} for model {name!r}; expected one of: {', '.join(sorted(defaults))}"
+            f"unknown option model.{unknown[0]} for model {name!r}; "
+            f"expected one of: {', '.join(sorted(defaults))}"
         )
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise JaxcnnError(f"invalid number of classes {num_classes!r}; expected an int >= 1")

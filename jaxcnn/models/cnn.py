@@ -56,9 +56,10 @@ class ConvNet(nn.Module):
             layers.to_tuple(getattr(self, key), f"model.{key}")
         for key in ("padding", "pool_padding"):
             layers.to_padding(getattr(self, key), f"model.{key}")
-        if not isinstance(self.input_padding, int) or isinstance(self.input_padding, bool) or self.input_padding < 0:
+        pad = self.input_padding
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
             raise JaxcnnError(
-                f"invalid input_padding {self.input_padding!r} (model.input_padding); expected an int >= 0, e.g. 0"
+                f"invalid input_padding {pad!r} (model.input_padding); expected an int >= 0, e.g. 2"
             )
         layers.get_activation(self.activation)
         layers.get_pool(self.pool)
