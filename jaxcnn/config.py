@@ -54,6 +54,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.eval_batch_size = 1000
     config.num_epochs = 10
     config.log_every_steps = 100
+    config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
     config.dataset = dataset_section(dataset)
     config.model = model_section(model)
     config.loss = ml_collections.ConfigDict(
@@ -223,6 +224,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
         _check_positive_int(config, key)
+    if not isinstance(config.logging.tensorboard, bool):
+        raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
     _check_name("dataset.name", config.dataset.name, data.list_datasets())
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:

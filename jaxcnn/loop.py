@@ -1,7 +1,7 @@
 """`train_and_evaluate`: the training loop, to be read top to bottom.
 
 config -> data + model + optimizer -> state -> compiled steps -> epochs (train, validate, decay,
-stop early) -> test -> `config.json`, `metrics.jsonl`, `summary.json` in the workdir.
+stop early) -> test -> `config.json`, `metrics.jsonl`, `summary.json`, `predictions.npz` in the workdir.
 The host touches device values only at logging intervals and once per epoch.
 """
 
@@ -17,15 +17,20 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tqdm
 
 from jaxcnn import data, losses, models, optim
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
 from jaxcnn.data.device import DeviceSplit, eval_order, epoch_order, gather_batch, put_on_device
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState, create_train_state
-from jaxcnn.steps import eval_step, train_step
-from jaxcnn.writers import MetricsWriter, write_json
+from jaxcnn.steps import eval_step, predict_step, train_step
+from jaxcnn.writers import PREDICTIONS_FILE, MetricsWriter, write_json, write_predictions
+
+# How many of the most confidently wrong test images `predictions.npz` keeps for the report.
+NUM_MISTAKES_KEPT = 25
 
 
 @dataclasses.dataclass
@@ -108,6 +113,33 @@ def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit, batch_siz
             "count": int(totals["count"])}
 
 
+def make_predict_fn(mean: float, std: float, loss_name: str) -> Callable:
+    """The compiled call writing one batch's per-example predictions into the (donated) buffers."""
+
+    def predict_one(state: TrainState, outputs: dict, split: DeviceSplit, order: jax.Array, i: jax.Array):
+        batch = gather_batch(split, order[i], mean, std)
+        return jax.tree.map(lambda buffer, value: buffer.at[i].set(value), outputs,
+                            predict_step(state, batch, loss_name, TOP_K))
+
+    return jax.jit(predict_one, donate_argnums=(1,))
+
+
+def predict(predict_fn: Callable, state: TrainState, split: DeviceSplit, batch_size: int) -> dict[str, np.ndarray]:
+    """Per-example `predicted`, `confidence`, `in_top_k` for every example of `split`, in order.
+
+    The batches fill buffers on the device; the host fetches them once, at the end.
+    """
+    n = len(split)
+    order, _ = eval_order(n, min(batch_size, n))
+    shape = order.shape
+    outputs = {"predicted": jnp.zeros(shape, jnp.int32), "confidence": jnp.zeros(shape, jnp.float32),
+               "in_top_k": jnp.zeros(shape, jnp.bool_)}
+    order = jnp.asarray(order)
+    for i in range(shape[0]):
+        outputs = predict_fn(state, outputs, split, order, i)
+    return {key: np.asarray(value).reshape(-1)[:n] for key, value in jax.device_get(outputs).items()}
+
+
 class Progress:
     """A tqdm bar on a terminal; otherwise one plain line per epoch (CI, pipes, nohup)."""
 
@@ -165,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                              config.early_stopping.min_delta)
 
     (workdir / "config.json").write_text(config_to_json(config) + "\n")
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
     train_split, val_split, test_split = (put_on_device(s) for s in (dataset.train, dataset.val, dataset.test))
     mean, std = config.dataset.mean, config.dataset.std
     train_fn, eval_fn = make_train_fn(mean, std), make_eval_fn(mean, std)
@@ -236,8 +268,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
     test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    predictions = predict(make_predict_fn(mean, std, config.loss.name), state, test_split, config.eval_batch_size)
+    test_metrics = classification_metrics(dataset.test.labels, predictions["predicted"], predictions["confidence"],
+                                          predictions["in_top_k"], dataset.class_names)
+    if jax.process_index() == 0:
+        mistakes = most_confident_mistakes(dataset.test.labels, predictions["predicted"],
+                                           predictions["confidence"], NUM_MISTAKES_KEPT)
+        write_predictions(workdir / PREDICTIONS_FILE, dataset.test.labels, predictions, dataset.class_names,
+                          mistakes, dataset.test.images[mistakes])
     writer.write({"event": "test", "epoch": epochs_run, "step": step, "test_loss": test["loss"],
-                  "test_accuracy": test["accuracy"], "wall_time_s": time.perf_counter() - start_time})
+                  "test_accuracy": test["accuracy"],
+                  **{f"test_{key}": test_metrics[key] for key in
+                     ("top5_accuracy", "expected_calibration_error", "macro_f1") if key in test_metrics},
+                  "wall_time_s": time.perf_counter() - start_time})
     writer.close()
 
     summary = {
@@ -259,6 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "compile_s": compile_s,
         "train_images_per_s": timed_images / train_time if train_time > 0 else None,
         "wall_time_s": time.perf_counter() - start_time,
+        "class_names": list(dataset.class_names),
+        "test_metrics": test_metrics,
     }
     write_json(workdir / "summary.json", summary)
     return summary

@@ -55,3 +55,16 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
+
+
+def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str, top_k: int = 5) -> Metrics:
+    """Per-example outputs for the final metrics: predicted class, its probability (the confidence,
+    by the output activation of `loss_name`), and whether the true class is among the `top_k` scores."""
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    probabilities = losses.predict_probabilities(loss_name, logits)
+    true_score = jnp.take_along_axis(logits, batch["label"][:, None], axis=-1)
+    return {
+        "predicted": jnp.argmax(logits, -1).astype(jnp.int32),
+        "confidence": jnp.max(probabilities, -1),
+        "in_top_k": jnp.sum(logits > true_score, axis=-1) < top_k,
+    }

@@ -1,4 +1,5 @@
-"""The one metrics writer: `metrics.jsonl`, `summary.json` and `config.json` in the workdir.
+"""The one metrics writer: `metrics.jsonl`, `summary.json` and `config.json` in the workdir, plus
+TensorBoard event files in `events/` (`config.logging.tensorboard`) and the test predictions.
 
 Records are plain JSON. Timing values (which differ between otherwise identical runs) are kept in
 the keys of `TIMING_KEYS`, so two runs with the same seed give identical files apart from those.
@@ -7,10 +8,14 @@ the keys of `TIMING_KEYS`, so two runs with the same seed give identical files a
 from __future__ import annotations
 
 import json
+import numbers
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
+
+from jaxcnn.errors import JaxcnnError
 
 TIMING_KEYS = frozenset({"wall_time_s", "images_per_s", "train_images_per_s", "epoch_time_s"})
 
@@ -31,19 +36,59 @@ def without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing."""
+class TensorBoardWriter:
+    """Scalars of metrics records as TensorBoard event files, written by tensorboardX (no TensorFlow).
 
-    def __init__(self, workdir: pathlib.Path):
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    Each numeric field of a record becomes the scalar `EVENT/FIELD` at the record's `step`:
+    `train/loss`, `train/learning_rate`, `train/images_per_s`, `epoch/val_accuracy`, `test/test_accuracy`, ...
+    """
+
+    NOT_SCALARS = frozenset({"event", "epoch", "step"})
+
+    def __init__(self, directory: pathlib.Path):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as e:
+            raise JaxcnnError("logging.tensorboard is on but tensorboardX is not installed; "
+                              "pip install 'jaxcnn[tensorboard]' or set --config.logging.tensorboard=false") from e
+        self.directory = pathlib.Path(directory)
+        self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=10)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        event, step = record.get("event", "metrics"), int(record.get("step", 0))
+        for key, value in to_builtin(record).items():
+            if key not in self.NOT_SCALARS and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{event}/{key}", value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing.
+
+    With `tensorboard=True`, every record also goes to TensorBoard event files in `workdir/events/`
+    (from process 0 only, so a multi-process run writes one set of events).
+    """
+
+    def __init__(self, workdir: pathlib.Path, tensorboard: bool = False):
+        workdir = pathlib.Path(workdir)
+        # Created first: a missing tensorboardX fails before metrics.jsonl marks the workdir as used.
+        self._events = (TensorBoardWriter(workdir / "events")
+                        if tensorboard and jax.process_index() == 0 else None)
+        self.path = workdir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
         self._file.flush()
+        if self._events is not None:
+            self._events.write(record)
 
     def close(self) -> None:
         self._file.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def write_json(path: pathlib.Path, payload: Mapping[str, Any]) -> None:
@@ -56,3 +101,26 @@ def write_json(path: pathlib.Path, payload: Mapping[str, Any]) -> None:
 
 def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def write_predictions(path: pathlib.Path, labels: np.ndarray, predictions: Mapping[str, np.ndarray],
+                      class_names: Sequence[str], mistake_indices: np.ndarray, mistake_images: np.ndarray) -> None:
+    """The test predictions as a plain `.npz` (no pickle: `np.load(path)` reads it as is).
+
+    Arrays: `labels`, `predicted`, `confidence`, `in_top_k` (one entry per test example, in test-split
+    order), `class_names`, and the most confidently wrong examples' `mistake_indices` and uint8
+    `mistake_images`, so that `jaxcnn report` needs no access to the dataset.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, labels=np.asarray(labels, np.int32),
+                        predicted=np.asarray(predictions["predicted"], np.int32),
+                        confidence=np.asarray(predictions["confidence"], np.float32),
+                        in_top_k=np.asarray(predictions["in_top_k"], bool),
+                        class_names=np.asarray([str(n) for n in class_names], dtype=np.str_),
+                        mistake_indices=np.asarray(mistake_indices, np.int64),
+                        mistake_images=np.asarray(mistake_images, np.uint8))
+    tmp.replace(path)
