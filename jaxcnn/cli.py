@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the resolved config (after overrides) and exit")
     train.set_defaults(func=run_train)
 
+    report = commands.add_parser(
+        "report", help="figures and report.md for one or more finished runs",
+        description="Draw PNG figures (curves by step and epoch, learning rate, confusion matrix, "
+                    "calibration, the most confidently wrong test images) and write report.md linking "
+                    "them. Given several workdirs, also overlay their validation curves and compare "
+                    "their summaries in a table. Needs matplotlib: pip install 'jaxcnn[report]'.")
+    report.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="workdir of a `jaxcnn train` run")
+    report.add_argument("--out", metavar="DIR",
+                        help="output directory (default: WORKDIR/plots for one workdir, ./report for several)")
+    report.set_defaults(func=run_report)
+
     models = commands.add_parser("models", help="list the registered models with parameter counts",
                                  description="List every registered model with its default input "
                                              "shape and parameter count (10 classes).")
@@ -93,6 +104,15 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
           f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
           f"{summary['wall_time_s']:.1f} s)  workdir {workdir}")
+    return 0
+
+
+def run_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.report import write_report
+
+    report = write_report(args.workdirs, args.out)
+    figures = sorted(report.parent.rglob("*.png"))
+    print(f"wrote {report} and {len(figures)} figures in {report.parent}")
     return 0
 
 

@@ -45,11 +45,13 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray,
                      num_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
     """Per equal-width confidence bin: example count, mean confidence and accuracy (0 for empty bins).
 
-    Bin b holds confidences in (b/num_bins, (b+1)/num_bins]; a confidence of exactly 0 goes to bin 0.
+    Bin b holds confidences in (edge[b], edge[b+1]] with edges `linspace(0, 1, num_bins + 1)`;
+    a confidence of exactly 0 goes to bin 0.
     """
     confidence = np.asarray(confidence, np.float64)
     correct = np.asarray(correct, np.float64)
-    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    inner_edges = np.linspace(0.0, 1.0, num_bins + 1)[1:-1]
+    index = np.digitize(confidence, inner_edges, right=True)
     count = np.bincount(index, minlength=num_bins)
     return {"count": count,
             "confidence": _safe_divide(np.bincount(index, confidence, num_bins), count),
