@@ -156,8 +156,9 @@ class Progress:
             self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
 
     def log(self, loss: float, accuracy: float, images_per_s: float) -> None:
-        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.4f}", img_s=f"{images_per_s:.0f}",
-                             refresh=False)
+        # ordered_dict keeps this order (keyword arguments would be sorted: acc, img_s, loss).
+        self.bar.set_postfix(ordered_dict={"loss": f"{loss:.4f}", "acc": f"{accuracy:.4f}",
+                                           "img/s": f"{images_per_s:.0f}"}, refresh=False)
 
     def epoch_line(self, text: str) -> None:
         if self.interactive:

@@ -110,7 +110,9 @@ def _epoch_axis_on_top(ax, run: Run) -> None:
     """A second x axis above a by-step plot, in epochs."""
     per_epoch = run.steps_per_epoch
     if per_epoch:
+        from matplotlib.ticker import MaxNLocator
         top = ax.secondary_xaxis("top", functions=(lambda s: s / per_epoch, lambda e: e * per_epoch))
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))
         top.set_xlabel("epoch")
 
 
@@ -182,7 +184,7 @@ def plot_curves_by_epoch(run: Run, path: pathlib.Path) -> pathlib.Path:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right" if key == "loss" else "lower right")
+        ax.legend(loc="best")  # clear of the curves and of the best-epoch line
     scale = _loss_scale(loss_ax, [r["train_loss"] for r in epochs], [r.get("val_loss") for r in epochs])
     loss_ax.set_ylabel(f"{run.loss_name} loss{scale}")
     loss_ax.set_title("Loss")
