@@ -108,6 +108,7 @@ def _percent_axis(ax) -> None:
 
 def _epoch_axis_on_top(ax, run: Run) -> None:
     """A second x axis above a by-step plot, in epochs."""
+    ax.set_xlim(left=0)  # from the start of training, so that the epoch axis shows whole epochs
     per_epoch = run.steps_per_epoch
     if per_epoch:
         from matplotlib.ticker import MaxNLocator
@@ -134,11 +135,11 @@ def plot_curves_by_step(run: Run, path: pathlib.Path) -> pathlib.Path:
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "curves_by_step", ncols=2)
     train, epochs = run.events("train"), run.events("epoch")
-    if len(train) >= 2:
+    if len(train) > len(epochs):
         t_steps, t_loss, t_acc = ([r[k] for r in train] for k in ("step", "loss", "accuracy"))
         every = run.config.get("log_every_steps")
         t_label = f"train (mean of each {every} steps)" if every else "train"
-    else:  # fewer logged steps than epochs: the epoch means carry the training curve
+    else:  # no more logged steps than epochs: the epoch means draw the finer curve
         t_steps, t_loss, t_acc = ([r[k] for r in epochs] for k in ("step", "train_loss", "train_accuracy"))
         t_label = "train (epoch mean)"
     val = [r for r in epochs if "val_loss" in r]
