@@ -104,11 +104,12 @@ def _feature_keys(builder: Any, name: str) -> tuple[str, str]:
     keys = builder.info.supervised_keys
     image_key, label_key = keys if isinstance(keys, tuple) and len(keys) == 2 else ("image", "label")
     features = builder.info.features
-    image, label = features.get(image_key), features.get(label_key)
+    image, label = (features[key] if key in features.keys() else None for key in (image_key, label_key))
     if not isinstance(image, tfds.features.Image) or not isinstance(label, tfds.features.ClassLabel):
-        raise JaxcnnError(f"dataset.name {PREFIX}{name}: not an image-classification dataset (needs an "
-                          f"Image feature {image_key!r} and a ClassLabel feature {label_key!r}; it has "
-                          f"{', '.join(features.keys())}); pick another dataset")
+        kinds = {key: type(features[key]).__name__ for key in features.keys()}
+        raise JaxcnnError(f"dataset.name {PREFIX}{name}: not an image-classification dataset: jaxcnn needs an "
+                          f"Image input and a ClassLabel label ({image_key!r} and {label_key!r} here), its "
+                          f"features are {kinds}; pick another dataset")
     if None in image.shape or image.np_dtype != np.uint8:
         raise JaxcnnError(f"dataset.name {PREFIX}{name}: images are {image.shape} {np.dtype(image.np_dtype)}; "
                           "jaxcnn needs uint8 images of one fixed size; pick another dataset")
