@@ -68,3 +68,20 @@ def test_split_names_are_options(tmp_path):
     assert len(dataset.train) == 10  # the mock ignores slicing; the option reached TFDS as a split name
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "tfds" / "jaxcnn_cache").rglob("*.images.npy")) == [
         "test", "train__50__"]
+
+
+def test_failed_preparation_says_which_files_to_put_where(tmp_path, monkeypatch):
+    import jaxcnn.data.tfds as jaxcnn_tfds
+
+    def offline(self, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.setattr(jaxcnn_tfds, "missing_preparation_packages", lambda: [])  # as if TensorFlow were installed
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(JaxcnnError) as caught:
+        load_dataset("tfds:mnist", data_dir=tmp_path, download=True)
+    message = str(caught.value)
+    assert "TFDS could not download and prepare it (ConnectionError: Failed to resolve" in message
+    assert f"into {tmp_path / 'tfds' / 'manual' / 'mnist'}/ and run again with --download" in message
+    assert ("train-images-idx3-ubyte.gz (9,912,422 bytes, sha256 "
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609)") in message

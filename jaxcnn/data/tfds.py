@@ -58,7 +58,7 @@ def prepare_tfds(name: str, root: Path) -> None:
     builder = _builder(name, root)
     if builder.is_prepared():
         return
-    missing = [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]
+    missing = missing_preparation_packages()
     if missing:
         raise JaxcnnError(
             f"dataset.name {PREFIX}{name}: not prepared in {tfds_dir(root)}, and preparing it needs "
@@ -74,6 +74,11 @@ def prepare_tfds(name: str, root: Path) -> None:
             f"dataset.name {PREFIX}{name}: TFDS could not download and prepare it ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); without network, put its original files "
             f"{_expected_files(builder)} into {manual}/ and run again with --download") from e
+
+
+def missing_preparation_packages() -> list[str]:
+    """The packages TFDS's preparation needs that are not installed (TensorFlow is not in `[tfds]`)."""
+    return [m for m in ("tensorflow", "importlib_resources") if importlib.util.find_spec(m) is None]
 
 
 def _tfds():
