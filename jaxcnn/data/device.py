@@ -78,8 +78,3 @@ def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarr
     indices = np.where(positions < num_examples, positions, 0).astype(np.int32)
     mask = (positions < num_examples).astype(np.float32)
     return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-
-
-def gather_batch(data: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:
-    """The batch at `indices`, normalised; runs inside the compiled step."""
-    return {"image": normalize(data.images[indices], mean, std), "label": data.labels[indices]}
