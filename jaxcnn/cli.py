@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", metavar="DIR",
                        help="output directory (default: a new folder under runs/)")
     train.add_argument("--data-dir", metavar="DIR",
-                       help="directory with one subfolder per dataset (mnist/, fashion_mnist/); "
+                       help="directory with one subfolder per dataset (mnist/, fashion_mnist/, cifar10/, tfds/); "
                             "default: $JAXCNN_DATA_DIR")
+    train.add_argument("--download", action="store_true",
+                       help="fetch missing dataset files from their public mirrors into the data directory, "
+                            "checksum-verified (mnist, fashion_mnist, cifar10, cifar100), or prepare a "
+                            "tfds:NAME dataset (needs TensorFlow); same as --config.dataset.download=true")
     train.add_argument("--quiet", action="store_true", help="print only the final summary line")
     train.add_argument("--show-config", action="store_true",
                        help="print the resolved config (after overrides) and exit")
@@ -95,7 +99,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.config import config_to_json, load_config, resolve_config_path
     from jaxcnn.loop import train_and_evaluate
 
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides + ["dataset.download=true"] * args.download)
     if args.show_config:
         print(config_to_json(config))
         return 0

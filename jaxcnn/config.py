@@ -16,14 +16,16 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import models, optim
+from jaxcnn import augment, models, optim
+from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "digits_cnn"
 
 # Keys of the `dataset` section that are not options of the dataset loader itself.
-DATASET_COMMON_KEYS = ("name", "val_fraction", "data_dir", "mean", "std")
+DATASET_COMMON_KEYS = ("name", "val_fraction", "data_dir", "mean", "std", "per_channel_stats", "download",
+                       "input", "device_budget_mb")
 SYNTHETIC_DEFAULTS = {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 1024, "num_test": 256}
 EARLY_STOPPING_MONITORS = ("val_loss", "val_accuracy")
 
@@ -35,9 +37,12 @@ def model_section(name: str) -> ml_collections.ConfigDict:
 
 def dataset_section(name: str, **fields: Any) -> ml_collections.ConfigDict:
     """`config.dataset`: common keys, plus the generator options when the dataset is synthetic."""
-    section = {"name": name, "val_fraction": 0.1, "data_dir": "", "mean": 0.0, "std": 1.0}
+    section = {"name": name, "val_fraction": 0.1, "data_dir": "", "mean": 0.0, "std": 1.0,
+               "per_channel_stats": False, "download": False, "input": "auto", "device_budget_mb": 4096.0}
     if name == "synthetic":
         section.update(SYNTHETIC_DEFAULTS)
+    if name.startswith(tfds.PREFIX):
+        section.update(tfds.DEFAULTS)
     section.update(fields)
     return ml_collections.ConfigDict(section, type_safe=False)
 
@@ -56,6 +61,8 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.log_every_steps = 100
     config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
     config.dataset = dataset_section(dataset)
+    config.augment = ml_collections.ConfigDict(
+        {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
     config.model = model_section(model)
     config.loss = ml_collections.ConfigDict(
         {"name": "cross_entropy", "label_smoothing": 0.0, "l2": 0.0}, type_safe=False)
@@ -226,12 +233,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check_positive_int(config, key)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
-    _check_name("dataset.name", config.dataset.name, data.list_datasets())
+    data.check_dataset_name(config.dataset.name)
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
         raise JaxcnnError(f"dataset.val_fraction must be in [0, 1), got {fraction!r}")
-    if not isinstance(config.dataset.std, (int, float)) or config.dataset.std <= 0:
-        raise JaxcnnError(f"dataset.std must be > 0, got {config.dataset.std!r}")
+    normalization.check_mean_std(config.dataset.mean, config.dataset.std)
+    host.check_input_mode(config.dataset.input)
+    for key in ("per_channel_stats", "download"):
+        if not isinstance(config.dataset[key], bool):
+            raise JaxcnnError(f"dataset.{key} must be true or false, got {config.dataset[key]!r}")
+    budget = config.dataset.device_budget_mb
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise JaxcnnError(f"dataset.device_budget_mb must be a positive number of MiB, got {budget!r}")
+    augment.augment_config(config.augment)
     _check_name("model.name", config.model.name, models.list_models())
     models.create_model(config.model.name, num_classes=2, **model_options(config))
     losses.make_classification_loss(config.loss.name, num_classes=2,

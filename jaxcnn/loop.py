@@ -21,8 +21,11 @@ import numpy as np
 import tqdm
 
 from jaxcnn import data, losses, models, optim
+from jaxcnn.augment import augment_config, make_augment, step_key
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
-from jaxcnn.data.device import DeviceSplit, eval_order, epoch_order, gather_batch, put_on_device
+from jaxcnn.data.device import DeviceSplit, normalize
+from jaxcnn.data.host import HostSplit, place_splits
+from jaxcnn.data.normalization import Stat, mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState, create_train_state
@@ -72,11 +75,21 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def make_train_fn(mean: float, std: float) -> Callable:
-    """The compiled call of one training step on the on-device data; state and totals donated."""
+def make_train_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.train_batch,
+                  augment_fn: Callable | None = None) -> Callable:
+    """The compiled call of one training step; state and totals donated.
 
-    def train_one(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array, i: jax.Array):
-        state, metrics = train_step(state, gather_batch(split, order[i], mean, std))
+    `batch_fn` turns the step's inputs (from the split's `train_inputs`) into the uint8 batch:
+    gathered from the on-device split, or as fed from the host. `augment_fn(images, key)` augments
+    the normalised images with the step's own key (`augment.step_key`).
+    """
+
+    def train_one(state: TrainState, totals: dict, *inputs: Any):
+        batch = batch_fn(*inputs)
+        images = normalize(batch["image"], mean, std)
+        if augment_fn is not None:
+            images = augment_fn(images, step_key(state.rng, state.step))
+        state, metrics = train_step(state, {"image": images, "label": batch["label"]})
         totals = {"loss": totals["loss"] + metrics["loss"],
                   "accuracy": totals["accuracy"] + metrics["accuracy"],
                   "steps": totals["steps"] + 1}
@@ -85,11 +98,10 @@ def make_train_fn(mean: float, std: float) -> Callable:
     return jax.jit(train_one, donate_argnums=(0, 1))
 
 
-def make_eval_fn(mean: float, std: float) -> Callable:
-    def eval_one(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array,
-                 mask: jax.Array, i: jax.Array):
-        batch = gather_batch(split, order[i], mean, std)
-        batch["mask"] = mask[i]
+def make_eval_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.eval_batch) -> Callable:
+    def eval_one(state: TrainState, totals: dict, *inputs: Any):
+        batch = batch_fn(*inputs)
+        batch = {**batch, "image": normalize(batch["image"], mean, std)}
         return jax.tree.map(jnp.add, totals, eval_step(state, batch))
 
     return jax.jit(eval_one, donate_argnums=(1,))
@@ -99,45 +111,40 @@ def zero_train_totals() -> dict[str, jax.Array]:
     return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
 
 
-def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit, batch_size: int) -> dict[str, float]:
+def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit | HostSplit,
+             batch_size: int) -> dict[str, float]:
     """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked)."""
-    n = len(split)
-    order, mask = eval_order(n, min(batch_size, n))
-    order, mask = jnp.asarray(order), jnp.asarray(mask)
     totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-    for i in range(order.shape[0]):
-        totals = eval_fn(state, totals, split, order, mask, i)
+    for inputs in split.eval_inputs(batch_size):
+        totals = eval_fn(state, totals, *inputs)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
             "accuracy": float(totals["correct"] / totals["count"]),
             "count": int(totals["count"])}
 
 
-def make_predict_fn(mean: float, std: float, loss_name: str) -> Callable:
-    """The compiled call writing one batch's per-example predictions into the (donated) buffers."""
+def make_predict_fn(mean: Stat, std: Stat, loss_name: str,
+                    batch_fn: Callable = DeviceSplit.eval_batch) -> Callable:
+    """The compiled call of one batch's per-example predictions (see `steps.predict_step`)."""
 
-    def predict_one(state: TrainState, outputs: dict, split: DeviceSplit, order: jax.Array, i: jax.Array):
-        batch = gather_batch(split, order[i], mean, std)
-        return jax.tree.map(lambda buffer, value: buffer.at[i].set(value), outputs,
-                            predict_step(state, batch, loss_name, TOP_K))
+    def predict_one(state: TrainState, *inputs: Any):
+        batch = batch_fn(*inputs)
+        batch = {**batch, "image": normalize(batch["image"], mean, std)}
+        return predict_step(state, batch, loss_name, TOP_K)
 
-    return jax.jit(predict_one, donate_argnums=(1,))
+    return jax.jit(predict_one)
 
 
-def predict(predict_fn: Callable, state: TrainState, split: DeviceSplit, batch_size: int) -> dict[str, np.ndarray]:
+def predict(predict_fn: Callable, state: TrainState, split: DeviceSplit | HostSplit,
+            batch_size: int) -> dict[str, np.ndarray]:
     """Per-example `predicted`, `confidence`, `in_top_k` for every example of `split`, in order.
 
-    The batches fill buffers on the device; the host fetches them once, at the end.
+    The batches stay on the device until the host fetches them all once, at the end; the padding of
+    the last batch (at the end of the order) is cut off.
     """
-    n = len(split)
-    order, _ = eval_order(n, min(batch_size, n))
-    shape = order.shape
-    outputs = {"predicted": jnp.zeros(shape, jnp.int32), "confidence": jnp.zeros(shape, jnp.float32),
-               "in_top_k": jnp.zeros(shape, jnp.bool_)}
-    order = jnp.asarray(order)
-    for i in range(shape[0]):
-        outputs = predict_fn(state, outputs, split, order, i)
-    return {key: np.asarray(value).reshape(-1)[:n] for key, value in jax.device_get(outputs).items()}
+    outputs = [predict_fn(state, *inputs) for inputs in split.eval_inputs(batch_size)]
+    fetched = jax.device_get(outputs)
+    return {key: np.concatenate([batch[key] for batch in fetched])[:len(split)] for key in fetched[0]}
 
 
 class Progress:
@@ -182,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=config.dataset.val_fraction, seed=config.seed,
-                                **dataset_options(config))
+                                download=config.dataset.download, **dataset_options(config))
     num_train = len(dataset.train)
     if config.batch_size > num_train:
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
@@ -197,11 +204,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     stopping = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience,
                              config.early_stopping.min_delta)
 
+    mean, std = mean_std_for(config.dataset, dataset.train)
+    config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
     (workdir / "config.json").write_text(config_to_json(config) + "\n")
     writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
-    train_split, val_split, test_split = (put_on_device(s) for s in (dataset.train, dataset.val, dataset.test))
-    mean, std = config.dataset.mean, config.dataset.std
-    train_fn, eval_fn = make_train_fn(mean, std), make_eval_fn(mean, std)
+    train_split, val_split, test_split = place_splits((dataset.train, dataset.val, dataset.test),
+                                                      config.dataset.input, config.dataset.device_budget_mb)
+    feed = type(train_split)
+    train_fn = make_train_fn(mean, std, feed.train_batch, make_augment(augment_config(config.augment)))
+    eval_fn = make_eval_fn(mean, std, feed.eval_batch)
     has_val = len(val_split) > 0
 
     progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet)
@@ -209,11 +220,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     best_val_loss, best_val_accuracy = math.inf, -math.inf
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
     for epoch in range(1, config.num_epochs + 1):
-        order = epoch_order(config.seed, epoch, num_train, config.batch_size)
         totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
-        for i in range(steps_per_epoch):
-            state, totals = train_fn(state, totals, train_split, order, i)
+        for i, inputs in enumerate(train_split.train_inputs(config.seed, epoch, config.batch_size)):
+            state, totals = train_fn(state, totals, *inputs)
             step += 1
             progress.step(epoch)
             if step == 1:  # the first call compiles: keep it out of the throughput
@@ -269,7 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
     test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
-    predictions = predict(make_predict_fn(mean, std, config.loss.name), state, test_split, config.eval_batch_size)
+    predict_fn = make_predict_fn(mean, std, config.loss.name, feed.eval_batch)
+    predictions = predict(predict_fn, state, test_split, config.eval_batch_size)
     test_metrics = classification_metrics(dataset.test.labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
     if jax.process_index() == 0:
@@ -300,6 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "dataset": dataset.name,
         "num_train": num_train,
         "num_val": len(val_split),
+        "input": "host" if isinstance(train_split, HostSplit) else "device",
+        "normalization": {"mean": mean, "std": std},
         "compile_s": compile_s,
         "train_images_per_s": timed_images / train_time if train_time > 0 else None,
         "wall_time_s": time.perf_counter() - start_time,

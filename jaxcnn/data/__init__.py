@@ -14,14 +14,15 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from jaxcnn.data import synthetic
+from jaxcnn.data import download, synthetic, tfds
+from jaxcnn.data.cifar import load_cifar10, load_cifar100
 from jaxcnn.data.digits import load_digits
 from jaxcnn.data.mnist import load_fashion_mnist, load_mnist
 from jaxcnn.data.splits import Split, check_val_fraction, train_val_split
 from jaxcnn.errors import JaxcnnError
 
-__all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "list_datasets",
-           "load_dataset", "resolve_data_dir", "train_val_split"]
+__all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name",
+           "list_datasets", "load_dataset", "resolve_data_dir", "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
 
@@ -45,10 +46,12 @@ class Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names)."""
+    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names);
+    `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`)."""
 
     load: Callable[..., tuple[Split, Split, tuple[str, ...]]]
     options: tuple[str, ...] = ()
+    fetch: Callable[[str | os.PathLike | None], None] | None = None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -61,31 +64,60 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
     return pathlib.Path(chosen).expanduser()
 
 
+def _downloader(name: str) -> Callable[[str | os.PathLike | None], None]:
+    return lambda data_dir: download.ensure_downloaded(name, resolve_data_dir(data_dir))
+
+
 DATASETS = MappingProxyType({
+    "cifar10": DatasetSource(lambda data_dir, seed: load_cifar10(resolve_data_dir(data_dir)),
+                             fetch=_downloader("cifar10")),
+    "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
+                              fetch=_downloader("cifar100")),
     "digits": DatasetSource(lambda data_dir, seed: load_digits()),
-    "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir))),
-    "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir))),
+    "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
+                                   fetch=_downloader("fashion_mnist")),
+    "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
+                           fetch=_downloader("mnist")),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
                                options=synthetic.OPTIONS),
 })
 
 
 def list_datasets() -> tuple[str, ...]:
-    """Names accepted by `load_dataset`, sorted."""
+    """Names accepted by `load_dataset`, sorted; any `tfds:NAME` is accepted too."""
     return tuple(sorted(DATASETS))
 
 
+def check_dataset_name(name: object) -> None:
+    """Raise unless `name` is a registered dataset or `tfds:NAME`."""
+    if isinstance(name, str) and (name in DATASETS or (name.startswith(tfds.PREFIX) and name != tfds.PREFIX)):
+        return
+    raise JaxcnnError(
+        f"dataset.name: unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}, "
+        f"or {tfds.PREFIX}NAME for a TensorFlow-Datasets dataset; pick one of those")
+
+
+def _source(name: str) -> DatasetSource:
+    if name.startswith(tfds.PREFIX):
+        tfds_name = name[len(tfds.PREFIX):]
+        return DatasetSource(
+            lambda data_dir, seed, **options: tfds.load_tfds(tfds_name, resolve_data_dir(data_dir), **options),
+            options=tfds.OPTIONS,
+            fetch=lambda data_dir: tfds.prepare_tfds(tfds_name, resolve_data_dir(data_dir)))
+    return DATASETS[name]
+
+
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, **options: Any) -> Dataset:
+                 seed: int = 0, download: bool = False, **options: Any) -> Dataset:
     """Load dataset `name` and carve `val_fraction` of its training split into a validation split.
 
     `seed` picks the validation examples (and draws the synthetic data); `options` are the
-    dataset's own (only `synthetic` has any). Bad names, options or files raise `JaxcnnError`.
+    dataset's own (`synthetic`'s generator options, `tfds:NAME`'s split names). `download` first
+    fetches missing files of a dataset that has public mirrors (or prepares a TFDS dataset).
+    Bad names, options or files raise `JaxcnnError`.
     """
-    if name not in DATASETS:
-        raise JaxcnnError(
-            f"dataset.name: unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}; pick one of those")
-    source = DATASETS[name]
+    check_dataset_name(name)
+    source = _source(name)
     unknown = sorted(set(options) - set(source.options))
     if unknown:
         raise JaxcnnError(
@@ -94,6 +126,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, val_fr
     check_val_fraction(val_fraction)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise JaxcnnError(f"seed: expected a non-negative integer, got {seed!r}; set e.g. seed=0")
+    if download and source.fetch is not None:
+        source.fetch(data_dir)
     train, test, class_names = source.load(data_dir, seed, **options)
     train, val = train_val_split(train, val_fraction, seed)
     return Dataset(name, train, val, test, len(class_names), class_names)

@@ -2,6 +2,11 @@
 
 The epoch order is a permutation from `jax.random`, keyed by (seed, epoch) alone, so a run's data
 order does not depend on how it was started or resumed.
+
+A split fed to the loop (`DeviceSplit` here, `HostSplit` in host.py for data that does not fit on
+the device) offers `train_inputs` / `eval_inputs`, which yield the arguments of each step's compiled
+call, and the static `train_batch` / `eval_batch`, which turn those arguments into the uint8 batch
+inside the compiled call.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from collections.abc import Iterator
+
 from flax import struct
 
 from jaxcnn.data import Split
@@ -26,14 +33,34 @@ class DeviceSplit(struct.PyTreeNode):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def train_inputs(self, seed: int, epoch: int, batch_size: int) -> Iterator[tuple]:
+        """(split, order, i) for each training step of `epoch`."""
+        order = epoch_order(seed, epoch, len(self), batch_size)
+        return ((self, order, i) for i in range(order.shape[0]))
+
+    def eval_inputs(self, batch_size: int) -> Iterator[tuple]:
+        """(split, order, mask, i) for each evaluation step; every example once, the last batch padded."""
+        order, mask = eval_order(len(self), min(batch_size, len(self)))
+        order, mask = jnp.asarray(order), jnp.asarray(mask)
+        return ((self, order, mask, i) for i in range(order.shape[0]))
+
+    @staticmethod
+    def train_batch(split: DeviceSplit, order: jax.Array, i: jax.Array) -> dict[str, jax.Array]:
+        indices = order[i]
+        return {"image": split.images[indices], "label": split.labels[indices]}
+
+    @staticmethod
+    def eval_batch(split: DeviceSplit, order: jax.Array, mask: jax.Array, i: jax.Array) -> dict[str, jax.Array]:
+        return {**DeviceSplit.train_batch(split, order, i), "mask": mask[i]}
+
 
 def put_on_device(split: Split) -> DeviceSplit:
     return DeviceSplit(jnp.asarray(split.images, jnp.uint8), jnp.asarray(split.labels, jnp.int32))
 
 
-def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
-    """uint8 pixels -> float32 `(x / 255 - mean) / std`."""
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
+def normalize(images: jax.Array, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> jax.Array:
+    """uint8 pixels -> float32 `(x / 255 - mean) / std`; a tuple `mean`/`std` holds one value per channel."""
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
@@ -51,8 +78,3 @@ def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarr
     indices = np.where(positions < num_examples, positions, 0).astype(np.int32)
     mask = (positions < num_examples).astype(np.float32)
     return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-
-
-def gather_batch(data: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:
-    """The batch at `indices`, normalised; runs inside the compiled step."""
-    return {"image": normalize(data.images[indices], mean, std), "label": data.labels[indices]}

@@ -47,10 +47,13 @@ def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split
     """Carve a random validation split (a `val_fraction` share, seeded by `seed`) out of `split`.
 
     Both parts keep the original example order; at least one example always stays in train.
+    With no validation examples, `split` itself is the train part (no copy: it may be memory-mapped).
     """
     check_val_fraction(val_fraction)
     n = len(split)
     n_val = min(round(n * val_fraction), max(n - 1, 0))
+    if n_val == 0:
+        return split, split.take(np.arange(0))
     order = np.random.default_rng(seed).permutation(n)
     return split.take(np.sort(order[n_val:])), split.take(np.sort(order[:n_val]))
 
