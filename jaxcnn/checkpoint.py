@@ -113,11 +113,16 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys (dotted) whose values differ between two configs as JSON dicts, ignoring the keys a
-    resumed run may change; each as `key (saved -> now)`."""
+    resumed run may change; each as `key (saved -> now)`. When a section's `name` differs (another
+    model or dataset), that name stands for the whole section."""
     old, new = _flatten(saved), _flatten(current)
+    renamed = tuple(key[: -len("name")] for key in set(old) & set(new)
+                    if key.endswith(".name") and old[key] != new[key])
     differing = []
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS) or old.get(key) == new.get(key):
+            continue
+        if key.startswith(renamed) and not key.endswith(".name"):
             continue
         differing.append(f"{key} ({json.dumps(old.get(key, '<unset>'))} -> {json.dumps(new.get(key, '<unset>'))})")
     return differing

@@ -92,8 +92,14 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
         model = models.create_model(config.model.name, num_classes, **model_options(config))
         tx = optim.create_optimizer(config.optimizer, config.schedule, meta["steps_per_epoch"], config.num_epochs)
         loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing)
-        state = create_train_state(model, tx, loss_fn, input_shape, config.seed, config.loss.l2)
-        restored = checkpoint.read_arrays(manager, chosen, {"train_state": state, "totals": zero_train_totals()})
+        # Shapes only (no initialisation to compute), placed on this process's first device.
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        like = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            jax.eval_shape(lambda: {"train_state": create_train_state(model, tx, loss_fn, input_shape, config.seed,
+                                                                      config.loss.l2),
+                                    "totals": zero_train_totals()}))
+        restored = checkpoint.read_arrays(manager, chosen, like)
     finally:
         manager.close()
     return SavedModel(workdir, chosen, config, meta, restored["train_state"])
