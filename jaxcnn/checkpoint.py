@@ -88,7 +88,8 @@ def validate_checkpoint_config(section: ml_collections.ConfigDict) -> None:
     for key in ("enabled", "on_epoch_end", "async_save"):
         if not isinstance(section[key], bool):
             raise JaxcnnError(f"checkpoint.{key} must be true or false, got {section[key]!r}")
-    for key, minimum in (("every_steps", 0), ("keep", 1), ("keep_best", 0)):
+    # keep_best >= 1: the best step holds the parameters of restore_best and `eval --step best`.
+    for key, minimum in (("every_steps", 0), ("keep", 1), ("keep_best", 1)):
         value = section[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise JaxcnnError(f"checkpoint.{key} must be an integer >= {minimum}, got {value!r}")
@@ -129,7 +130,11 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def holds_run(path: pathlib.Path) -> bool:
-    return any((path / name).exists() for name in ("metrics.jsonl", "config.json", CHECKPOINT_DIR))
+    """Whether `path` has anything of a run: metrics, a config or a committed checkpoint step
+    (a `checkpoints/` folder with only unfinished temporary folders is not a run yet)."""
+    folder = path / CHECKPOINT_DIR
+    committed = folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+    return committed or any((path / name).exists() for name in ("metrics.jsonl", "config.json"))
 
 
 def fresh_subfolder(path: pathlib.Path) -> pathlib.Path:
@@ -260,10 +265,9 @@ def open_manager(directory: pathlib.Path, *, keep: int = 2, keep_best: int = 1, 
     `read_only`: creates and cleans nothing (the caller must not save); Orbax's own read_only
     option is not used because it logs warnings on every open.
     """
-    policies = [checkpoint_managers.LatestN(keep)]
-    if keep_best:
-        policies.append(checkpoint_managers.BestN(get_metric_fn=lambda m: m["best_rank"], n=keep_best,
-                                                  keep_checkpoints_without_metrics=False))
+    policies = [checkpoint_managers.LatestN(keep),
+                checkpoint_managers.BestN(get_metric_fn=lambda m: m["best_rank"], n=keep_best,
+                                          keep_checkpoints_without_metrics=False)]
     options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         cleanup_tmp_directories=not read_only, create=not read_only, enable_async_checkpointing=async_save)
@@ -339,24 +343,34 @@ class Checkpointer:
     def restore_latest(self, state: Any, totals: dict[str, Any]) -> tuple[Any, dict[str, Any], LoopState] | None:
         """The newest readable step as (state, totals, loop), or None when there is none.
 
-        An unreadable step (truncated or corrupted files) is reported on stderr and moved to
-        `WORKDIR/corrupt-checkpoints/` (kept, not deleted, and out of the way of the next save),
-        and the step before it is tried.
+        An unreadable step (truncated or corrupted files) is reported on stderr and the step
+        before it is tried; once a good step is found, the unreadable newer ones are moved to
+        `WORKDIR/corrupt-checkpoints/` (kept, and out of the way of the next saves). When no step
+        can be read, nothing is moved and the run stops with an error.
         """
+        unreadable: list[tuple[int, Exception]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 meta = read_meta(self.manager, step)
                 restored = read_arrays(self.manager, step, {"train_state": state, "totals": totals})
                 loop = LoopState(**meta["loop"])
             except Exception as e:  # any failure to read a step means that step is unusable
-                self._set_aside(step, e)
+                print(f"jaxcnn: warning: checkpoint step {step} cannot be read ({type(e).__name__}: "
+                      f"{str(e)[:200]}); trying the step before it", file=sys.stderr, flush=True)
+                unreadable.append((step, e))
                 continue
             if tuple(meta["input_shape"]) != tuple(self.static_meta["input_shape"]):
                 raise JaxcnnError(f"checkpoint step {step} in {self.manager.directory} is for input shape "
                                   f"{tuple(meta['input_shape'])}, the dataset gives "
                                   f"{tuple(self.static_meta['input_shape'])}; pass --fresh to start a new run")
+            for bad_step, _ in unreadable:
+                self._set_aside(bad_step)
             self.best_step, self.last_saved = meta["best_step"], step
             return restored["train_state"], restored["totals"], loop
+        if unreadable:
+            step, error = unreadable[0]
+            raise JaxcnnError(f"no checkpoint in {self.manager.directory} can be read (step {step}: "
+                              f"{type(error).__name__}); pass --fresh to start a new run in a subfolder")
         return None
 
     def restore_variables(self, step: int, state: Any, totals: dict[str, Any]) -> tuple[Any, Any]:
@@ -368,14 +382,13 @@ class Checkpointer:
                               f"({type(e).__name__}); pass --fresh to start over") from e
         return restored.params, restored.batch_stats
 
-    def _set_aside(self, step: int, error: Exception) -> None:
+    def _set_aside(self, step: int) -> None:
         source = self.manager.directory / str(step)
         target = self.workdir / CORRUPT_DIR / str(step)
         target.parent.mkdir(exist_ok=True)
         os.replace(source, target)
         self.manager.reload()
-        print(f"jaxcnn: warning: checkpoint step {step} cannot be read ({type(error).__name__}: "
-              f"{str(error)[:200]}); moved it to {target} and using the step before it",
+        print(f"jaxcnn: warning: moved the unreadable checkpoint step {step} to {target}",
               file=sys.stderr, flush=True)
 
     def wait(self) -> None:
