@@ -307,7 +307,6 @@ class Checkpointer:
         self.static_meta = {"config": json.loads(json.dumps(config.to_dict())), "versions": library_versions(),
                             **run_info}
         self.best_step: int | None = None
-        self.last_saved: int | None = None
         self.signals = StopSignals()
         if watch_signals:
             self.signals.install()
@@ -338,7 +337,6 @@ class Checkpointer:
         self.manager.save(loop.step, args=ocp.args.Composite(
             state=ocp.args.StandardSave({"train_state": state, "totals": totals}),
             meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
-        self.last_saved = loop.step
 
     def restore_latest(self, state: Any, totals: dict[str, Any]) -> tuple[Any, dict[str, Any], LoopState] | None:
         """The newest readable step as (state, totals, loop), or None when there is none.
@@ -365,7 +363,6 @@ class Checkpointer:
                                   f"{tuple(self.static_meta['input_shape'])}; pass --fresh to start a new run")
             for bad_step, _ in unreadable:
                 self._set_aside(bad_step)
-            self.best_step, self.last_saved = meta["best_step"], step
             return restored["train_state"], restored["totals"], loop
         if unreadable:
             step, error = unreadable[0]

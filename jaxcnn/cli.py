@@ -185,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxcnnError as e:
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training installed its handler, or a second Ctrl-C
+        print("jaxcnn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -198,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if config.early_stopping.enabled and has_val and stopping.should_stop:
             start_epoch = config.num_epochs + 1
         progress.bar.update(step)
+        progress.epoch_line(f"resuming from the checkpoint of step {step} in {workdir / checkpoint.CHECKPOINT_DIR}")
     first_step = step
 
     def save_checkpoint(state, totals, next_epoch, position, epoch_sums, improved=None, value=None):
