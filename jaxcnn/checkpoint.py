@@ -363,6 +363,7 @@ class Checkpointer:
                                   f"{tuple(self.static_meta['input_shape'])}; pass --fresh to start a new run")
             for bad_step, _ in unreadable:
                 self._set_aside(bad_step)
+            self.best_step = meta["best_step"]
             return restored["train_state"], restored["totals"], loop
         if unreadable:
             step, error = unreadable[0]
