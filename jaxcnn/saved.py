@@ -58,7 +58,7 @@ def _choose_step(manager: Any, which: str | None, meta: dict[str, Any], config: 
     if which == "latest":
         return latest
     if which == "best":
-        if meta["best_step"] is None:
+        if meta["best_step"] is None or meta["best_step"] not in steps:
             raise JaxcnnError(f"{directory} has no best checkpoint (the run had no validation split or no "
                               "finished epoch); use --step latest")
         return meta["best_step"]
@@ -72,6 +72,14 @@ def _choose_step(manager: Any, which: str | None, meta: dict[str, Any], config: 
     return step
 
 
+def _read(reader: Any, manager: Any, step: int, directory: pathlib.Path, *args: Any) -> Any:
+    try:
+        return reader(manager, step, *args)
+    except Exception as e:  # Orbax and tensorstore raise many types for damaged files
+        raise JaxcnnError(f"checkpoint step {step} in {directory} cannot be read ({type(e).__name__}: "
+                          f"{str(e)[:200]}); pick another with --step") from e
+
+
 def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> SavedModel:
     """The model saved in `workdir/checkpoints` at `step` (see `_choose_step`); reads only."""
     workdir = pathlib.Path(workdir)
@@ -83,10 +91,10 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
     try:
         if not manager.all_steps():
             raise JaxcnnError(f"{directory} holds no committed checkpoint; train longer or resume the run first")
-        latest_meta = checkpoint.read_meta(manager, manager.latest_step())
+        latest_meta = _read(checkpoint.read_meta, manager, manager.latest_step(), directory)
         config = config_from_json(json.dumps(latest_meta["config"]))
         chosen = _choose_step(manager, step, latest_meta, config, directory)
-        meta = checkpoint.read_meta(manager, chosen)
+        meta = _read(checkpoint.read_meta, manager, chosen, directory)
         config = config_from_json(json.dumps(meta["config"]))
         num_classes, input_shape = meta["num_classes"], tuple(meta["input_shape"])
         model = models.create_model(config.model.name, num_classes, **model_options(config))
@@ -99,7 +107,7 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
             jax.eval_shape(lambda: {"train_state": create_train_state(model, tx, loss_fn, input_shape, config.seed,
                                                                       config.loss.l2),
                                     "totals": zero_train_totals()}))
-        restored = checkpoint.read_arrays(manager, chosen, like)
+        restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
     return SavedModel(workdir, chosen, config, meta, restored["train_state"])
