@@ -96,7 +96,14 @@ def validate_checkpoint_config(section: ml_collections.ConfigDict) -> None:
 
 
 def library_versions() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES}
+    """Installed versions of the packages a checkpoint depends on ("unknown" for a source tree)."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
 
 
 # ---------------------------------------------------------------------------- choosing the workdir
@@ -238,7 +245,10 @@ def restores_signal_handlers(fn: Callable) -> Callable:
 
 
 class _MetaHandler(ocp.JsonCheckpointHandler):
-    """JSON metadata item; optionally delayed inside the background commit (`SAVE_DELAY_ENV`)."""
+    """JSON metadata item; optionally delayed inside the background commit (`SAVE_DELAY_ENV`).
+
+    Overrides `_save_fn`, the coroutine the pinned orbax-checkpoint 0.12.8 runs in the commit.
+    """
 
     def __init__(self, delay_s: float = 0.0):
         super().__init__()
