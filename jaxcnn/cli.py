@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import pathlib
 import sys
 from typing import Sequence
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="print only the final summary line")
     train.add_argument("--show-config", action="store_true",
                        help="print the resolved config (after overrides) and exit")
+    train.add_argument("--fresh", action="store_true",
+                       help="when the workdir holds a run, start a new one in a numbered subfolder "
+                            "(WORKDIR/run-2, ...) instead of resuming it; nothing is deleted")
     train.set_defaults(func=run_train)
 
     report = commands.add_parser(
@@ -66,6 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="List every registered model with its default input "
                                              "shape and parameter count (10 classes).")
     models.set_defaults(func=run_models)
+
+    step_help = ("checkpoint to use: best, latest or a step number (default: the parameters the run's "
+                 "final test used: best with early_stopping.restore_best, else latest)")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a saved model on its dataset's test or validation split",
+        description="Restore a checkpoint from a training workdir, rebuild the model and data from its "
+                    "config, and print its loss and accuracy (the run's own test numbers for the same step).")
+    evaluate.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
+    evaluate.add_argument("--step", metavar="STEP", help=step_help)
+    evaluate.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default: test)")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object keyed as summary.json (test_accuracy, test_loss, ...)")
+    evaluate.set_defaults(func=run_eval)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a saved model",
+        description="Classify PNG/JPEG images or .npy pixel arrays (values 0..255, shape (H, W) or "
+                    "(H, W, C)) with a saved model. Images are converted to the model's channels, resized "
+                    "to its input size and normalised as in training; transparency is composited on black.")
+    predict.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
+    predict.add_argument("--step", metavar="STEP", help=step_help)
+    predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
+    predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
+    predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
+    predict.set_defaults(func=run_predict)
     return parser
 
 
@@ -96,6 +126,7 @@ def default_workdir(config_name: str) -> pathlib.Path:
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.checkpoint import TrainingInterrupted
     from jaxcnn.config import config_to_json, load_config, resolve_config_path
     from jaxcnn.loop import train_and_evaluate
 
@@ -104,7 +135,12 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
         print(config_to_json(config))
         return 0
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(resolve_config_path(args.config).stem)
-    summary = train_and_evaluate(config, workdir, data_dir=args.data_dir, quiet=args.quiet)
+    try:
+        summary = train_and_evaluate(config, workdir, data_dir=args.data_dir, quiet=args.quiet,
+                                     fresh=args.fresh)
+    except TrainingInterrupted as stop:
+        print(f"jaxcnn: {stop}", file=sys.stderr)
+        return 0
     print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
           f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
           f"{summary['wall_time_s']:.1f} s)  workdir {workdir}")
@@ -136,6 +172,32 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.saved import evaluate_saved, load_saved_model
+
+    result = evaluate_saved(load_saved_model(args.workdir, args.step), args.split, args.data_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        split = args.split
+        print(f"{split}_accuracy {result[f'{split}_accuracy']:.4f}  {split}_loss {result[f'{split}_loss']:.4f}  "
+              f"({result[f'{split}_examples']} {split} examples, step {result['step']})  workdir {args.workdir}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.saved import load_saved_model, predict
+
+    results = predict(load_saved_model(args.workdir, args.step), args.files, args.top)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for result in results:
+            ranked = ", ".join(f"{c['name']} ({c['probability']:.3f})" for c in result["top"])
+            print(f"{result['file']}: {ranked}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -147,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxcnnError as e:
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training installed its handler, or a second Ctrl-C
+        print("jaxcnn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import augment, models, optim
+from jaxcnn import augment, checkpoint, models, optim
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 
@@ -71,6 +71,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.early_stopping = ml_collections.ConfigDict(
         {"enabled": False, "monitor": "val_loss", "patience": 3, "min_delta": 0.0,
          "restore_best": True}, type_safe=False)
+    config.checkpoint = ml_collections.ConfigDict(checkpoint.default_checkpoint_config(), type_safe=False)
     return config
 
 

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import data, losses, models, optim
+from jaxcnn import checkpoint, data, losses, models, optim
 from jaxcnn.augment import augment_config, make_augment, step_key
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
 from jaxcnn.data.device import DeviceSplit, normalize
@@ -65,9 +65,6 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
         raise JaxcnnError(f"workdir '{path}' is a file; pass a directory path to --workdir")
-    if (path / "metrics.jsonl").exists():
-        raise JaxcnnError(f"workdir '{path}' already holds a run (metrics.jsonl); "
-                          "pass a new --workdir or remove the old run")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -177,13 +174,17 @@ class Progress:
         self.bar.close()
 
 
+@checkpoint.restores_signal_handlers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       data_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
+                       data_dir: str | None = None, quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
     """Trains `config`'s model on its dataset, evaluates it on the test split, writes the workdir.
 
-    Returns the summary (also written to `workdir/summary.json`).
+    A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
+    run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current step and raise
+    `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
     """
     validate_config(config)
+    workdir, resuming = checkpoint.choose_workdir(workdir, config, fresh)
     workdir = prepare_workdir(workdir)
     start_time = time.perf_counter()
 
@@ -195,6 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({num_train} examples of {dataset.name}); lower batch_size")
     steps_per_epoch = num_train // config.batch_size
+    mean, std = mean_std_for(config.dataset, dataset.train)
+    config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
     model = models.create_model(config.model.name, dataset.num_classes, **model_options(config))
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
@@ -203,9 +206,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     plateau = optim.make_plateau_scheduler(config.schedule)
     stopping = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience,
                              config.early_stopping.min_delta)
+    saver = checkpoint.Checkpointer(workdir, config, {
+        "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
+        "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch,
+    }, watch_signals=True) if config.checkpoint.enabled else None
+    loop_state = None
+    if resuming:
+        restored = saver.restore_latest(state, zero_train_totals())
+        if restored is not None:
+            state, resumed_totals, loop_state = restored
+        checkpoint.truncate_metrics(workdir, loop_state.metrics_bytes if loop_state else 0)
 
-    mean, std = mean_std_for(config.dataset, dataset.train)
-    config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
     (workdir / "config.json").write_text(config_to_json(config) + "\n")
     writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
     train_split, val_split, test_split = place_splits((dataset.train, dataset.val, dataset.test),
@@ -219,14 +230,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     best_variables = None
     best_val_loss, best_val_accuracy = math.inf, -math.inf
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
-    for epoch in range(1, config.num_epochs + 1):
+    start_epoch = 1
+    if loop_state is not None:
+        step, epochs_run, start_epoch = loop_state.step, loop_state.epochs_run, loop_state.epoch
+        best_val_loss, best_val_accuracy = loop_state.best_val_loss, loop_state.best_val_accuracy
+        stopping = EarlyStopping(**loop_state.stopping)
+        if plateau is not None:
+            plateau.load_state_dict(loop_state.plateau)
+        if config.early_stopping.restore_best and saver.best_step is not None:
+            best_variables = saver.restore_variables(saver.best_step, state, zero_train_totals())
+        if config.early_stopping.enabled and has_val and stopping.should_stop:
+            start_epoch = config.num_epochs + 1
+        progress.bar.update(step)
+        progress.epoch_line(f"resuming from the checkpoint of step {step} in {workdir / checkpoint.CHECKPOINT_DIR}")
+    first_step = step
+
+    def save_checkpoint(state, totals, next_epoch, position, epoch_sums, improved=None, value=None):
+        """Saves where the loop stands; after a stop signal, waits for the save and stops."""
+        saver.save(state, totals, checkpoint.LoopState(
+            step, next_epoch, position, epochs_run, epoch_sums, best_val_loss, best_val_accuracy,
+            dataclasses.asdict(stopping), plateau.state_dict() if plateau is not None else None,
+            writer.path.stat().st_size), improved=improved, monitor=stopping.monitor, value=value)
+        if saver.stop_requested:
+            saver.wait()
+            progress.close()
+            writer.close()
+            raise checkpoint.TrainingInterrupted(saver.stop_requested, step, workdir)
+
+    for epoch in range(start_epoch, config.num_epochs + 1):
         totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
-        for i, inputs in enumerate(train_split.train_inputs(config.seed, epoch, config.batch_size)):
+        first_position = 0
+        if loop_state is not None and epoch == loop_state.epoch:  # resuming inside this epoch
+            totals, epoch_sums, first_position = resumed_totals, dict(loop_state.epoch_sums), loop_state.position
+        train_inputs = train_split.train_inputs(config.seed, epoch, config.batch_size, first_position)
+        for i, inputs in enumerate(train_inputs, start=first_position):
             state, totals = train_fn(state, totals, *inputs)
             step += 1
             progress.step(epoch)
-            if step == 1:  # the first call compiles: keep it out of the throughput
+            if step == first_step + 1:  # the first call compiles: keep it out of the throughput
                 jax.block_until_ready(totals)
                 compile_s = time.perf_counter() - epoch_start
                 epoch_start = log_start = time.perf_counter()
@@ -246,6 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 progress.log(mean_loss, mean_acc, images_per_s)
                 epoch_sums = {k: epoch_sums[k] + fetched[k].item() for k in epoch_sums}
                 totals, log_start, log_step = zero_train_totals(), now, step
+            if saver is not None and i < steps_per_epoch - 1 and saver.due_in_epoch(step):
+                save_checkpoint(state, totals, epoch, i + 1, epoch_sums)
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
         timed_images += (steps_per_epoch - (1 if epoch == 1 else 0)) * config.batch_size
@@ -269,6 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                       wall_time_s=time.perf_counter() - start_time)
         writer.write(record)
         progress.epoch_line(_epoch_line(record, config.num_epochs))
+        improved = has_val and stopping.best_epoch == epoch
+        last = epoch == config.num_epochs or (config.early_stopping.enabled and has_val and stopping.should_stop)
+        if saver is not None and saver.due_at_epoch_end(step, improved, last):
+            save_checkpoint(state, totals, epoch + 1, 0, {"loss": 0.0, "accuracy": 0.0, "steps": 0},
+                            improved if has_val else None, record.get(stopping.monitor))
         if config.early_stopping.enabled and has_val and stopping.should_stop:
             progress.epoch_line(f"early stopping: {config.early_stopping.monitor} has not improved for "
                                 f"{stopping.patience} epochs (best {stopping.best:.4f} at epoch {stopping.best_epoch})")
@@ -294,6 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                      ("top5_accuracy", "expected_calibration_error", "macro_f1") if key in test_metrics},
                   "wall_time_s": time.perf_counter() - start_time})
     writer.close()
+    if saver is not None:
+        saver.close()
 
     summary = {
         "test_accuracy": test["accuracy"],

@@ -33,10 +33,10 @@ class DeviceSplit(struct.PyTreeNode):
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def train_inputs(self, seed: int, epoch: int, batch_size: int) -> Iterator[tuple]:
-        """(split, order, i) for each training step of `epoch`."""
+    def train_inputs(self, seed: int, epoch: int, batch_size: int, start: int = 0) -> Iterator[tuple]:
+        """(split, order, i) for each training step of `epoch` from position `start` (a resumed epoch)."""
         order = epoch_order(seed, epoch, len(self), batch_size)
-        return ((self, order, i) for i in range(order.shape[0]))
+        return ((self, order, i) for i in range(start, order.shape[0]))
 
     def eval_inputs(self, batch_size: int) -> Iterator[tuple]:
         """(split, order, mask, i) for each evaluation step; every example once, the last batch padded."""

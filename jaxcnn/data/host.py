@@ -36,10 +36,11 @@ class HostSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def train_inputs(self, seed: int, epoch: int, batch_size: int) -> Iterator[tuple[jax.Array, ...]]:
-        """(images, labels) for each training step of `epoch`, in the on-device input's order."""
+    def train_inputs(self, seed: int, epoch: int, batch_size: int, start: int = 0) -> Iterator[tuple[jax.Array, ...]]:
+        """(images, labels) for each training step of `epoch` from position `start`, in the on-device
+        input's order."""
         order = np.asarray(epoch_order(seed, epoch, len(self), batch_size))
-        return prefetch_to_device((self._gather(indices) for indices in order), self.prefetch)
+        return prefetch_to_device((self._gather(indices) for indices in order[start:]), self.prefetch)
 
     def eval_inputs(self, batch_size: int) -> Iterator[tuple[jax.Array, ...]]:
         """(images, labels, mask) for each evaluation step; every example once, the last batch padded."""
