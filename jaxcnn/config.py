@@ -18,6 +18,7 @@ import ml_collections
 
 from jaxcnn import models, optim
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.parallel import STRATEGIES
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "digits_cnn"
@@ -54,6 +55,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.eval_batch_size = 1000
     config.num_epochs = 10
     config.log_every_steps = 100
+    config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/parallel.py
     config.dataset = dataset_section(dataset)
     config.model = model_section(model)
     config.loss = ml_collections.ConfigDict(
@@ -223,6 +225,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
         _check_positive_int(config, key)
+    _check_name("parallel", config.parallel, STRATEGIES)
     _check_name("dataset.name", config.dataset.name, data.list_datasets())
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import tqdm
 
-from jaxcnn import data, losses, models, optim
+from jaxcnn import data, losses, models, optim, parallel
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
-from jaxcnn.data.device import DeviceSplit, eval_order, epoch_order, gather_batch, put_on_device
+from jaxcnn.data.device import DeviceSplit, eval_order, epoch_order
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.state import TrainState, create_train_state
 from jaxcnn.steps import eval_step, train_step
@@ -67,40 +67,47 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def make_train_fn(mean: float, std: float) -> Callable:
-    """The compiled call of one training step on the on-device data; state and totals donated."""
+def make_train_fn(mean: float, std: float, strategy: parallel.Strategy | None = None) -> Callable:
+    """The compiled call of one training step on the on-device data, `(state, totals, split, order, i)`;
+    state and totals donated. `strategy` (default: one device) decides how the step runs."""
 
-    def train_one(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array, i: jax.Array):
-        state, metrics = train_step(state, gather_batch(split, order[i], mean, std))
+    def train_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
+        state, metrics = train_step(state, batch, axis_name)
         totals = {"loss": totals["loss"] + metrics["loss"],
                   "accuracy": totals["accuracy"] + metrics["accuracy"],
                   "steps": totals["steps"] + 1}
         return state, totals
 
-    return jax.jit(train_one, donate_argnums=(0, 1))
+    return (strategy or parallel.Strategy()).compile_train(train_one, mean, std)
 
 
-def make_eval_fn(mean: float, std: float) -> Callable:
-    def eval_one(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array,
-                 mask: jax.Array, i: jax.Array):
-        batch = gather_batch(split, order[i], mean, std)
-        batch["mask"] = mask[i]
-        return jax.tree.map(jnp.add, totals, eval_step(state, batch))
+def make_eval_fn(mean: float, std: float, strategy: parallel.Strategy | None = None) -> Callable:
+    """The compiled call of one evaluation batch, `(state, totals, split, order, mask, i)`."""
 
-    return jax.jit(eval_one, donate_argnums=(1,))
+    def eval_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
+        sums = eval_step(state, batch)
+        if axis_name is not None:  # pmap: each device summed its slice of the batch
+            sums = jax.lax.psum(sums, axis_name)
+        return jax.tree.map(jnp.add, totals, sums)
+
+    return (strategy or parallel.Strategy()).compile_eval(eval_one, mean, std)
 
 
 def zero_train_totals() -> dict[str, jax.Array]:
     return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
 
 
-def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit, batch_size: int) -> dict[str, float]:
-    """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked)."""
+def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit, batch_size: int,
+             strategy: parallel.Strategy | None = None) -> dict[str, float]:
+    """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked;
+    the batch rounded up to a multiple of the devices, so the padding may reach every device)."""
+    strategy = strategy or parallel.Strategy()
     n = len(split)
-    order, mask = eval_order(n, min(batch_size, n))
-    order, mask = jnp.asarray(order), jnp.asarray(mask)
+    order, mask = eval_order(n, strategy.eval_batch_size(batch_size, n))
+    steps = order.shape[0]
+    order, mask = strategy.place_order(order), strategy.place_order(mask)
     totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-    for i in range(order.shape[0]):
+    for i in range(steps):
         totals = eval_fn(state, totals, split, order, mask, i)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
@@ -144,7 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Returns the summary (also written to `workdir/summary.json`).
     """
     validate_config(config)
-    workdir = prepare_workdir(workdir)
+    strategy = parallel.create_strategy(config.parallel)
+    strategy.check_batch_size(config.batch_size)
+    is_main = parallel.is_main_process()  # only process 0 writes the workdir and prints
+    workdir = prepare_workdir(workdir) if is_main else pathlib.Path(workdir)
     start_time = time.perf_counter()
 
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
@@ -155,28 +165,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({num_train} examples of {dataset.name}); lower batch_size")
     steps_per_epoch = num_train // config.batch_size
-    model = models.create_model(config.model.name, dataset.num_classes, **model_options(config))
+    model = models.create_model(config.model.name, dataset.num_classes, bn_axis_name=strategy.bn_axis_name,
+                                **model_options(config))
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
                                               config.loss.label_smoothing)
-    state = create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2)
+    state = strategy.place_state(
+        create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2))
     plateau = optim.make_plateau_scheduler(config.schedule)
     stopping = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience,
                              config.early_stopping.min_delta)
 
-    (workdir / "config.json").write_text(config_to_json(config) + "\n")
-    writer = MetricsWriter(workdir)
-    train_split, val_split, test_split = (put_on_device(s) for s in (dataset.train, dataset.val, dataset.test))
+    if is_main:
+        (workdir / "config.json").write_text(config_to_json(config) + "\n")
+    writer = MetricsWriter(workdir, enabled=is_main)
+    train_split, val_split, test_split = (strategy.place_split(s) for s in (dataset.train, dataset.val, dataset.test))
     mean, std = config.dataset.mean, config.dataset.std
-    train_fn, eval_fn = make_train_fn(mean, std), make_eval_fn(mean, std)
+    train_fn, eval_fn = make_train_fn(mean, std, strategy), make_eval_fn(mean, std, strategy)
     has_val = len(val_split) > 0
 
-    progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet)
+    progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet or not is_main)
     best_variables = None
     best_val_loss, best_val_accuracy = math.inf, -math.inf
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
     for epoch in range(1, config.num_epochs + 1):
-        order = epoch_order(config.seed, epoch, num_train, config.batch_size)
+        order = strategy.place_order(epoch_order(config.seed, epoch, num_train, config.batch_size))
         totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
         for i in range(steps_per_epoch):
@@ -213,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   "train_accuracy": epoch_sums["accuracy"] / epoch_sums["steps"],
                   "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
         if has_val:
-            val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+            val = evaluate(eval_fn, state, val_split, config.eval_batch_size, strategy)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             best_val_loss = min(best_val_loss, val["loss"])
             best_val_accuracy = max(best_val_accuracy, val["accuracy"])
@@ -221,6 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 best_variables = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
             if plateau is not None:
                 state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, plateau.update(val["loss"])))
+                state = strategy.place_state(state)
         record.update(epoch_time_s=epoch_time,
                       images_per_s=steps_per_epoch * config.batch_size / max(epoch_time, 1e-9),
                       wall_time_s=time.perf_counter() - start_time)
@@ -235,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     stopped_early = epochs_run < config.num_epochs
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, strategy)
     writer.write({"event": "test", "epoch": epochs_run, "step": step, "test_loss": test["loss"],
                   "test_accuracy": test["accuracy"], "wall_time_s": time.perf_counter() - start_time})
     writer.close()
@@ -251,6 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "stopped_early": stopped_early,
         "steps": step,
         "seed": config.seed,
+        "parallel": strategy.name,
+        "num_devices": strategy.num_devices,
         "model": config.model.name,
         "num_params": models.count_params(state.params),
         "dataset": dataset.name,
@@ -260,7 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "train_images_per_s": timed_images / train_time if train_time > 0 else None,
         "wall_time_s": time.perf_counter() - start_time,
     }
-    write_json(workdir / "summary.json", summary)
+    if is_main:
+        write_json(workdir / "summary.json", summary)
     return summary
 
 

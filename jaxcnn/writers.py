@@ -32,18 +32,24 @@ def without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing."""
+    """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing.
 
-    def __init__(self, workdir: pathlib.Path):
+    With `enabled=False` (every process but process 0 of a multi-process run) it writes nothing and
+    creates no file.
+    """
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool = True):
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("a", encoding="utf-8") if enabled else None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def write_json(path: pathlib.Path, payload: Mapping[str, Any]) -> None:
