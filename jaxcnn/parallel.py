@@ -157,7 +157,7 @@ class PmapStrategy(Strategy):
         self.replicated = NamedSharding(self.mesh, P())
 
     def place_state(self, state: Any) -> Any:
-        return jax.device_put(state, self.replicated)
+        return jax.block_until_ready(jax.device_put(state, self.replicated))
 
     def place_split(self, split: Split) -> Any:
         return jax.device_put(put_on_device(split), self.replicated)
@@ -205,11 +205,12 @@ class ShardedStrategy(Strategy):
             return jax.tree.map(
                 lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x), x.shape),
                 state)
-        return jax.device_put(state, self.replicated)
+        return jax.block_until_ready(jax.device_put(state, self.replicated))
 
     def place_split(self, split: Split) -> Any:
         # Several processes: the split stays on the host; each process feeds its slices (below).
-        return split if self.multi_process else jax.device_put(put_on_device(split), self.replicated)
+        return split if self.multi_process else jax.block_until_ready(
+            jax.device_put(put_on_device(split), self.replicated))
 
     def place_order(self, order: jax.Array | np.ndarray) -> Any:
         return np.asarray(order) if self.multi_process else jax.device_put(order, self.columns)
