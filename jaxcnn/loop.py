@@ -106,7 +106,7 @@ def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit, batch_siz
     order, mask = eval_order(n, strategy.eval_batch_size(batch_size, n))
     steps = order.shape[0]
     order, mask = strategy.place_order(order), strategy.place_order(mask)
-    totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+    totals = strategy.replicate({"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())})
     for i in range(steps):
         totals = eval_fn(state, totals, split, order, mask, i)
     totals = jax.device_get(totals)
@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
                                               config.loss.label_smoothing)
-    state = strategy.place_state(
+    state = strategy.replicate(
         create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2))
     plateau = optim.make_plateau_scheduler(config.schedule)
     stopping = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience,
@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
     for epoch in range(1, config.num_epochs + 1):
         order = strategy.place_order(epoch_order(config.seed, epoch, num_train, config.batch_size))
-        totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+        totals, epoch_sums = strategy.replicate(zero_train_totals()), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
         for i in range(steps_per_epoch):
             state, totals = train_fn(state, totals, train_split, order, i)
@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                   "wall_time_s": time.perf_counter() - start_time})
                 progress.log(mean_loss, mean_acc, images_per_s)
                 epoch_sums = {k: epoch_sums[k] + fetched[k].item() for k in epoch_sums}
-                totals, log_start, log_step = zero_train_totals(), now, step
+                totals, log_start, log_step = strategy.replicate(zero_train_totals()), now, step
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
         timed_images += (steps_per_epoch - (1 if epoch == 1 else 0)) * config.batch_size
@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 best_variables = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
             if plateau is not None:
                 state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, plateau.update(val["loss"])))
-                state = strategy.place_state(state)
+                state = strategy.replicate(state)
         record.update(epoch_time_s=epoch_time,
                       images_per_s=steps_per_epoch * config.batch_size / max(epoch_time, 1e-9),
                       wall_time_s=time.perf_counter() - start_time)

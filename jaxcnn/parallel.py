@@ -115,8 +115,14 @@ class Strategy:
         size = max(1, min(requested, num_examples))
         return math.ceil(size / self.num_devices) * self.num_devices
 
-    def place_state(self, state: Any) -> Any:
-        return jax.device_put(state, self.devices[0])
+    def replicate(self, tree: Any) -> Any:
+        """The state, or the metric totals, placed whole on every device of the strategy.
+
+        Every input of a multi-device step is placed before the call: an input left on one device
+        would be copied by the call itself, and XLA:CPU can deadlock when such a copy is queued
+        behind the step's own all-reduce.
+        """
+        return jax.device_put(tree, self.devices[0])
 
     def place_split(self, split: Split) -> Any:
         return put_on_device(split)
@@ -156,8 +162,8 @@ class PmapStrategy(Strategy):
         self.mesh = jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
 
-    def place_state(self, state: Any) -> Any:
-        return jax.block_until_ready(jax.device_put(state, self.replicated))
+    def replicate(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.replicated)
 
     def place_split(self, split: Split) -> Any:
         return jax.device_put(put_on_device(split), self.replicated)
@@ -200,17 +206,16 @@ class ShardedStrategy(Strategy):
         self.columns = NamedSharding(self.mesh, P(None, MESH_AXIS))  # an order, split along the batch
         self.multi_process = jax.process_count() > 1
 
-    def place_state(self, state: Any) -> Any:
+    def replicate(self, tree: Any) -> Any:
         if self.multi_process:  # every process holds the same values: each supplies its copy
             return jax.tree.map(
                 lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x), x.shape),
-                state)
-        return jax.block_until_ready(jax.device_put(state, self.replicated))
+                tree)
+        return jax.device_put(tree, self.replicated)
 
     def place_split(self, split: Split) -> Any:
         # Several processes: the split stays on the host; each process feeds its slices (below).
-        return split if self.multi_process else jax.block_until_ready(
-            jax.device_put(put_on_device(split), self.replicated))
+        return split if self.multi_process else jax.device_put(put_on_device(split), self.replicated)
 
     def place_order(self, order: jax.Array | np.ndarray) -> Any:
         return np.asarray(order) if self.multi_process else jax.device_put(order, self.columns)

@@ -73,7 +73,7 @@ def main_eval() -> None:
     for name in ("none", "pmap", "sharded"):
         strategy = parallel.create_strategy(name)
         results[f"{name}-{strategy.num_devices}"] = loop.evaluate(
-            loop.make_eval_fn(0.0, 1.0, strategy), strategy.place_state(state), strategy.place_split(split),
+            loop.make_eval_fn(0.0, 1.0, strategy), strategy.replicate(state), strategy.place_split(split),
             1000, strategy)
     print(json.dumps(results))
 
