@@ -116,12 +116,8 @@ class Strategy:
         return math.ceil(size / self.num_devices) * self.num_devices
 
     def replicate(self, tree: Any) -> Any:
-        """The state, or the metric totals, placed whole on every device of the strategy.
-
-        Every input of a multi-device step is placed before the call: an input left on one device
-        would be copied by the call itself, and XLA:CPU can deadlock when such a copy is queued
-        behind the step's own all-reduce.
-        """
+        """The state, or the metric totals, placed whole on every device of the strategy, once,
+        so that the step calls do not copy them from one device to the others each time."""
         return jax.device_put(tree, self.devices[0])
 
     def place_split(self, split: Split) -> Any:
@@ -161,26 +157,28 @@ class PmapStrategy(Strategy):
         # it too means no transfer per step.
         self.mesh = jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
+        self.indices = PlacedIndices(self.replicated)
 
     def replicate(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
+        return _placed(tree, self.replicated)
 
     def place_split(self, split: Split) -> Any:
-        return jax.device_put(put_on_device(split), self.replicated)
+        return _placed(put_on_device(split), self.replicated)
 
     def place_order(self, order: jax.Array | np.ndarray) -> Any:
         # (steps, n * b) -> (n, steps, b): device d's rows are columns [d*b, (d+1)*b) of every step.
         steps, size = order.shape
         n = self.num_devices
         per_device = np.asarray(order).reshape(steps, n, size // n).transpose(1, 0, 2)
-        return jax.device_put(per_device, NamedSharding(self.mesh, P(PMAP_AXIS)))
+        return _placed(per_device, NamedSharding(self.mesh, P(PMAP_AXIS)))
 
     def compile_train(self, train_one: BatchFn, mean: float, std: float) -> Callable:
         def train_fn(state, totals, split, order, i):
             return train_one(state, totals, gather_batch(split, order[i], mean, std), PMAP_AXIS)
 
-        return jax.pmap(train_fn, PMAP_AXIS, in_axes=(None, None, None, 0, None), out_axes=None,
+        step = jax.pmap(train_fn, PMAP_AXIS, in_axes=(None, None, None, 0, None), out_axes=None,
                         devices=self.devices, donate_argnums=(0, 1))
+        return lambda state, totals, split, order, i: step(state, totals, split, order, self.indices[i])
 
     def compile_eval(self, eval_one: BatchFn, mean: float, std: float) -> Callable:
         def eval_fn(state, totals, split, order, mask, i):
@@ -188,8 +186,10 @@ class PmapStrategy(Strategy):
             batch["mask"] = mask[i]
             return eval_one(state, totals, batch, PMAP_AXIS)
 
-        return jax.pmap(eval_fn, PMAP_AXIS, in_axes=(None, None, None, 0, 0, None), out_axes=None,
+        step = jax.pmap(eval_fn, PMAP_AXIS, in_axes=(None, None, None, 0, 0, None), out_axes=None,
                         devices=self.devices, donate_argnums=(1,))
+        return lambda state, totals, split, order, mask, i: step(state, totals, split, order, mask,
+                                                                 self.indices[i])
 
 
 class ShardedStrategy(Strategy):
@@ -205,20 +205,21 @@ class ShardedStrategy(Strategy):
         self.rows = NamedSharding(self.mesh, P(MESH_AXIS))  # a batch, split along its first axis
         self.columns = NamedSharding(self.mesh, P(None, MESH_AXIS))  # an order, split along the batch
         self.multi_process = jax.process_count() > 1
+        self.indices = PlacedIndices(self.replicated)
 
     def replicate(self, tree: Any) -> Any:
         if self.multi_process:  # every process holds the same values: each supplies its copy
             return jax.tree.map(
                 lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x), x.shape),
                 tree)
-        return jax.device_put(tree, self.replicated)
+        return _placed(tree, self.replicated)
 
     def place_split(self, split: Split) -> Any:
         # Several processes: the split stays on the host; each process feeds its slices (below).
-        return split if self.multi_process else jax.device_put(put_on_device(split), self.replicated)
+        return split if self.multi_process else _placed(put_on_device(split), self.replicated)
 
     def place_order(self, order: jax.Array | np.ndarray) -> Any:
-        return np.asarray(order) if self.multi_process else jax.device_put(order, self.columns)
+        return np.asarray(order) if self.multi_process else _placed(order, self.columns)
 
     def compile_train(self, train_one: BatchFn, mean: float, std: float) -> Callable:
         if self.multi_process:
@@ -231,7 +232,8 @@ class ShardedStrategy(Strategy):
             batch = jax.lax.with_sharding_constraint(gather_batch(split, order[i], mean, std), self.rows)
             return train_one(state, totals, batch, None)
 
-        return jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated)
+        step = jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated)
+        return lambda state, totals, split, order, i: step(state, totals, split, order, self.indices[i])
 
     def compile_eval(self, eval_one: BatchFn, mean: float, std: float) -> Callable:
         if self.multi_process:
@@ -246,7 +248,9 @@ class ShardedStrategy(Strategy):
             batch["mask"] = mask[i]
             return eval_one(state, totals, jax.lax.with_sharding_constraint(batch, self.rows), None)
 
-        return jax.jit(eval_fn, donate_argnums=(1,), out_shardings=self.replicated)
+        step = jax.jit(eval_fn, donate_argnums=(1,), out_shardings=self.replicated)
+        return lambda state, totals, split, order, mask, i: step(state, totals, split, order, mask,
+                                                                 self.indices[i])
 
     def _feed(self, split: Split, indices: np.ndarray, mask: np.ndarray | None = None) -> dict[str, jax.Array]:
         """This process's rows of one global batch, gathered on the host and assembled into the
@@ -262,6 +266,33 @@ class ShardedStrategy(Strategy):
     def _process_rows(self, size: int) -> tuple[int, int]:
         slices = self.rows.addressable_devices_indices_map((size,)).values()
         return min(s[0].start or 0 for s in slices), max(s[0].stop or size for s in slices)
+
+
+def _placed(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`tree` on `sharding`, waited for.
+
+    XLA:CPU runs the copies of a call's inputs on the same small thread pool (one thread per core)
+    as the calls themselves. A multi-device step whose all-reduce waits for a device whose input
+    copy is queued behind it deadlocks (seen with 2 simulated devices on 2 busy cores: "Termination
+    timeout for all reduce"). So every input of a multi-device step is on its devices before the
+    call: placed here once per epoch, evaluation or log interval, never per step.
+    """
+    return jax.block_until_ready(jax.device_put(tree, sharding))
+
+
+class PlacedIndices:
+    """Step indices as int32 scalars already on every device, so that passing the step index to a
+    multi-device step copies nothing (see `_placed`). Grown by doubling, so it blocks rarely."""
+
+    def __init__(self, sharding: jax.sharding.Sharding):
+        self.sharding = sharding
+        self.placed: list[jax.Array] = []
+
+    def __getitem__(self, i: int) -> jax.Array:
+        if i >= len(self.placed):
+            new = range(len(self.placed), max(2 * len(self.placed), i + 1, 64))
+            self.placed.extend(_placed([np.int32(k) for k in new], self.sharding))
+        return self.placed[i]
 
 
 def resolve(name: str) -> str:
