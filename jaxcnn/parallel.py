@@ -107,6 +107,20 @@ class Strategy:
     def num_devices(self) -> int:
         return len(self.devices)
 
+    def wait(self, tree: Any) -> Any:
+        """`tree` (the previous step's output), waited for when several CPU devices run the step.
+
+        XLA:CPU launches each device's part of a call on a small thread pool (one thread per core).
+        When the host dispatches many steps ahead, queued launches of later steps occupy those
+        threads while waiting for earlier steps, and an earlier step's all-reduce waits for a device
+        whose launch cannot get a thread: a deadlock ("Termination timeout for all reduce", seen
+        with 2 simulated devices on 2 cores). Waiting for step N-1 before dispatching step N keeps
+        one step in flight; on accelerators nothing waits.
+        """
+        if self.num_devices > 1 and self.devices[0].platform == "cpu":
+            return jax.block_until_ready(tree)
+        return tree
+
     def check_batch_size(self, batch_size: int) -> None:
         check_divisible(batch_size, self.num_devices)
 
@@ -178,7 +192,7 @@ class PmapStrategy(Strategy):
 
         step = jax.pmap(train_fn, PMAP_AXIS, in_axes=(None, None, None, 0, None), out_axes=None,
                         devices=self.devices, donate_argnums=(0, 1))
-        return lambda state, totals, split, order, i: step(state, totals, split, order, self.indices[i])
+        return lambda state, totals, split, order, i: step(self.wait(state), totals, split, order, self.indices[i])
 
     def compile_eval(self, eval_one: BatchFn, mean: float, std: float) -> Callable:
         def eval_fn(state, totals, split, order, mask, i):
@@ -188,7 +202,7 @@ class PmapStrategy(Strategy):
 
         step = jax.pmap(eval_fn, PMAP_AXIS, in_axes=(None, None, None, 0, 0, None), out_axes=None,
                         devices=self.devices, donate_argnums=(1,))
-        return lambda state, totals, split, order, mask, i: step(state, totals, split, order, mask,
+        return lambda state, totals, split, order, mask, i: step(state, self.wait(totals), split, order, mask,
                                                                  self.indices[i])
 
 
@@ -226,14 +240,14 @@ class ShardedStrategy(Strategy):
             step = jax.jit(lambda state, totals, batch: train_one(
                 state, totals, {"image": normalize(batch["image"], mean, std), "label": batch["label"]}, None),
                 donate_argnums=(0, 1), out_shardings=self.replicated)
-            return lambda state, totals, split, order, i: step(state, totals, self._feed(split, order[i]))
+            return lambda state, totals, split, order, i: step(self.wait(state), totals, self._feed(split, order[i]))
 
         def train_fn(state, totals, split, order, i):
             batch = jax.lax.with_sharding_constraint(gather_batch(split, order[i], mean, std), self.rows)
             return train_one(state, totals, batch, None)
 
         step = jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated)
-        return lambda state, totals, split, order, i: step(state, totals, split, order, self.indices[i])
+        return lambda state, totals, split, order, i: step(self.wait(state), totals, split, order, self.indices[i])
 
     def compile_eval(self, eval_one: BatchFn, mean: float, std: float) -> Callable:
         if self.multi_process:
@@ -241,7 +255,7 @@ class ShardedStrategy(Strategy):
                 state, totals, {**batch, "image": normalize(batch["image"], mean, std)}, None),
                 donate_argnums=(1,), out_shardings=self.replicated)
             return lambda state, totals, split, order, mask, i: step(
-                state, totals, self._feed(split, order[i], mask[i]))
+                state, self.wait(totals), self._feed(split, order[i], mask[i]))
 
         def eval_fn(state, totals, split, order, mask, i):
             batch = gather_batch(split, order[i], mean, std)
@@ -249,7 +263,7 @@ class ShardedStrategy(Strategy):
             return eval_one(state, totals, jax.lax.with_sharding_constraint(batch, self.rows), None)
 
         step = jax.jit(eval_fn, donate_argnums=(1,), out_shardings=self.replicated)
-        return lambda state, totals, split, order, mask, i: step(state, totals, split, order, mask,
+        return lambda state, totals, split, order, mask, i: step(state, self.wait(totals), split, order, mask,
                                                                  self.indices[i])
 
     def _feed(self, split: Split, indices: np.ndarray, mask: np.ndarray | None = None) -> dict[str, jax.Array]:
@@ -271,18 +285,16 @@ class ShardedStrategy(Strategy):
 def _placed(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """`tree` on `sharding`, waited for.
 
-    XLA:CPU runs the copies of a call's inputs on the same small thread pool (one thread per core)
-    as the calls themselves. A multi-device step whose all-reduce waits for a device whose input
-    copy is queued behind it deadlocks (seen with 2 simulated devices on 2 busy cores: "Termination
-    timeout for all reduce"). So every input of a multi-device step is on its devices before the
-    call: placed here once per epoch, evaluation or log interval, never per step.
+    Every input of a multi-device step is on all its devices before the call, so the call itself
+    copies nothing (copies share XLA:CPU's thread pool with the launches, see `Strategy.wait`):
+    placed here once per epoch, evaluation or log interval, never per step.
     """
     return jax.block_until_ready(jax.device_put(tree, sharding))
 
 
 class PlacedIndices:
     """Step indices as int32 scalars already on every device, so that passing the step index to a
-    multi-device step copies nothing (see `_placed`). Grown by doubling, so it blocks rarely."""
+    multi-device step transfers nothing (see `_placed`). Grown by doubling, so it blocks rarely."""
 
     def __init__(self, sharding: jax.sharding.Sharding):
         self.sharding = sharding
