@@ -53,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fresh", action="store_true",
                        help="when the workdir holds a run, start a new one in a numbered subfolder "
                             "(WORKDIR/run-2, ...) instead of resuming it; nothing is deleted")
+    distributed = train.add_argument_group(
+        "several processes (multi-host)",
+        "Start one process per host (or per accelerator group) with the same config; they train "
+        "together with parallel=sharded. Only process 0 writes the workdir.")
+    distributed.add_argument("--coordinator", metavar="HOST:PORT",
+                             help="address of process 0, which every process connects to")
+    distributed.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
+    distributed.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0..N-1")
+    distributed.add_argument("--distributed", action="store_true",
+                             help="let JAX read the three values above from the cluster it runs in "
+                                  "(SLURM, Open MPI, Kubernetes, Cloud TPU pods)")
+    distributed.add_argument("--init-timeout", type=int, default=300, metavar="SECONDS",
+                             help="how long to wait for all processes to connect (default: 300)")
     train.set_defaults(func=run_train)
 
     report = commands.add_parser(
@@ -129,7 +142,11 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
     from jaxcnn.config import config_to_json, load_config, resolve_config_path
     from jaxcnn.loop import train_and_evaluate
+    from jaxcnn.parallel import initialize_distributed, is_main_process
 
+    # Before anything touches a device: JAX's distributed runtime must start first.
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                           auto_detect=args.distributed, timeout_s=args.init_timeout)
     config = load_config(args.config, overrides + ["dataset.download=true"] * args.download)
     if args.show_config:
         print(config_to_json(config))
@@ -141,9 +158,10 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except TrainingInterrupted as stop:
         print(f"jaxcnn: {stop}", file=sys.stderr)
         return 0
-    print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
-          f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
-          f"{summary['wall_time_s']:.1f} s)  workdir {workdir}")
+    if is_main_process():
+        print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
+              f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
+              f"{summary['wall_time_s']:.1f} s)  workdir {workdir}")
     return 0
 
 

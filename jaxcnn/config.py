@@ -19,6 +19,7 @@ import ml_collections
 from jaxcnn import augment, checkpoint, models, optim
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.parallel import STRATEGIES
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "digits_cnn"
@@ -60,6 +61,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.num_epochs = 10
     config.log_every_steps = 100
     config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
+    config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/parallel.py
     config.dataset = dataset_section(dataset)
     config.augment = ml_collections.ConfigDict(
         {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
@@ -234,6 +236,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check_positive_int(config, key)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
+    _check_name("parallel", config.parallel, STRATEGIES)
     data.check_dataset_name(config.dataset.name)
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:

@@ -190,10 +190,13 @@ def pool(
 
 
 def batch_norm(
-    x: jax.Array, train: bool, dtype: Any = jnp.float32, name: str | None = None
+    x: jax.Array, train: bool, dtype: Any = jnp.float32, name: str | None = None,
+    axis_name: str | None = None,
 ) -> jax.Array:
-    """BatchNorm over the batch (statistics in `batch_stats`); no `axis_name`: under sharded jit the
-    batch is global, so the statistics already span all devices."""
+    """BatchNorm over the batch (statistics in `batch_stats`). Under sharded jit the batch is
+    global, so the statistics already span all devices: no `axis_name`. Under pmap each device
+    holds a slice: `axis_name` (the pmap axis) averages the statistics over the devices."""
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name,
+        axis_name=axis_name,
     )(x)

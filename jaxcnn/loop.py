@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import checkpoint, data, losses, models, optim
+from jaxcnn import checkpoint, data, losses, models, optim, parallel
 from jaxcnn.augment import augment_config, make_augment, step_key
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
-from jaxcnn.data.device import DeviceSplit, normalize
-from jaxcnn.data.host import HostSplit, place_splits
+from jaxcnn.data.device import DeviceSplit, normalize, put_on_device
+from jaxcnn.data.host import HostSplit
 from jaxcnn.data.normalization import Stat, mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
@@ -72,47 +72,62 @@ def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
     return path
 
 
-def make_train_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.train_batch,
-                  augment_fn: Callable | None = None) -> Callable:
-    """The compiled call of one training step; state and totals donated.
+def make_prepare(mean: Stat, std: Stat, augment_fn: Callable | None = None) -> Callable:
+    """`prepare(batch, state)`: a uint8 batch normalised, and augmented with the step's own key
+    (`augment.step_key`) when `augment_fn` is given (training only)."""
 
-    `batch_fn` turns the step's inputs (from the split's `train_inputs`) into the uint8 batch:
-    gathered from the on-device split, or as fed from the host. `augment_fn(images, key)` augments
-    the normalised images with the step's own key (`augment.step_key`).
-    """
-
-    def train_one(state: TrainState, totals: dict, *inputs: Any):
-        batch = batch_fn(*inputs)
+    def prepare(batch: dict, state: TrainState) -> dict:
         images = normalize(batch["image"], mean, std)
         if augment_fn is not None:
             images = augment_fn(images, step_key(state.rng, state.step))
-        state, metrics = train_step(state, {"image": images, "label": batch["label"]})
+        return {**batch, "image": images}
+
+    return prepare
+
+
+def make_train_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.train_batch,
+                  augment_fn: Callable | None = None, strategy: parallel.Strategy | None = None) -> Callable:
+    """The compiled call of one training step; state and totals donated.
+
+    `batch_fn` turns the step's inputs (from the split's `train_inputs`) into the uint8 batch:
+    gathered from the on-device split, or as fed from the host. `strategy` (default: one device)
+    decides how the step runs.
+    """
+
+    def train_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
+        state, metrics = train_step(state, batch, axis_name)
         totals = {"loss": totals["loss"] + metrics["loss"],
                   "accuracy": totals["accuracy"] + metrics["accuracy"],
                   "steps": totals["steps"] + 1}
         return state, totals
 
-    return jax.jit(train_one, donate_argnums=(0, 1))
+    return (strategy or parallel.Strategy()).compile_train(train_one, make_prepare(mean, std, augment_fn), batch_fn)
 
 
-def make_eval_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.eval_batch) -> Callable:
-    def eval_one(state: TrainState, totals: dict, *inputs: Any):
-        batch = batch_fn(*inputs)
-        batch = {**batch, "image": normalize(batch["image"], mean, std)}
-        return jax.tree.map(jnp.add, totals, eval_step(state, batch))
+def make_eval_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.eval_batch,
+                 strategy: parallel.Strategy | None = None) -> Callable:
+    """The compiled call of one evaluation batch; the totals donated."""
 
-    return jax.jit(eval_one, donate_argnums=(1,))
+    def eval_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
+        sums = eval_step(state, batch)
+        if axis_name is not None:  # pmap: each device summed its slice of the batch
+            sums = jax.lax.psum(sums, axis_name)
+        return jax.tree.map(jnp.add, totals, sums)
+
+    return (strategy or parallel.Strategy()).compile_eval(eval_one, make_prepare(mean, std), batch_fn)
 
 
 def zero_train_totals() -> dict[str, jax.Array]:
     return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
 
 
-def evaluate(eval_fn: Callable, state: TrainState, split: DeviceSplit | HostSplit,
-             batch_size: int) -> dict[str, float]:
-    """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked)."""
-    totals = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-    for inputs in split.eval_inputs(batch_size):
+def evaluate(eval_fn: Callable, state: TrainState, split: Any, batch_size: int,
+             strategy: parallel.Strategy | None = None) -> dict[str, float]:
+    """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked;
+    with several devices the batch is rounded up to a multiple of them)."""
+    strategy = strategy or parallel.Strategy()
+    totals = strategy.replicate({"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())})
+    for inputs in strategy.eval_inputs(split, batch_size):
         totals = eval_fn(state, totals, *inputs)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
@@ -184,8 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
     """
     validate_config(config)
+    strategy = parallel.create_strategy(config.parallel)
+    strategy.check_batch_size(config.batch_size)
+    is_main = parallel.is_main_process()  # only process 0 writes the workdir and prints
     workdir, resuming = checkpoint.choose_workdir(workdir, config, fresh)
-    workdir = prepare_workdir(workdir)
+    workdir = prepare_workdir(workdir) if is_main else pathlib.Path(workdir)
     start_time = time.perf_counter()
 
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
@@ -198,35 +216,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_per_epoch = num_train // config.batch_size
     mean, std = mean_std_for(config.dataset, dataset.train)
     config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
-    model = models.create_model(config.model.name, dataset.num_classes, **model_options(config))
+    model = models.create_model(config.model.name, dataset.num_classes, bn_axis_name=strategy.bn_axis_name,
+                                **model_options(config))
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
                                               config.loss.label_smoothing)
-    state = create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2)
+    state = strategy.replicate(
+        create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2))
     plateau = optim.make_plateau_scheduler(config.schedule)
     stopping = EarlyStopping(config.early_stopping.monitor, config.early_stopping.patience,
                              config.early_stopping.min_delta)
     saver = checkpoint.Checkpointer(workdir, config, {
         "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch,
-    }, watch_signals=True) if config.checkpoint.enabled else None
+    }, watch_signals=True) if config.checkpoint.enabled and jax.process_count() == 1 else None  # see README
     loop_state = None
     if resuming:
         restored = saver.restore_latest(state, zero_train_totals())
         if restored is not None:
             state, resumed_totals, loop_state = restored
-        checkpoint.truncate_metrics(workdir, loop_state.metrics_bytes if loop_state else 0)
+        if is_main:
+            checkpoint.truncate_metrics(workdir, loop_state.metrics_bytes if loop_state else 0)
 
-    (workdir / "config.json").write_text(config_to_json(config) + "\n")
-    writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard)
-    train_split, val_split, test_split = place_splits((dataset.train, dataset.val, dataset.test),
-                                                      config.dataset.input, config.dataset.device_budget_mb)
-    feed = type(train_split)
-    train_fn = make_train_fn(mean, std, feed.train_batch, make_augment(augment_config(config.augment)))
-    eval_fn = make_eval_fn(mean, std, feed.eval_batch)
+    if is_main:
+        (workdir / "config.json").write_text(config_to_json(config) + "\n")
+    writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
+    train_split, val_split, test_split = strategy.place_splits(
+        (dataset.train, dataset.val, dataset.test), config.dataset.input, config.dataset.device_budget_mb)
+    feed = HostSplit if isinstance(train_split, HostSplit) else DeviceSplit
+    train_fn = make_train_fn(mean, std, feed.train_batch, make_augment(augment_config(config.augment)), strategy)
+    eval_fn = make_eval_fn(mean, std, feed.eval_batch, strategy)
     has_val = len(val_split) > 0
 
-    progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet)
+    progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet or not is_main)
     best_variables = None
     best_val_loss, best_val_accuracy = math.inf, -math.inf
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
@@ -250,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         saver.save(state, totals, checkpoint.LoopState(
             step, next_epoch, position, epochs_run, epoch_sums, best_val_loss, best_val_accuracy,
             dataclasses.asdict(stopping), plateau.state_dict() if plateau is not None else None,
-            writer.path.stat().st_size), improved=improved, monitor=stopping.monitor, value=value)
+            writer.size()), improved=improved, monitor=stopping.monitor, value=value)
         if saver.stop_requested:
             saver.wait()
             progress.close()
@@ -258,12 +280,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             raise checkpoint.TrainingInterrupted(saver.stop_requested, step, workdir)
 
     for epoch in range(start_epoch, config.num_epochs + 1):
-        totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+        totals, epoch_sums = strategy.replicate(zero_train_totals()), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
         first_position = 0
         if loop_state is not None and epoch == loop_state.epoch:  # resuming inside this epoch
-            totals, epoch_sums, first_position = resumed_totals, dict(loop_state.epoch_sums), loop_state.position
-        train_inputs = train_split.train_inputs(config.seed, epoch, config.batch_size, first_position)
+            totals, epoch_sums, first_position = (strategy.replicate(resumed_totals), dict(loop_state.epoch_sums),
+                                                  loop_state.position)
+        train_inputs = strategy.train_inputs(train_split, config.seed, epoch, config.batch_size, first_position)
         for i, inputs in enumerate(train_inputs, start=first_position):
             state, totals = train_fn(state, totals, *inputs)
             step += 1
@@ -287,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                   "wall_time_s": time.perf_counter() - start_time})
                 progress.log(mean_loss, mean_acc, images_per_s)
                 epoch_sums = {k: epoch_sums[k] + fetched[k].item() for k in epoch_sums}
-                totals, log_start, log_step = zero_train_totals(), now, step
+                totals, log_start, log_step = strategy.replicate(zero_train_totals()), now, step
             if saver is not None and i < steps_per_epoch - 1 and saver.due_in_epoch(step):
                 save_checkpoint(state, totals, epoch, i + 1, epoch_sums)
         epoch_time = time.perf_counter() - epoch_start
@@ -300,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   "train_accuracy": epoch_sums["accuracy"] / epoch_sums["steps"],
                   "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
         if has_val:
-            val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+            val = evaluate(eval_fn, state, val_split, config.eval_batch_size, strategy)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             best_val_loss = min(best_val_loss, val["loss"])
             best_val_accuracy = max(best_val_accuracy, val["accuracy"])
@@ -308,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 best_variables = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
             if plateau is not None:
                 state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, plateau.update(val["loss"])))
+                state = strategy.replicate(state)
         record.update(epoch_time_s=epoch_time,
                       images_per_s=steps_per_epoch * config.batch_size / max(epoch_time, 1e-9),
                       wall_time_s=time.perf_counter() - start_time)
@@ -327,12 +351,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     stopped_early = epochs_run < config.num_epochs
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
-    predict_fn = make_predict_fn(mean, std, config.loss.name, feed.eval_batch)
-    predictions = predict(predict_fn, state, test_split, config.eval_batch_size)
+    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, strategy)
+    if strategy.num_devices == 1:
+        predictions = predict(make_predict_fn(mean, std, config.loss.name, feed.eval_batch), state, test_split,
+                              config.eval_batch_size)
+    else:  # the per-example pass runs on one device: it fetches every prediction anyway
+        predictions = predict(make_predict_fn(mean, std, config.loss.name), strategy.local_copy(state),
+                              put_on_device(dataset.test), config.eval_batch_size)
     test_metrics = classification_metrics(dataset.test.labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
-    if jax.process_index() == 0:
+    if is_main:
         mistakes = most_confident_mistakes(dataset.test.labels, predictions["predicted"],
                                            predictions["confidence"], NUM_MISTAKES_KEPT)
         write_predictions(workdir / PREDICTIONS_FILE, dataset.test.labels, predictions, dataset.class_names,
@@ -357,6 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "stopped_early": stopped_early,
         "steps": step,
         "seed": config.seed,
+        "parallel": strategy.name,
+        "num_devices": strategy.num_devices,
         "model": config.model.name,
         "num_params": models.count_params(state.params),
         "dataset": dataset.name,
@@ -370,7 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,
     }
-    write_json(workdir / "summary.json", summary)
+    if is_main:
+        write_json(workdir / "summary.json", summary)
     return summary
 
 

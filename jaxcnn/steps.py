@@ -17,9 +17,17 @@ from jaxcnn.state import TrainState
 Metrics = dict[str, jax.Array]
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-    """One optimizer step on one batch; returns the new state and the batch's mean metrics."""
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+    """One optimizer step on one batch; returns the new state and the batch's mean metrics.
+
+    Under `pmap`, `axis_name` names the device axis: `batch` is this device's equal slice of the
+    global batch; gradients and metrics are averaged over the devices (`lax.pmean`), so every
+    device applies the global-batch update, and each device draws its own dropout mask.
+    """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
     def objective(params):
         outputs, updates = state.apply_fn(
@@ -30,6 +38,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
         return loss + penalty, (loss, outputs, updates.get("batch_stats", {}))
 
     grads, (loss, logits, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
@@ -42,6 +52,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSta
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "learning_rate": optim.learning_rate_in_effect(opt_state),
     }
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
     return new_state, metrics
 
 

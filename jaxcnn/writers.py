@@ -12,7 +12,6 @@ import numbers
 import pathlib
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from jaxcnn.errors import JaxcnnError
@@ -67,26 +66,32 @@ class TensorBoardWriter:
 class MetricsWriter:
     """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing.
 
-    With `tensorboard=True`, every record also goes to TensorBoard event files in `workdir/events/`
-    (from process 0 only, so a multi-process run writes one set of events).
+    With `tensorboard=True`, every record also goes to TensorBoard event files in `workdir/events/`.
+    With `enabled=False` (every process but process 0 of a multi-process run) it writes nothing and
+    creates no file.
     """
 
-    def __init__(self, workdir: pathlib.Path, tensorboard: bool = False):
+    def __init__(self, workdir: pathlib.Path, tensorboard: bool = False, enabled: bool = True):
         workdir = pathlib.Path(workdir)
         # Created first: a missing tensorboardX fails before metrics.jsonl marks the workdir as used.
-        self._events = (TensorBoardWriter(workdir / "events")
-                        if tensorboard and jax.process_index() == 0 else None)
+        self._events = TensorBoardWriter(workdir / "events") if tensorboard and enabled else None
         self.path = workdir / "metrics.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self.path.open("a", encoding="utf-8") if enabled else None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
+            self._file.flush()
         if self._events is not None:
             self._events.write(record)
 
+    def size(self) -> int:
+        """Bytes written to `metrics.jsonl` so far (0 when disabled): where a resumed run cuts it."""
+        return self.path.stat().st_size if self._file is not None else 0
+
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._events is not None:
             self._events.close()
 

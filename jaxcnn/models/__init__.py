@@ -38,7 +38,7 @@ _PRESETS: dict[str, _Preset] = {
 }
 
 # Module fields that are not options: set by create_model's arguments or by Flax itself.
-_NOT_OPTIONS = ("num_classes", "dtype", "parent", "name")
+_NOT_OPTIONS = ("num_classes", "dtype", "bn_axis_name", "parent", "name")
 
 
 def list_models() -> list[str]:
@@ -71,10 +71,13 @@ def _to_tuples(value: Any) -> Any:
     return value
 
 
-def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **options: Any) -> nn.Module:
+def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_name: str | None = None,
+                 **options: Any) -> nn.Module:
     """Model `name` with `num_classes` logits; `options` override its defaults (see `model_defaults`).
 
     `dtype` is the computation dtype (params stay float32; logits are always float32).
+    `bn_axis_name` is BatchNorm's cross-device axis, set only under pmap (models without
+    BatchNorm ignore it).
     """
     defaults = model_defaults(name)
     unknown = sorted(set(options) - set(defaults))
@@ -86,7 +89,10 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, **option
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise JaxcnnError(f"invalid number of classes {num_classes!r}; expected an int >= 1")
     merged = {k: _to_tuples(v) for k, v in {**defaults, **options}.items()}
-    return _preset(name).family(num_classes=num_classes, dtype=dtype, **merged)
+    family = _preset(name).family
+    if bn_axis_name is not None and "bn_axis_name" in {f.name for f in dataclasses.fields(family)}:
+        merged["bn_axis_name"] = bn_axis_name
+    return family(num_classes=num_classes, dtype=dtype, **merged)
 
 
 def count_params(params: Any) -> int:

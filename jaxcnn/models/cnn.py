@@ -42,6 +42,7 @@ class ConvNet(nn.Module):
     hidden: Sequence[int] = (256,)
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.parallel)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.
@@ -79,7 +80,7 @@ class ConvNet(nn.Module):
                     dtype=self.dtype,
                 )
                 if self.batch_norm:
-                    x = layers.batch_norm(x, train, self.dtype)
+                    x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)
                 x = act(x)
             x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding)
         x = x.reshape((x.shape[0], -1))

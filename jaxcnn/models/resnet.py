@@ -25,19 +25,20 @@ class BasicBlock(nn.Module):
     strides: int
     act: Activation
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = layers.conv(x, self.features, 3, self.strides, padding=1, use_bias=False, dtype=self.dtype)
-        y = self.act(layers.batch_norm(y, train, self.dtype))
+        y = self.act(layers.batch_norm(y, train, self.dtype, axis_name=self.bn_axis_name))
         y = layers.conv(y, self.features, 3, padding=1, use_bias=False, dtype=self.dtype)
-        y = layers.batch_norm(y, train, self.dtype)
+        y = layers.batch_norm(y, train, self.dtype, axis_name=self.bn_axis_name)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = layers.conv(
                 x, self.features, 1, self.strides, padding="VALID", use_bias=False, dtype=self.dtype,
                 name="shortcut_conv",
             )
-            x = layers.batch_norm(x, train, self.dtype, name="shortcut_bn")
+            x = layers.batch_norm(x, train, self.dtype, name="shortcut_bn", axis_name=self.bn_axis_name)
         return self.act(x + y)
 
 
@@ -51,6 +52,7 @@ class ResNet(nn.Module):
     activation: str = "relu"
     negative_slope: float = 0.01
     dtype: Any = jnp.float32
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.parallel)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.
@@ -68,11 +70,11 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = layers.get_activation(self.activation, self.negative_slope)
         x = layers.conv(x, self.widths[0], 3, padding=1, use_bias=False, dtype=self.dtype)
-        x = act(layers.batch_norm(x, train, self.dtype))
+        x = act(layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name))
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for block in range(size):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, act, self.dtype)(x, train)
+                x = BasicBlock(width, strides, act, self.dtype, self.bn_axis_name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
