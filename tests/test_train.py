@@ -1,6 +1,5 @@
 """The training loop: determinism, the workdir files, evaluation counting, early stopping, decay."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
