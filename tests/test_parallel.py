@@ -157,3 +157,24 @@ def test_auto_is_none_on_one_device():
 def test_eval_batch_is_a_multiple_of_the_devices(requested, examples, devices, expected):
     strategy = parallel.Strategy(jax.devices()[:1] * devices)  # only the count matters here
     assert strategy.eval_batch_size(requested, examples) == expected
+
+
+def cli(num_devices: int, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "jaxcnn.cli", *args], env=device_env(num_devices), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
+def test_a_checkpoint_saved_on_one_device_count_resumes_and_evaluates_on_another(tmp_path, saved_on, resumed_on):
+    run = ["train", "--workdir", str(tmp_path / "w"), "--quiet", "--config.model.name=mlp",
+           "--config.schedule.name=constant", "--config.log_every_steps=10"]
+    cli(saved_on, *run, "--config.num_epochs=1")
+    (tmp_path / "w" / "summary.json").unlink()  # as if stopped after epoch 1
+    cli(resumed_on, *run, "--config.num_epochs=2")
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["num_devices"] == resumed_on
+    for devices in (1, 2):
+        evaluated = json.loads(cli(devices, "eval", "--workdir", str(tmp_path / "w"), "--json").stdout)
+        assert evaluated["test_accuracy"] == summary["test_accuracy"]
