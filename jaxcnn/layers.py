@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxcnn import im2col
 from jaxcnn.errors import JaxcnnError
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -144,11 +145,13 @@ def conv(
     use_bias: bool = True,
     dtype: Any = jnp.float32,
     name: str | None = None,
+    conv_impl: str = "auto",
 ) -> jax.Array:
     """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
 
     `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
-    divide both `features` and the input channels.
+    divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col") picks how
+    the convolution is computed (see `jaxcnn.im2col`); the parameters are `nn.Conv`'s either way.
     """
     ndim = x.ndim - 2
     in_channels = x.shape[-1]
@@ -167,6 +170,9 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         name=name,
+        conv_general_dilated=(
+            im2col.conv_general_dilated if im2col.resolve_conv_impl(conv_impl) == "im2col" else None
+        ),
     )(x)
     _check_not_empty(x, y, f"a convolution with kernel_size {kernel_size!r}")
     return y

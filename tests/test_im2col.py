@@ -1,0 +1,74 @@
+"""The im2col convolution equals `lax.conv_general_dilated` (forward and gradients) and plugs into
+the models without changing their parameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxcnn import im2col, models
+from jaxcnn.errors import JaxcnnError
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+CASES = [
+    # kernel, strides, padding, dilation, groups
+    ((3, 3), (1, 1), "SAME", (1, 1), 1),
+    ((3, 3), (1, 1), "VALID", (1, 1), 1),
+    ((3, 3), (2, 2), "SAME", (1, 1), 1),
+    ((2, 3), (2, 1), ((1, 2), (0, 1)), (1, 1), 1),
+    ((3, 3), (1, 1), "SAME", (2, 2), 1),
+    ((3, 2), (2, 2), "VALID", (2, 1), 1),
+    ((3, 3), (1, 1), "SAME", (1, 1), 2),
+    ((3, 3), (2, 1), ((1, 1), (2, 0)), (1, 2), 4),
+    ((1, 1), (2, 2), "VALID", (1, 1), 1),
+    ((5, 5), (1, 1), "SAME", (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("kernel,strides,padding,dilation,groups", CASES)
+def test_im2col_matches_lax_conv_forward_and_gradients(kernel, strides, padding, dilation, groups):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*kernel, 4 // groups, 8)), jnp.float32)
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                        dimension_numbers=NHWC, feature_group_count=groups)
+
+    def fast(x, w):
+        return im2col.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                           dimension_numbers=NHWC, feature_group_count=groups)
+
+    np.testing.assert_allclose(fast(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=reference(x, w).shape), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cotangent)
+    for got, want in zip(jax.grad(loss(fast), (0, 1))(x, w), jax.grad(loss(reference), (0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,shape", [("cnn", (28, 28, 1)), ("resnet20", (8, 8, 3))])
+def test_im2col_models_have_the_xla_models_parameters_and_outputs(name, shape):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *shape)), jnp.float32)
+    xla = models.create_model(name, 10, conv_impl="xla")
+    fast = models.create_model(name, 10, conv_impl="im2col")
+    variables = xla.init(jax.random.PRNGKey(0), x)
+    fast_variables = fast.init(jax.random.PRNGKey(0), x)
+    shapes = lambda v: jax.tree.map(jnp.shape, v)
+    assert shapes(fast_variables) == shapes(variables)
+    for got, want in zip(jax.tree.leaves(fast_variables), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(fast.apply(variables, x), xla.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_im2col_on_cpu_and_xla_on_accelerators():
+    assert im2col.resolve_conv_impl("auto", "cpu") == "im2col"
+    assert im2col.resolve_conv_impl("auto", "gpu") == "xla"
+    assert im2col.resolve_conv_impl("auto", "tpu") == "xla"
+    assert im2col.resolve_conv_impl("xla", "cpu") == "xla"
+
+
+def test_unknown_conv_impl_is_a_user_error_naming_the_key():
+    with pytest.raises(JaxcnnError, match="model.conv_impl"):
+        models.create_model("cnn", 10, conv_impl="winograd")
