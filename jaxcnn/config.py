@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import models, optim
+from jaxcnn import models, optim, precision
 from jaxcnn.errors import JaxcnnError
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -54,6 +54,10 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.eval_batch_size = 1000
     config.num_epochs = 10
     config.log_every_steps = 100
+    config.steps_per_call = 1  # > 1: that many training steps per compiled call (lax.scan), see fused.py
+    config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
+    config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
+    config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
     config.dataset = dataset_section(dataset)
     config.model = model_section(model)
     config.loss = ml_collections.ConfigDict(
@@ -221,7 +225,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
-    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
+    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "steps_per_call",
+                "grad_accum_steps"):
         _check_positive_int(config, key)
     _check_name("dataset.name", config.dataset.name, data.list_datasets())
     fraction = config.dataset.val_fraction
@@ -230,6 +235,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.dataset.std, (int, float)) or config.dataset.std <= 0:
         raise JaxcnnError(f"dataset.std must be > 0, got {config.dataset.std!r}")
     _check_name("model.name", config.model.name, models.list_models())
+    precision.compute_dtype(config.dtype)
     models.create_model(config.model.name, num_classes=2, **model_options(config))
     losses.make_classification_loss(config.loss.name, num_classes=2,
                                     label_smoothing=config.loss.label_smoothing)

@@ -8,6 +8,7 @@ The host touches device values only at logging intervals and once per epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import sys
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import tqdm
 
-from jaxcnn import data, losses, models, optim
+from jaxcnn import data, fused, losses, models, optim, precision
+from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
 from jaxcnn.data.device import DeviceSplit, eval_order, epoch_order, gather_batch, put_on_device
 from jaxcnn.errors import JaxcnnError
@@ -118,8 +120,8 @@ class Progress:
         self.bar = tqdm.tqdm(total=total_steps, unit="step", dynamic_ncols=True,
                              disable=not self.interactive)
 
-    def step(self, epoch: int) -> None:
-        self.bar.update(1)
+    def step(self, epoch: int, count: int = 1) -> None:
+        self.bar.update(count)
         if self.interactive:
             self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
 
@@ -145,6 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     validate_config(config)
     workdir = prepare_workdir(workdir)
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
     start_time = time.perf_counter()
 
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
@@ -155,8 +159,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({num_train} examples of {dataset.name}); lower batch_size")
     steps_per_epoch = num_train // config.batch_size
-    model = models.create_model(config.model.name, dataset.num_classes, **model_options(config))
-    tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
+    model = models.create_model(config.model.name, dataset.num_classes,
+                                dtype=precision.compute_dtype(config.dtype), **model_options(config))
+    tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
+                                config.grad_accum_steps)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
                                               config.loss.label_smoothing)
     state = create_train_state(model, tx, loss_fn, dataset.input_shape, config.seed, config.loss.l2)
@@ -169,6 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     train_split, val_split, test_split = (put_on_device(s) for s in (dataset.train, dataset.val, dataset.test))
     mean, std = config.dataset.mean, config.dataset.std
     train_fn, eval_fn = make_train_fn(mean, std), make_eval_fn(mean, std)
+    steps_per_call = config.steps_per_call
+    if steps_per_call > 1:  # many steps per compiled call; evaluation in one call per split
+        fused_train_fn = fused.make_fused_train_fn(mean, std)
+        run_eval = functools.partial(fused.evaluate_fused, fused.make_fused_eval_fn(mean, std))
+    else:
+        run_eval = functools.partial(evaluate, eval_fn)
     has_val = len(val_split) > 0
 
     progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet)
@@ -179,22 +191,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         order = epoch_order(config.seed, epoch, num_train, config.batch_size)
         totals, epoch_sums = zero_train_totals(), {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         epoch_start, log_start, log_step = time.perf_counter(), time.perf_counter(), step
-        for i in range(steps_per_epoch):
-            state, totals = train_fn(state, totals, train_split, order, i)
-            step += 1
-            progress.step(epoch)
-            if step == 1:  # the first call compiles: keep it out of the throughput
+        for i, num_steps in fused.call_sizes(steps_per_epoch, steps_per_call):
+            if steps_per_call > 1:
+                state, totals, _ = fused_train_fn(state, totals, train_split, order, i, num_steps=num_steps)
+            else:
+                state, totals = train_fn(state, totals, train_split, order, i)
+            first_call = step == 0
+            step += num_steps
+            progress.step(epoch, num_steps)
+            if first_call:  # the first call compiles: keep it out of the throughput
                 jax.block_until_ready(totals)
                 compile_s = time.perf_counter() - epoch_start
                 epoch_start = log_start = time.perf_counter()
                 log_step = step
-            if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+            crossed_log = step // config.log_every_steps > (step - num_steps) // config.log_every_steps
+            if crossed_log or i + num_steps == steps_per_epoch:
                 fetched = jax.device_get(totals)
                 now = time.perf_counter()
                 images_per_s = (step - log_step) * config.batch_size / max(now - log_start, 1e-9)
                 mean_loss = float(fetched["loss"] / fetched["steps"])
                 mean_acc = float(fetched["accuracy"] / fetched["steps"])
-                if step % config.log_every_steps == 0:
+                if crossed_log:
                     writer.write({"event": "train", "epoch": epoch, "step": step, "loss": mean_loss,
                                   "accuracy": mean_acc,
                                   "learning_rate": float(optim.learning_rate_in_effect(state.opt_state)),
@@ -205,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 totals, log_start, log_step = zero_train_totals(), now, step
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
-        timed_images += (steps_per_epoch - (1 if epoch == 1 else 0)) * config.batch_size
+        timed_images += (steps_per_epoch - (min(steps_per_call, steps_per_epoch) if epoch == 1 else 0)) * config.batch_size
         epochs_run = epoch
 
         record = {"event": "epoch", "epoch": epoch, "step": step,
@@ -213,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   "train_accuracy": epoch_sums["accuracy"] / epoch_sums["steps"],
                   "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
         if has_val:
-            val = evaluate(eval_fn, state, val_split, config.eval_batch_size)
+            val = run_eval(state, val_split, config.eval_batch_size)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             best_val_loss = min(best_val_loss, val["loss"])
             best_val_accuracy = max(best_val_accuracy, val["accuracy"])
@@ -235,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     stopped_early = epochs_run < config.num_epochs
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size)
+    test = run_eval(state, test_split, config.eval_batch_size)
     writer.write({"event": "test", "epoch": epochs_run, "step": step, "test_loss": test["loss"],
                   "test_accuracy": test["accuracy"], "wall_time_s": time.perf_counter() - start_time})
     writer.close()

@@ -1,0 +1,86 @@
+"""Fused execution: many training (or evaluation) steps in one compiled call, via `lax.scan`.
+
+One call per step costs a dispatch and a Python round trip each step; on a 2-core CPU that is a
+large share of a small model's step. Here one compiled call scans `steps.train_step` over the
+batch indices of a slice of the epoch order and gathers every batch from the on-device dataset, so
+the host only launches `ceil(steps / steps_per_call)` calls per epoch. The step function is the
+same pure `train_step`, in the same order, so on CPU the parameters are bitwise equal to one call
+per step (tests/test_fused.py).
+
+Inside a scan, XLA's CPU convolution is ~10x slower than outside it: use the im2col convolution
+there (`model.conv_impl = "auto"` does on CPU).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn.data.device import DeviceSplit, eval_order, gather_batch
+from jaxcnn.state import TrainState
+from jaxcnn.steps import eval_step, train_step
+
+
+def make_fused_train_fn(mean: float, std: float) -> Callable:
+    """`fn(state, totals, split, order, start, num_steps) -> (state, totals, per_step_metrics)`.
+
+    Runs training steps `start .. start + num_steps - 1` of the epoch `order` (steps, batch) in
+    one compiled call; `num_steps` is static (a last, shorter call compiles once more).
+    `totals` (sums of loss and accuracy, and the step count) are accumulated on the device;
+    `per_step_metrics` holds each step's `loss`, `accuracy` and `learning_rate`, stacked.
+    State and totals are donated.
+    """
+
+    def train_many(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array,
+                   start: jax.Array, num_steps: int):
+        indices = lax.dynamic_slice_in_dim(order, start, num_steps, axis=0)
+
+        def body(carry, batch_indices):
+            state, totals = carry
+            state, metrics = train_step(state, gather_batch(split, batch_indices, mean, std))
+            totals = {"loss": totals["loss"] + metrics["loss"],
+                      "accuracy": totals["accuracy"] + metrics["accuracy"],
+                      "steps": totals["steps"] + 1}
+            return (state, totals), metrics
+
+        (state, totals), per_step = lax.scan(body, (state, totals), indices)
+        return state, totals, per_step
+
+    return jax.jit(train_many, donate_argnums=(0, 1), static_argnames=("num_steps",))
+
+
+def make_fused_eval_fn(mean: float, std: float) -> Callable:
+    """`fn(state, split, order, mask) -> totals`: every evaluation batch in one compiled call."""
+
+    def eval_all(state: TrainState, split: DeviceSplit, order: jax.Array, mask: jax.Array):
+        def body(totals, xs):
+            batch_indices, batch_mask = xs
+            batch = gather_batch(split, batch_indices, mean, std)
+            batch["mask"] = batch_mask
+            return jax.tree.map(jnp.add, totals, eval_step(state, batch)), None
+
+        zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+        return lax.scan(body, zeros, (order, mask))[0]
+
+    return jax.jit(eval_all)
+
+
+def evaluate_fused(eval_all_fn: Callable, state: TrainState, split: DeviceSplit,
+                   batch_size: int) -> dict[str, float]:
+    """Like `loop.evaluate`, in one call: every example of `split` counted exactly once."""
+    n = len(split)
+    order, mask = eval_order(n, min(batch_size, n))
+    totals = jax.device_get(eval_all_fn(state, split, jnp.asarray(order), jnp.asarray(mask)))
+    return {"loss": float(totals["loss_sum"] / totals["count"]),
+            "accuracy": float(totals["correct"] / totals["count"]),
+            "count": int(totals["count"])}
+
+
+def call_sizes(total_steps: int, steps_per_call: int) -> list[tuple[int, int]]:
+    """(start, num_steps) of each call covering `total_steps` steps; the last may be shorter."""
+    return [(start, min(steps_per_call, total_steps - start))
+            for start in range(0, total_steps, steps_per_call)]
+
