@@ -190,9 +190,26 @@ def pool(
     ndim = x.ndim - 2
     window = to_tuple(window, "model.pool_window", ndim)
     stride = window if stride is None else to_tuple(stride, "model.pool_stride", ndim)
-    y = pool_fn(x, window, stride, to_padding(padding, "model.pool_padding", ndim))
+    padding = to_padding(padding, "model.pool_padding", ndim)
+    if window == stride and padding == "VALID" and all(n >= w for n, w in zip(x.shape[1:-1], window)):
+        y = _tiled_pool(x, kind, window)
+    else:
+        y = pool_fn(x, window, stride, padding)
     _check_not_empty(x, y, f"a {kind} pool with window {window}")
     return y
+
+
+def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:
+    """Non-overlapping VALID pooling as a reshape + reduction: the same values as `nn.max_pool` /
+    `nn.avg_pool`, several times faster to differentiate on CPU than XLA's reduce_window (whose
+    gradient is a select-and-scatter), above all inside `lax.scan`. A max's gradient is shared
+    among tied maxima instead of going to the first."""
+    n, *spatial, c = x.shape
+    out = [size // w for size, w in zip(spatial, window)]
+    x = x[(slice(None), *(slice(0, o * w) for o, w in zip(out, window)), slice(None))]
+    x = x.reshape(n, *[d for o, w in zip(out, window) for d in (o, w)], c)
+    axes = tuple(2 + 2 * i for i in range(len(window)))
+    return jnp.max(x, axis=axes) if kind == "max" else jnp.mean(x, axis=axes)
 
 
 def batch_norm(
