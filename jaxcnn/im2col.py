@@ -5,9 +5,11 @@ the Flax-example CNN and becomes ~10x slower inside `lax.scan`. Building the pat
 kh·kw shifted, strided slices of the padded input, concatenating them on the channel axis and
 multiplying by the reshaped kernel in one matmul lets XLA use its dot kernels for the forward pass
 and both gradients (the slices' transposes are pads that XLA fuses into adds). Measured on the
-2-core CPU: the Flax-example CNN trains ~1.1x faster per step and ~1.8x faster fused in a scan
-than with `lax.conv_general_dilated`; `lax.conv_general_dilated_patches` as the patch extractor
-was slower than the slices. On GPU/TPU XLA's convolution is kept (see `resolve_conv_impl`).
+2-core CPU (the probes of issue 7): im2col trains the Flax-example CNN ~1.1x faster per step and
+~1.8x faster fused in a scan than `lax.conv_general_dilated`; `lax.conv_general_dilated_patches`
+as the patch extractor was slower than the slices. `hybrid_conv_general_dilated` keeps XLA's fast
+forward convolution and differentiates through im2col: the fastest there (see the README's table).
+On GPU/TPU XLA's convolution is kept (see `resolve_conv_impl`).
 
 `conv_general_dilated` has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout
 that `nn.Conv` uses, so it plugs into `nn.Conv(conv_general_dilated=...)` and the parameters keep
@@ -25,18 +27,19 @@ from jax import lax
 
 from jaxcnn.errors import JaxcnnError
 
-CONV_IMPLS = ("auto", "xla", "im2col")
+CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
 
 
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-    """"xla" or "im2col" for `impl`; "auto" is im2col on CPU and XLA's convolution elsewhere."""
+    """"xla", "im2col" or "hybrid" for `impl`; "auto" is "hybrid" (XLA's convolution forward,
+    im2col gradients) on CPU and XLA's convolution elsewhere."""
     if impl not in CONV_IMPLS:
         raise JaxcnnError(
             f"unknown conv_impl {impl!r} (model.conv_impl); expected one of: {', '.join(CONV_IMPLS)}"
         )
     if impl != "auto":
         return impl
-    return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return "hybrid" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 def _pads(
@@ -114,3 +117,49 @@ def _offsets(kernel: Sequence[int]) -> list[tuple[int, ...]]:
 def _nhwc_spec(ndim: int) -> tuple[str, str, str]:
     spatial = "HWD"[:ndim] if ndim <= 3 else "".join(chr(ord("a") + i) for i in range(ndim))
     return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+
+
+def hybrid_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """XLA's convolution forward, im2col's gradients (a `jax.custom_vjp`).
+
+    XLA's CPU convolution is fast forward (evaluation at batch 1000 runs at full speed) but slow to
+    differentiate; im2col's forward pass materialises a kh·kw times larger patch matrix. So the
+    forward pass and evaluation use XLA's convolution and the backward pass is the vjp of
+    `conv_general_dilated` (one matmul for the kernel gradient, one plus the slices' transposes
+    for the input gradient). The fastest on the 2-core CPU, in a scan and per step.
+    """
+    options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                   dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                   precision=precision, preferred_element_type=preferred_element_type)
+
+    @jax.custom_vjp
+    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(x, w, window_strides, padding, **options)
+
+    def forward(x: jax.Array, w: jax.Array):
+        return conv(x, w), (x, w)
+
+    def backward(residuals, cotangent):
+        x, w = residuals
+        _, pullback = jax.vjp(
+            lambda x, w: conv_general_dilated(x, w, window_strides, padding, **options), x, w)
+        return pullback(cotangent)
+
+    conv.defvjp(forward, backward)
+    return conv(lhs, rhs)
+
+
+IMPLEMENTATIONS = {"xla": lax.conv_general_dilated, "im2col": conv_general_dilated,
+                   "hybrid": hybrid_conv_general_dilated}

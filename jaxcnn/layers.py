@@ -150,7 +150,7 @@ def conv(
     """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
 
     `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
-    divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col") picks how
+    divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col", "hybrid") picks how
     the convolution is computed (see `jaxcnn.im2col`); the parameters are `nn.Conv`'s either way.
     """
     ndim = x.ndim - 2
@@ -170,9 +170,7 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         name=name,
-        conv_general_dilated=(
-            im2col.conv_general_dilated if im2col.resolve_conv_impl(conv_impl) == "im2col" else None
-        ),
+        conv_general_dilated=im2col.IMPLEMENTATIONS[im2col.resolve_conv_impl(conv_impl)],
     )(x)
     _check_not_empty(x, y, f"a convolution with kernel_size {kernel_size!r}")
     return y

@@ -15,7 +15,7 @@ from jaxcnn.writers import read_jsonl, without_timing
 
 
 def small_cnn_state(seed=0):
-    model = models.create_model("cnn", 10, blocks=((4,),), hidden=(16,), dropout=0.2, conv_impl="im2col")
+    model = models.create_model("cnn", 10, blocks=((4,),), hidden=(16,), dropout=0.2, conv_impl="auto")
     tx = optim.create_optimizer({"name": "sgd", "learning_rate": 0.05, "momentum": 0.9},
                                 {"name": "constant"}, steps_per_epoch=7, num_epochs=1)
     loss_fn = losses.make_classification_loss("cross_entropy", 10)

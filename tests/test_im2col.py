@@ -1,5 +1,5 @@
-"""The im2col convolution equals `lax.conv_general_dilated` (forward and gradients) and plugs into
-the models without changing their parameters."""
+"""The im2col and hybrid convolutions equal `lax.conv_general_dilated` (forward and gradients) and
+plug into the models without changing their parameters."""
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,14 @@ def test_im2col_matches_lax_conv_forward_and_gradients(kernel, strides, padding,
     got, want = outputs_and_grads(x, w)
     for g, r in zip(got, want):  # output, d/dx, d/dw
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+    hybrid = jax.jit(jax.value_and_grad(
+        lambda x, w: jnp.sum(im2col.hybrid_conv_general_dilated(
+            x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC,
+            feature_group_count=groups) * cotangent), (0, 1)))
+    value, (dx, dw) = hybrid(x, w)
+    np.testing.assert_allclose(value, jnp.sum(want[0] * cotangent), rtol=1e-5)
+    np.testing.assert_allclose(dx, want[1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dw, want[2], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name,shape,options", [
@@ -64,18 +72,20 @@ def test_im2col_models_have_the_xla_models_parameters_and_outputs(name, shape, o
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *shape)), jnp.float32)
     xla = models.create_model(name, 10, conv_impl="xla", **options)
     fast = models.create_model(name, 10, conv_impl="im2col", **options)
+    hybrid = models.create_model(name, 10, conv_impl="hybrid", **options)
     variables = jax.jit(xla.init)(jax.random.PRNGKey(0), x)
     fast_variables = jax.jit(fast.init)(jax.random.PRNGKey(0), x)
     shapes = lambda v: jax.tree.map(jnp.shape, v)
     assert shapes(fast_variables) == shapes(variables)
     for got, want in zip(jax.tree.leaves(fast_variables), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), jax.jit(xla.apply)(variables, x),
-                               rtol=1e-4, atol=1e-4)
+    want = jax.jit(xla.apply)(variables, x)
+    np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(jax.jit(hybrid.apply)(variables, x), want)  # XLA's forward pass
 
 
-def test_auto_picks_im2col_on_cpu_and_xla_on_accelerators():
-    assert im2col.resolve_conv_impl("auto", "cpu") == "im2col"
+def test_auto_picks_hybrid_on_cpu_and_xla_on_accelerators():
+    assert im2col.resolve_conv_impl("auto", "cpu") == "hybrid"
     assert im2col.resolve_conv_impl("auto", "gpu") == "xla"
     assert im2col.resolve_conv_impl("auto", "tpu") == "xla"
     assert im2col.resolve_conv_impl("xla", "cpu") == "xla"
