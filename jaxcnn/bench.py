@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
 
-from jaxcnn import data, fused, losses, models, optim, precision
+from jaxcnn import data, fused, im2col, losses, models, optim, precision
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order, eval_order, put_on_device
 from jaxcnn.errors import JaxcnnError
@@ -62,6 +62,7 @@ class BenchSettings:
     num_test: int = 5000
     dataset: str = "synthetic"
     data_dir: str | None = None
+    conv_impl: str = "auto"  # the step and fused modes' model.conv_impl (the baseline keeps "xla")
 
 
 def check_settings(settings: BenchSettings) -> None:
@@ -72,6 +73,7 @@ def check_settings(settings: BenchSettings) -> None:
         models.create_model(name, 10)  # unknown names fail here, listing the known ones
     for dtype in settings.dtypes:
         precision.compute_dtype(dtype)
+    im2col.resolve_conv_impl(settings.conv_impl)
     for key in ("repeats", "steps_per_call", "fingerprint_steps", "eval_batch_size", "num_test"):
         value = getattr(settings, key)
         if not isinstance(value, int) or value < 1:
@@ -154,9 +156,8 @@ class Workload:
     mean: float
     std: float
 
-    def model(self, conv_impl: str | None = None) -> Any:
-        options = {} if conv_impl is None or "conv_impl" not in models.model_defaults(self.name) else {
-            "conv_impl": conv_impl}
+    def model(self, conv_impl: str) -> Any:
+        options = {"conv_impl": conv_impl} if "conv_impl" in models.model_defaults(self.name) else {}
         return models.create_model(self.name, self.num_classes, dtype=precision.compute_dtype(self.dtype),
                                    **options)
 
@@ -227,7 +228,7 @@ def _baseline(work: Workload, settings: BenchSettings) -> dict[str, Any]:
 
 def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | None) -> dict[str, Any]:
     """jaxcnn's own loop pieces: one call per step (`fused_steps` None) or `fused_steps` per call."""
-    model = work.model()
+    model = work.model(settings.conv_impl)
     tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
                                 {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
     loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)

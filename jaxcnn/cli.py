@@ -88,6 +88,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--dataset", default=defaults.dataset,
                        help="synthetic (default; the model's input shape) or a real dataset such as mnist")
     bench.add_argument("--data-dir", metavar="DIR", help="for a real --dataset; default: $JAXCNN_DATA_DIR")
+    bench.add_argument("--conv-impl", default=defaults.conv_impl,
+                       help="model.conv_impl of the step and fused modes: auto (default), xla, im2col, hybrid")
     bench.add_argument("--compilation-cache-dir", metavar="DIR",
                        help="persistent compilation cache (default: a fresh temporary folder, so the "
                             "first compilation is cold)")
@@ -163,7 +165,7 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         batch_sizes=tuple(args.batch_size or defaults.batch_sizes), dtypes=tuple(args.dtype or defaults.dtypes),
         seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
         fingerprint_steps=args.fingerprint_steps, num_test=args.num_test, dataset=args.dataset,
-        data_dir=args.data_dir)
+        data_dir=args.data_dir, conv_impl=args.conv_impl)
     report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
     outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
     print(format_table(outcome["results"]))
