@@ -7,8 +7,8 @@ the host only launches `ceil(steps / steps_per_call)` calls per epoch. The step 
 same pure `train_step`, in the same order, so on CPU the parameters are bitwise equal to one call
 per step (tests/test_fused.py).
 
-Inside a scan, XLA's CPU convolution is ~10x slower than outside it: use the im2col convolution
-there (`model.conv_impl = "auto"` does on CPU).
+Inside a scan, XLA's CPU convolution is ~10x slower to differentiate than outside it: use the
+im2col gradients there (`model.conv_impl = "auto"` picks "hybrid" on CPU, see `jaxcnn.im2col`).
 """
 
 from __future__ import annotations

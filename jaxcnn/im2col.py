@@ -8,7 +8,9 @@ and both gradients (the slices' transposes are pads that XLA fuses into adds). M
 2-core CPU (the probes of issue 7): im2col trains the Flax-example CNN ~1.1x faster per step and
 ~1.8x faster fused in a scan than `lax.conv_general_dilated`; `lax.conv_general_dilated_patches`
 as the patch extractor was slower than the slices. `hybrid_conv_general_dilated` keeps XLA's fast
-forward convolution and differentiates through im2col: the fastest there (see the README's table).
+forward convolution and differentiates through im2col: the fastest there inside `lax.scan`. With
+jax 0.10.2 on this project's CPU, XLA's own convolution was faster than both one call per step
+(see the README's table); "auto" favours the fused path, which is jaxcnn's fastest.
 On GPU/TPU XLA's convolution is kept (see `resolve_conv_impl`).
 
 `conv_general_dilated` has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout
@@ -138,7 +140,8 @@ def hybrid_conv_general_dilated(
     differentiate; im2col's forward pass materialises a kh·kw times larger patch matrix. So the
     forward pass and evaluation use XLA's convolution and the backward pass is the vjp of
     `conv_general_dilated` (one matmul for the kernel gradient, one plus the slices' transposes
-    for the input gradient). The fastest on the 2-core CPU, in a scan and per step.
+    for the input gradient). Inside `lax.scan` (fused steps) the fastest of the three on the 2-core
+    CPU; one call per step, XLA's own convolution was faster there (README, Speed).
     """
     options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                    dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
