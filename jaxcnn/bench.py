@@ -56,7 +56,7 @@ class BenchSettings:
     seed: int = 0
     min_time: float = 2.0
     repeats: int = 3
-    steps_per_call: int = 50
+    steps_per_call: int = 20
     fingerprint_steps: int = 10
     eval_batch_size: int = 1000
     num_test: int = 5000

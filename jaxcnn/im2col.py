@@ -10,7 +10,8 @@ and both gradients (the slices' transposes are pads that XLA fuses into adds). M
 as the patch extractor was slower than the slices. `hybrid_conv_general_dilated` keeps XLA's fast
 forward convolution and differentiates through im2col: the fastest there inside `lax.scan`. With
 jax 0.10.2 on this project's CPU, XLA's own convolution was faster than both one call per step
-(see the README's table); "auto" favours the fused path, which is jaxcnn's fastest.
+and in a fully unrolled scan (which jaxcnn's fused steps use on CPU), so "auto" is XLA's
+convolution; these two are for rolled scans (README, Speed).
 On GPU/TPU XLA's convolution is kept (see `resolve_conv_impl`).
 
 `conv_general_dilated` has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout
@@ -33,15 +34,19 @@ CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
 
 
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-    """"xla", "im2col" or "hybrid" for `impl`; "auto" is "hybrid" (XLA's convolution forward,
-    im2col gradients) on CPU and XLA's convolution elsewhere."""
+    """"xla", "im2col" or "hybrid" for `impl`. "auto" is XLA's convolution on every backend: on
+    this project's 2-core CPU (jax 0.10.2) it was the fastest one call per step and in jaxcnn's
+    fused steps, whose scan is unrolled on CPU (`fused.default_unroll`); "im2col"/"hybrid" are
+    the fast choice in a rolled `lax.scan` on CPU, where XLA's convolution is ~20x slower.
+    `backend` is accepted so the choice can differ per backend when measurements say so."""
     if impl not in CONV_IMPLS:
         raise JaxcnnError(
             f"unknown conv_impl {impl!r} (model.conv_impl); expected one of: {', '.join(CONV_IMPLS)}"
         )
     if impl != "auto":
         return impl
-    return "hybrid" if (backend or jax.default_backend()) == "cpu" else "xla"
+    del backend  # XLA's convolution won on CPU (unrolled fused steps, per step) and is kept on GPU/TPU
+    return "xla"
 
 
 def _pads(

@@ -84,11 +84,11 @@ def test_im2col_models_have_the_xla_models_parameters_and_outputs(name, shape, o
     np.testing.assert_array_equal(jax.jit(hybrid.apply)(variables, x), want)  # XLA's forward pass
 
 
-def test_auto_picks_hybrid_on_cpu_and_xla_on_accelerators():
-    assert im2col.resolve_conv_impl("auto", "cpu") == "hybrid"
-    assert im2col.resolve_conv_impl("auto", "gpu") == "xla"
-    assert im2col.resolve_conv_impl("auto", "tpu") == "xla"
-    assert im2col.resolve_conv_impl("xla", "cpu") == "xla"
+def test_auto_is_xla_and_explicit_choices_are_kept():
+    for backend in ("cpu", "gpu", "tpu"):
+        assert im2col.resolve_conv_impl("auto", backend) == "xla"
+    assert im2col.resolve_conv_impl("im2col", "cpu") == "im2col"
+    assert im2col.resolve_conv_impl("hybrid", "gpu") == "hybrid"
 
 
 def test_unknown_conv_impl_is_a_user_error_naming_the_key():
