@@ -5,8 +5,9 @@ large share of a small model's step. Here one compiled call scans `steps.train_s
 batch indices of a slice of the epoch order and gathers every batch from the on-device dataset, so
 the host only launches `ceil(steps / steps_per_call)` calls per epoch. The step function is the
 same pure `train_step`, in the same order: a rolled scan (`unroll=1`) gives parameters bitwise
-equal to one call per step on CPU; the fully unrolled default on CPU lets XLA compile the steps
-together, equal within float32 rounding (~1e-8 after a few steps; tests/test_fused.py).
+equal to one call per step on CPU; the fully unrolled default for convolutional models on CPU
+lets XLA compile the steps together: equal within float32 rounding (~1e-8 after a few steps;
+tests/test_fused.py).
 
 Inside a rolled scan XLA's CPU backend is ~20x slower on convolutions than outside it, so on CPU
 the scan is fully unrolled (`default_unroll`); a rolled scan needs the im2col convolution there
@@ -15,7 +16,7 @@ the scan is fully unrolled (`default_unroll`); a rolled scan needs the im2col co
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +27,17 @@ from jaxcnn.state import TrainState
 from jaxcnn.steps import eval_step, train_step
 
 
-def default_unroll(backend: str | None = None) -> bool | int:
-    """Fully unrolled on CPU, a rolled loop elsewhere.
+def default_unroll(params: Any, backend: str | None = None) -> bool | int:
+    """Fully unrolled on CPU for models with convolutions, a rolled loop otherwise.
 
-    XLA's CPU backend runs its fast (multi-threaded library) convolution and dot kernels only
-    outside `while` loops: inside a rolled scan the Flax-example CNN trains at ~130 images/s, fully
-    unrolled at ~3,600 (one call per step: ~2,400). Partial unrolling keeps the loop and stays slow.
-    Unrolling costs compile time proportional to `steps_per_call` (cached by the persistent cache).
+    XLA's CPU backend runs its fast library convolutions only outside `while` loops: inside a
+    rolled scan the Flax-example CNN trained at ~130 images/s, fully unrolled at ~3,600 (one call
+    per step: ~2,400). Partial unrolling keeps the loop and stays slow. Unrolling costs compile
+    time proportional to `steps_per_call` (the persistent cache keeps it for later runs); models
+    without convolutions (no 4-D kernels) are as fast in a rolled loop.
     """
-    return True if (backend or jax.default_backend()) == "cpu" else 1
+    has_conv = any(jnp.ndim(leaf) >= 4 for leaf in jax.tree.leaves(params))
+    return True if has_conv and (backend or jax.default_backend()) == "cpu" else 1
 
 
 def make_fused_train_fn(mean: float, std: float, unroll: bool | int | None = None) -> Callable:
@@ -44,9 +47,8 @@ def make_fused_train_fn(mean: float, std: float, unroll: bool | int | None = Non
     one compiled call; `num_steps` is static (a last, shorter call compiles once more).
     `totals` (sums of loss and accuracy, and the step count) are accumulated on the device;
     `per_step_metrics` holds each step's `loss`, `accuracy` and `learning_rate`, stacked.
-    State and totals are donated. `unroll` is `lax.scan`'s (default: `default_unroll()`).
+    State and totals are donated. `unroll` is `lax.scan`'s (default: `default_unroll`).
     """
-    unroll = default_unroll() if unroll is None else unroll
 
     def train_many(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array,
                    start: jax.Array, num_steps: int):
@@ -60,7 +62,8 @@ def make_fused_train_fn(mean: float, std: float, unroll: bool | int | None = Non
                       "steps": totals["steps"] + 1}
             return (state, totals), metrics
 
-        (state, totals), per_step = lax.scan(body, (state, totals), indices, unroll=unroll)
+        steps_unroll = default_unroll(state.params) if unroll is None else unroll
+        (state, totals), per_step = lax.scan(body, (state, totals), indices, unroll=steps_unroll)
         return state, totals, per_step
 
     return jax.jit(train_many, donate_argnums=(0, 1), static_argnames=("num_steps",))
