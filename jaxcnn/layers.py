@@ -199,8 +199,8 @@ def pool(
 
 def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:
     """Non-overlapping VALID pooling as a reshape + reduction: the same values as `nn.max_pool` /
-    `nn.avg_pool`, several times faster to differentiate on CPU than XLA's reduce_window (whose
-    gradient is a select-and-scatter), above all inside `lax.scan`. A max's gradient is shared
+    `nn.avg_pool`, faster to differentiate on CPU than XLA's reduce_window (whose gradient is a
+    select-and-scatter) in the probes of issue 7. A max's gradient is shared
     among tied maxima instead of going to the first."""
     n, *spatial, c = x.shape
     out = [size // w for size, w in zip(spatial, window)]
