@@ -109,7 +109,49 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
     predict.set_defaults(func=run_predict)
+    add_bench_parser(commands)
     return parser
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from jaxcnn.bench import BenchSettings, DEFAULT_MODELS, MODES
+
+    defaults = BenchSettings()
+    bench = commands.add_parser(
+        "bench", help="benchmark training/eval speed, compile time, memory and FLOPs per mode",
+        description="Benchmark models × batch sizes × dtypes × modes (baseline: plain jax.jit per step "
+                    "over NumPy batches with nn.Conv; step: jaxcnn, one call per step; fused: jaxcnn, "
+                    "--steps-per-call steps per call) on seeded synthetic data (or --dataset). Prints a "
+                    "table; --json writes every measurement.")
+    bench.add_argument("--model", action="append", metavar="NAME",
+                       help=f"model (repeatable; default: {' '.join(DEFAULT_MODELS)})")
+    bench.add_argument("--mode", action="append", metavar="MODE",
+                       help=f"execution mode (repeatable; default: {' '.join(MODES)})")
+    bench.add_argument("--batch-size", action="append", type=int, metavar="N",
+                       help=f"batch size (repeatable; default: {defaults.batch_sizes[0]})")
+    bench.add_argument("--dtype", action="append", metavar="DTYPE",
+                       help="float32 or bfloat16 (repeatable; default: float32)")
+    bench.add_argument("--json", metavar="FILE", help="write {env, results} as JSON to FILE")
+    bench.add_argument("--seed", type=int, default=defaults.seed, help="data, init and order seed")
+    bench.add_argument("--min-time", type=float, default=defaults.min_time, metavar="S",
+                       help=f"seconds per timed repeat (default: {defaults.min_time})")
+    bench.add_argument("--repeats", type=int, default=defaults.repeats,
+                       help=f"timed repeats; the median is reported (default: {defaults.repeats})")
+    bench.add_argument("--steps-per-call", type=int, default=defaults.steps_per_call, metavar="K",
+                       help=f"training steps per call in the fused mode (default: {defaults.steps_per_call})")
+    bench.add_argument("--fingerprint-steps", type=int, default=defaults.fingerprint_steps, metavar="N",
+                       help=f"the fingerprint is the loss of step N (default: {defaults.fingerprint_steps})")
+    bench.add_argument("--num-test", type=int, default=defaults.num_test, metavar="N",
+                       help=f"evaluation examples (default: {defaults.num_test})")
+    bench.add_argument("--dataset", default=defaults.dataset,
+                       help="synthetic (default; the model's input shape) or a real dataset such as mnist")
+    bench.add_argument("--data-dir", metavar="DIR", help="for a real --dataset; default: $JAXCNN_DATA_DIR")
+    bench.add_argument("--conv-impl", default=defaults.conv_impl,
+                       help="model.conv_impl of the step and fused modes: auto (default), xla, im2col, hybrid")
+    bench.add_argument("--compilation-cache-dir", metavar="DIR",
+                       help="persistent compilation cache (default: a fresh temporary folder, so the "
+                            "first compilation is cold)")
+    bench.set_defaults(func=run_bench)
 
 
 def split_overrides(rest: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -213,6 +255,26 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
         for result in results:
             ranked = ", ".join(f"{c['name']} ({c['probability']:.3f})" for c in result["top"])
             print(f"{result['file']}: {ranked}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from jaxcnn.bench import BenchSettings, format_row, format_table, run_benchmark
+
+    defaults = BenchSettings()
+    settings = BenchSettings(
+        models=tuple(args.model or defaults.models), modes=tuple(args.mode or defaults.modes),
+        batch_sizes=tuple(args.batch_size or defaults.batch_sizes), dtypes=tuple(args.dtype or defaults.dtypes),
+        seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
+        fingerprint_steps=args.fingerprint_steps, num_test=args.num_test, dataset=args.dataset,
+        data_dir=args.data_dir, conv_impl=args.conv_impl)
+    report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
+    outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
+    print(format_table(outcome["results"]))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(outcome, indent=2) + "\n")
     return 0
 
 

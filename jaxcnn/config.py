@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import augment, checkpoint, models, optim
+from jaxcnn import augment, checkpoint, models, optim, precision
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.parallel import STRATEGIES
@@ -62,6 +62,9 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.log_every_steps = 100
     config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
     config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/parallel.py
+    config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
+    config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
+    config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
     config.dataset = dataset_section(dataset)
     config.augment = ml_collections.ConfigDict(
         {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
@@ -232,7 +235,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
-    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps"):
+    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps"):
         _check_positive_int(config, key)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
@@ -251,6 +254,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"dataset.device_budget_mb must be a positive number of MiB, got {budget!r}")
     augment.augment_config(config.augment)
     _check_name("model.name", config.model.name, models.list_models())
+    precision.compute_dtype(config.dtype)
     models.create_model(config.model.name, num_classes=2, **model_options(config))
     losses.make_classification_loss(config.loss.name, num_classes=2,
                                     label_smoothing=config.loss.label_smoothing)

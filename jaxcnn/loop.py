@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import checkpoint, data, losses, models, optim, parallel
+from jaxcnn import checkpoint, data, losses, models, optim, parallel, precision
+from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.augment import augment_config, make_augment, step_key
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
 from jaxcnn.data.device import DeviceSplit, normalize, put_on_device
@@ -204,6 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     is_main = parallel.is_main_process()  # only process 0 writes the workdir and prints
     workdir, resuming = checkpoint.choose_workdir(workdir, config, fresh)
     workdir = prepare_workdir(workdir) if is_main else pathlib.Path(workdir)
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
     start_time = time.perf_counter()
 
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
@@ -216,9 +219,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_per_epoch = num_train // config.batch_size
     mean, std = mean_std_for(config.dataset, dataset.train)
     config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
-    model = models.create_model(config.model.name, dataset.num_classes, bn_axis_name=strategy.bn_axis_name,
-                                **model_options(config))
-    tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs)
+    model = models.create_model(config.model.name, dataset.num_classes, dtype=precision.compute_dtype(config.dtype),
+                                bn_axis_name=strategy.bn_axis_name, **model_options(config))
+    tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
+                                config.grad_accum_steps)
     loss_fn = losses.make_classification_loss(config.loss.name, dataset.num_classes,
                                               config.loss.label_smoothing)
     state = strategy.replicate(

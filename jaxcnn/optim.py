@@ -219,9 +219,19 @@ def _make_factory(opt: dict):
 
 
 def create_optimizer(
-    optimizer_cfg: Mapping, schedule_cfg: Mapping, steps_per_epoch: int, num_epochs: int
+    optimizer_cfg: Mapping,
+    schedule_cfg: Mapping,
+    steps_per_epoch: int,
+    num_epochs: int,
+    grad_accum_steps: int = 1,
 ) -> optax.GradientTransformation:
-    """Validate both sections, then build the optimizer with the scheduled lr and `lr_scale` = 1."""
+    """Validate both sections, then build the optimizer with the scheduled lr and `lr_scale` = 1.
+
+    With `grad_accum_steps` k > 1 the optimizer is wrapped in `optax.MultiSteps`: each call adds
+    one batch's gradients to a running mean and only every k-th call updates the parameters (the
+    others return zero updates), so k batches of size B train like one batch of size k·B. The
+    schedule then counts updates, i.e. `steps_per_epoch / k` per epoch.
+    """
     if steps_per_epoch < 1:
         raise JaxcnnError(
             f"steps_per_epoch must be >= 1, got {steps_per_epoch}; "
@@ -231,8 +241,15 @@ def create_optimizer(
         raise JaxcnnError(f"num_epochs must be >= 1, got {num_epochs}")
     opt = _optimizer_values(optimizer_cfg)
     sched = _schedule_values(schedule_cfg, opt["learning_rate"], num_epochs)
-    schedule = _make_schedule(opt["learning_rate"], sched, steps_per_epoch, num_epochs)
-    return optax.inject_hyperparams(_make_factory(opt))(learning_rate=schedule, lr_scale=1.0)
+    if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise JaxcnnError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
+    updates_per_epoch = max(1, round(steps_per_epoch / grad_accum_steps))
+    schedule = _make_schedule(opt["learning_rate"], sched, updates_per_epoch, num_epochs)
+    tx = optax.inject_hyperparams(_make_factory(opt))(learning_rate=schedule, lr_scale=1.0)
+    if grad_accum_steps > 1:
+        # learning_rate_in_effect / set_lr_scale find the hyperparams inside MultiSteps' inner state.
+        tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps).gradient_transformation()
+    return tx
 
 
 def _hyperparams(opt_state) -> dict:

@@ -165,3 +165,15 @@ def test_batch_norm_updates_running_stats_only_in_train_mode():
     np.testing.assert_allclose(
         train_update["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_tiled_pool_fast_path_matches_flax_pooling_and_its_gradient(kind):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 6, 3)), jnp.float32)  # 7 rows -> 3: crops
+    flax_pool = {"max": nn.max_pool, "avg": nn.avg_pool}[kind]
+    fast = lambda x: layers.pool(x, kind, 2)
+    reference = lambda x: flax_pool(x, (2, 2), (2, 2), "VALID")
+    np.testing.assert_allclose(fast(x), reference(x), rtol=1e-6, atol=1e-6)
+    weights = jnp.arange(2 * 3 * 3 * 3, dtype=jnp.float32).reshape(2, 3, 3, 3)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
+    np.testing.assert_allclose(grad(fast), grad(reference), rtol=1e-6, atol=1e-6)

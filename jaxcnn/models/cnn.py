@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn import layers
+from jaxcnn import im2col, layers
 from jaxcnn.errors import JaxcnnError
 
 
@@ -18,7 +18,7 @@ class ConvNet(nn.Module):
 
     `blocks` holds one tuple of conv feature counts per block. Conv options (`kernel_size`, `strides`,
     `padding`, `dilation`, `groups`, `use_bias`) apply to every conv; with `batch_norm` each conv is
-    conv → BatchNorm → activation. `input_padding` zero-pads the input on each side first (LeNet-5
+    conv → BatchNorm → activation; `conv_impl` picks how convolutions are computed (`jaxcnn.im2col`). `input_padding` zero-pads the input on each side first (LeNet-5
     uses 2 to see 28×28 MNIST as its classic 32×32). Dropout comes before each Dense layer.
     The defaults are the Flax MNIST example CNN (preset `cnn`).
     """
@@ -31,6 +31,7 @@ class ConvNet(nn.Module):
     dilation: int | Sequence[int] = 1
     groups: int = 1
     use_bias: bool = True
+    conv_impl: str = "auto"
     input_padding: int = 0
     batch_norm: bool = False
     activation: str = "relu"
@@ -63,6 +64,7 @@ class ConvNet(nn.Module):
                 f"invalid input_padding {pad!r} (model.input_padding); expected an int >= 0, e.g. 2"
             )
         layers.get_activation(self.activation)
+        im2col.resolve_conv_impl(self.conv_impl)
         layers.get_pool(self.pool)
         layers.check_dropout(self.dropout)
         super().__post_init__()
@@ -77,7 +79,7 @@ class ConvNet(nn.Module):
                 x = layers.conv(
                     x, features, self.kernel_size, strides=self.strides, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, use_bias=self.use_bias,
-                    dtype=self.dtype,
+                    dtype=self.dtype, conv_impl=self.conv_impl,
                 )
                 if self.batch_norm:
                     x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)

@@ -6,13 +6,14 @@ Convolutions are bias-free (BatchNorm follows each) with symmetric padding 1, as
 """
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn import layers
+from jaxcnn import im2col, layers
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.layers import Activation
 
@@ -26,18 +27,17 @@ class BasicBlock(nn.Module):
     act: Activation
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = layers.conv(x, self.features, 3, self.strides, padding=1, use_bias=False, dtype=self.dtype)
+        conv = partial(layers.conv, use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl)
+        y = conv(x, self.features, 3, self.strides, padding=1)
         y = self.act(layers.batch_norm(y, train, self.dtype, axis_name=self.bn_axis_name))
-        y = layers.conv(y, self.features, 3, padding=1, use_bias=False, dtype=self.dtype)
+        y = conv(y, self.features, 3, padding=1)
         y = layers.batch_norm(y, train, self.dtype, axis_name=self.bn_axis_name)
         if self.strides != 1 or x.shape[-1] != self.features:
-            x = layers.conv(
-                x, self.features, 1, self.strides, padding="VALID", use_bias=False, dtype=self.dtype,
-                name="shortcut_conv",
-            )
+            x = conv(x, self.features, 1, self.strides, padding="VALID", name="shortcut_conv")
             x = layers.batch_norm(x, train, self.dtype, name="shortcut_bn", axis_name=self.bn_axis_name)
         return self.act(x + y)
 
@@ -51,6 +51,7 @@ class ResNet(nn.Module):
     widths: Sequence[int] = (16, 32, 64)
     activation: str = "relu"
     negative_slope: float = 0.01
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.parallel)
 
@@ -64,17 +65,19 @@ class ResNet(nn.Module):
                 "be non-empty and of the same length (one width per stage); make them match"
             )
         layers.get_activation(self.activation)
+        im2col.resolve_conv_impl(self.conv_impl)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = layers.get_activation(self.activation, self.negative_slope)
-        x = layers.conv(x, self.widths[0], 3, padding=1, use_bias=False, dtype=self.dtype)
+        x = layers.conv(x, self.widths[0], 3, padding=1, use_bias=False, dtype=self.dtype,
+                        conv_impl=self.conv_impl)
         x = act(layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name))
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for block in range(size):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, act, self.dtype, self.bn_axis_name)(x, train)
+                x = BasicBlock(width, strides, act, self.dtype, self.bn_axis_name, self.conv_impl)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 

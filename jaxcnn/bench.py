@@ -1,0 +1,423 @@
+"""The benchmark: training and evaluation throughput, compile times, memory and FLOPs per mode.
+
+Modes:
+- `baseline`: the way typical Flax code trains, kept as the yardstick: a `flax.training`
+  TrainState, one `jax.jit` step per batch over NumPy batches sliced on the host (as the Flax MNIST
+  example does), XLA's own convolution (`nn.Conv`).
+- `step`: jaxcnn, one compiled call per step, data on the device, state donated.
+- `fused`: jaxcnn, `steps_per_call` steps per compiled call (`jaxcnn.fused`).
+
+Each (model, mode, batch size, dtype) gets a fresh, seeded state. The `fingerprint` is the loss of
+the `fingerprint_steps`-th step from that state: identical across runs with the same seed.
+Throughput is the median of `repeats` timed repeats (each at least `min_time` seconds) after a
+warm-up; compile time is cold (first compilation, which fills a persistent compilation cache) and
+warm (the same program again, now loaded from that cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state as flax_train_state
+
+from jaxcnn import data, fused, im2col, losses, models, optim, precision
+from jaxcnn.compilation import enable_compilation_cache
+from jaxcnn.data.device import epoch_order, eval_order, put_on_device
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.loop import make_eval_fn, make_train_fn, zero_train_totals
+from jaxcnn.state import create_train_state
+
+MODES = ("baseline", "step", "fused")
+DEFAULT_MODELS = ("mlp", "tiny_cnn", "cnn")
+LEARNING_RATE, MOMENTUM = 0.01, 0.9  # SGD with momentum for every mode: the Flax example's optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and how long; see `jaxcnn bench --help`."""
+
+    models: Sequence[str] = DEFAULT_MODELS
+    modes: Sequence[str] = MODES
+    batch_sizes: Sequence[int] = (128,)
+    dtypes: Sequence[str] = ("float32",)
+    seed: int = 0
+    min_time: float = 2.0
+    repeats: int = 3
+    steps_per_call: int = 20
+    fingerprint_steps: int = 10
+    eval_batch_size: int = 1000
+    num_test: int = 5000
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    conv_impl: str = "auto"  # the step and fused modes' model.conv_impl (the baseline keeps "xla")
+
+
+def check_settings(settings: BenchSettings) -> None:
+    for mode in settings.modes:
+        if mode not in MODES:
+            raise JaxcnnError(f"unknown benchmark mode {mode!r} (--mode); expected one of: {', '.join(MODES)}")
+    for name in settings.models:
+        models.create_model(name, 10)  # unknown names fail here, listing the known ones
+    for dtype in settings.dtypes:
+        precision.compute_dtype(dtype)
+    im2col.resolve_conv_impl(settings.conv_impl)
+    for key in ("repeats", "steps_per_call", "fingerprint_steps", "eval_batch_size", "num_test"):
+        value = getattr(settings, key)
+        if not isinstance(value, int) or value < 1:
+            raise JaxcnnError(f"benchmark setting {key} must be a positive integer, got {value!r}")
+    if any(not isinstance(b, int) or b < 1 for b in settings.batch_sizes):
+        raise JaxcnnError(f"--batch-size must be positive integers, got {list(settings.batch_sizes)}")
+    if not settings.min_time > 0:
+        raise JaxcnnError(f"--min-time must be > 0 seconds, got {settings.min_time}")
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def timed_rate(run: Callable[[], int], sync: Callable[[], Any], min_time: float, repeats: int) -> float:
+    """Median items/s of `repeats` repeats; each calls `run` (dispatches work, returns the items it
+    covers) until at least `min_time` seconds have passed, then waits for the results (`sync`)."""
+    rates = []
+    for _ in range(repeats):
+        sync()
+        items, start = 0, time.perf_counter()
+        while True:
+            items += run()
+            if time.perf_counter() - start >= min_time:
+                break
+        sync()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def compile_times(jitted: Any, args: tuple, kwargs: dict | None = None) -> tuple[Any, float, float]:
+    """(compiled, cold seconds, warm seconds): trace, lower and compile twice. In between, JAX's
+    in-memory caches are cleared, so the second time is that of a new process: the program is
+    traced and lowered again and loaded from the persistent compilation cache the first filled."""
+    kwargs = kwargs or {}
+    start = time.perf_counter()
+    jitted.lower(*args, **kwargs).compile()
+    cold = time.perf_counter() - start
+    jax.clear_caches()
+    start = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, cold, time.perf_counter() - start
+
+
+def flops_of(jitted: Any, args: tuple) -> float | None:
+    """XLA's FLOP count of one call of `jitted` (None where the backend does not report it)."""
+    analysis = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+
+
+def peak_device_memory_mb() -> float | None:
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+# ---------------------------------------------------------------------------- the modes
+
+
+@dataclasses.dataclass
+class Workload:
+    """One model × batch size × dtype on one dataset: everything the modes share."""
+
+    name: str
+    batch_size: int
+    dtype: str
+    train: data.Split
+    test: data.Split
+    num_classes: int
+    order: np.ndarray  # (steps, batch) training indices, the same for every mode
+    mean: float
+    std: float
+
+    def model(self, conv_impl: str) -> Any:
+        options = {"conv_impl": conv_impl} if "conv_impl" in models.model_defaults(self.name) else {}
+        return models.create_model(self.name, self.num_classes, dtype=precision.compute_dtype(self.dtype),
+                                   **options)
+
+
+def _baseline(work: Workload, settings: BenchSettings) -> dict[str, Any]:
+    """Typical Flax code: host NumPy batches, `jax.jit` per step, `nn.Conv`."""
+    model = work.model(conv_impl="xla")
+    shape = work.train.images.shape[1:]
+    init_key = jax.random.split(jax.random.PRNGKey(settings.seed))[0]  # create_train_state's init key
+    variables = jax.jit(model.init)(init_key, jnp.zeros((1, *shape)))
+    tx = optax.sgd(LEARNING_RATE, MOMENTUM)
+    has_bn = "batch_stats" in variables
+    images = (work.train.images.astype(np.float32) / 255.0 - work.mean) / work.std
+    labels = work.train.labels
+    test_images = (work.test.images.astype(np.float32) / 255.0 - work.mean) / work.std
+
+    def new_state():
+        return flax_train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx), \
+            variables.get("batch_stats", {})
+
+    def train_step(state, batch_stats, x, y):
+        def loss_fn(params):
+            if has_bn:
+                logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, x,
+                                                 train=True, mutable=["batch_stats"])
+                new_stats = updates["batch_stats"]
+            else:
+                logits, new_stats = state.apply_fn({"params": params}, x, train=True), batch_stats
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), new_stats, loss
+
+    def predict(state, batch_stats, x):
+        v = {"params": state.params, **({"batch_stats": batch_stats} if has_bn else {})}
+        return jnp.argmax(state.apply_fn(v, x, train=False), -1)
+
+    step_fn, predict_fn = jax.jit(train_step), jax.jit(predict)
+    state, stats = new_state()
+    first = (state, stats, images[work.order[0]], labels[work.order[0]])
+    compiled, cold, warm = compile_times(step_fn, first)
+    flops = flops_of(step_fn, first)
+
+    loss = None
+    for i in range(settings.fingerprint_steps):
+        idx = work.order[i % len(work.order)]
+        state, stats, loss = compiled(state, stats, images[idx], labels[idx])
+    fingerprint = float(loss)
+    cursor = [0]
+
+    def train_some() -> int:
+        nonlocal state, stats
+        idx = work.order[cursor[0] % len(work.order)]
+        cursor[0] += 1
+        state, stats, _ = compiled(state, stats, images[idx], labels[idx])
+        return work.batch_size
+
+    ebs = min(settings.eval_batch_size, len(test_images))
+
+    def eval_pass() -> int:
+        preds = [predict_fn(state, stats, test_images[i:i + ebs]) for i in range(0, len(test_images), ebs)]
+        jax.block_until_ready(preds)
+        return len(test_images)
+
+    return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
+
+
+def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | None) -> dict[str, Any]:
+    """jaxcnn's own loop pieces: one call per step (`fused_steps` None) or `fused_steps` per call."""
+    model = work.model(settings.conv_impl)
+    tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
+                                {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
+    loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
+    shape = tuple(work.train.images.shape[1:])
+    new_state = lambda: create_train_state(model, tx, loss_fn, shape, settings.seed)
+    split, test_split = put_on_device(work.train), put_on_device(work.test)
+    order = jnp.asarray(work.order)
+    num_steps = len(work.order)
+    step_fn = make_train_fn(work.mean, work.std)
+    state, totals = new_state(), zero_train_totals()
+    if fused_steps is None:
+        compiled, cold, warm = compile_times(step_fn, (state, totals, split, order, 0))
+        for i in range(settings.fingerprint_steps):
+            if i == settings.fingerprint_steps - 1:  # fresh totals: they hold exactly the last step's loss
+                totals = zero_train_totals()
+            state, totals = compiled(state, totals, split, order, i % num_steps)
+        fingerprint = float(totals["loss"])
+        state, totals = new_state(), zero_train_totals()
+        cursor = [0]
+
+        def train_some() -> int:
+            nonlocal state, totals
+            state, totals = compiled(state, totals, split, order, cursor[0] % num_steps)
+            cursor[0] += 1
+            return work.batch_size
+    else:
+        fused_fn = fused.make_fused_train_fn(work.mean, work.std)
+        compiled, cold, warm = compile_times(fused_fn, (state, totals, split, order, 0),
+                                             {"num_steps": fused_steps})
+        for start, n in fused.call_sizes(settings.fingerprint_steps, fused_steps):
+            state, totals, per_step = fused_fn(state, totals, split, order, start % num_steps, num_steps=n)
+        fingerprint = float(per_step["loss"][-1])
+        state, totals = new_state(), zero_train_totals()
+        starts = [s for s, n in fused.call_sizes(num_steps, fused_steps) if n == fused_steps]
+        cursor = [0]
+
+        def train_some() -> int:
+            nonlocal state, totals
+            state, totals, _ = compiled(state, totals, split, order, starts[cursor[0] % len(starts)])
+            cursor[0] += 1
+            return work.batch_size * fused_steps
+
+    # FLOPs of one step (XLA does not multiply a scan body's cost by its trip count).
+    flops = flops_of(step_fn, (state, totals, split, order, 0))
+    ebs = min(settings.eval_batch_size, len(work.test.labels))
+    eval_idx, eval_mask = (jnp.asarray(a) for a in eval_order(len(work.test.labels), ebs))
+    if fused_steps is None:
+        eval_fn = make_eval_fn(work.mean, work.std)
+
+        def eval_pass() -> int:
+            sums = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+            for i in range(eval_idx.shape[0]):
+                sums = eval_fn(state, sums, test_split, eval_idx, eval_mask, i)
+            jax.block_until_ready(sums)
+            return len(work.test.labels)
+    else:
+        eval_all = fused.make_fused_eval_fn(work.mean, work.std)
+
+        def eval_pass() -> int:
+            jax.block_until_ready(eval_all(state, test_split, eval_idx, eval_mask))
+            return len(work.test.labels)
+
+    return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
+
+
+def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_state: Callable[[], Any],
+             settings: BenchSettings, cold: float, warm: float, flops_per_step: float | None,
+             work: Workload, fingerprint: float) -> dict[str, Any]:
+    """Warm up, then time training and evaluation; returns one result row."""
+    sync = lambda: jax.block_until_ready(get_state())
+    train_some()
+    train_rate = timed_rate(train_some, sync, settings.min_time, settings.repeats)
+    eval_pass()
+    eval_rate = timed_rate(eval_pass, sync, settings.min_time, settings.repeats)
+    flops_per_image = flops_per_step / work.batch_size if flops_per_step else None
+    return {
+        "train_images_per_s": train_rate,
+        "eval_images_per_s": eval_rate,
+        "compile_s": cold,
+        "warm_compile_s": warm,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_device_memory_mb": peak_device_memory_mb(),
+        "flops_per_image": flops_per_image,
+        "gflops": flops_per_image * train_rate / 1e9 if flops_per_image else None,
+        "fingerprint": fingerprint,
+    }
+
+
+def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -> Workload:
+    """Seeded synthetic data of the model's default input shape (or the chosen real dataset),
+    enough training examples for one fused call per pass over them."""
+    num_train = batch_size * max(settings.steps_per_call, settings.fingerprint_steps)
+    if settings.dataset == "synthetic":
+        dataset = data.load_dataset("synthetic", val_fraction=0.0, seed=settings.seed,
+                                    image_shape=models.default_input_shape(name), num_classes=10,
+                                    num_train=num_train, num_test=settings.num_test)
+    else:
+        dataset = data.load_dataset(settings.dataset, data_dir=settings.data_dir, val_fraction=0.0,
+                                    seed=settings.seed)
+    if len(dataset.train.labels) < num_train:
+        raise JaxcnnError(f"dataset {settings.dataset!r} has {len(dataset.train.labels)} training examples; "
+                          f"batch size {batch_size} × steps_per_call needs {num_train}; lower --steps-per-call")
+    train = data.Split(dataset.train.images[:num_train], dataset.train.labels[:num_train])
+    test = data.Split(dataset.test.images[:settings.num_test], dataset.test.labels[:settings.num_test])
+    order = np.asarray(epoch_order(settings.seed, 1, num_train, batch_size))
+    return Workload(name, batch_size, dtype, train, test, dataset.num_classes, order, 0.0, 1.0)
+
+
+def environment(settings: BenchSettings) -> dict[str, Any]:
+    device = jax.devices()[0]
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    return {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": versions,
+        "seed": settings.seed,
+        "config": {k: list(v) if isinstance(v, (list, tuple)) else v
+                   for k, v in dataclasses.asdict(settings).items()},
+    }
+
+
+def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
+                  report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measures every model × batch size × dtype × mode; returns `{"env": ..., "results": [...]}`.
+
+    Compile times need the persistent compilation cache: it is enabled in `cache_dir` (default a
+    fresh temporary folder, so the first compilation is cold). Run it in a fresh process (as
+    `jaxcnn bench` does): JAX reads the cache setting at its first compilation.
+    `report` is called with each result row as it is measured.
+    """
+    check_settings(settings)
+    with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
+        enable_compilation_cache(cache_dir or tmp)
+        results = []
+        for name in settings.models:
+            for batch_size in settings.batch_sizes:
+                for dtype in settings.dtypes:
+                    work = _workload(name, batch_size, dtype, settings)
+                    baseline_rate = None
+                    for mode in settings.modes:
+                        if mode == "baseline":
+                            row = _baseline(work, settings)
+                        else:
+                            row = _jaxcnn_mode(work, settings, settings.steps_per_call if mode == "fused" else None)
+                        row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row}
+                        if mode == "baseline":
+                            baseline_rate = row["train_images_per_s"]
+                        row["speedup_vs_baseline"] = (row["train_images_per_s"] / baseline_rate
+                                                      if baseline_rate else None)
+                        results.append(row)
+                        if report:
+                            report(row)
+    return {"env": environment(settings), "results": results}
+
+
+TABLE_COLUMNS = (
+    ("model", "model", "{}"), ("mode", "mode", "{}"), ("batch", "batch_size", "{}"), ("dtype", "dtype", "{}"),
+    ("train img/s", "train_images_per_s", "{:,.0f}"), ("× baseline", "speedup_vs_baseline", "{:.2f}"),
+    ("eval img/s", "eval_images_per_s", "{:,.0f}"), ("compile s", "compile_s", "{:.2f}"),
+    ("warm s", "warm_compile_s", "{:.2f}"), ("MFLOP/img", "flops_per_image", "{}"),
+    ("GFLOP/s", "gflops", "{:.1f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"), ("fingerprint", "fingerprint", "{:.6f}"),
+)
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    cells = []
+    for _, key, fmt in TABLE_COLUMNS:
+        value = row.get(key)
+        if value is None:
+            cells.append("-")
+        elif key == "flops_per_image":
+            cells.append(f"{value / 1e6:.2f}")
+        else:
+            cells.append(fmt.format(value))
+    return cells
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the result rows."""
+    lines = ["| " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(format_row(row)) + " |" for row in results]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Gradient accumulation, bfloat16 computation and the persistent compilation cache."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxcnn import losses, models, optim
+from jaxcnn.config import load_config
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.loop import train_and_evaluate
+from jaxcnn.state import create_train_state
+from jaxcnn.steps import train_step
+
+
+def mlp_state(grad_accum_steps, dtype=jnp.float32, model="mlp", **options):
+    model = models.create_model(model, 10, dtype=dtype, **options)
+    tx = optim.create_optimizer({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+                                {"name": "constant"}, steps_per_epoch=4, num_epochs=1,
+                                grad_accum_steps=grad_accum_steps)
+    return create_train_state(model, tx, losses.make_classification_loss("cross_entropy", 10),
+                              (28, 28, 1), seed=0)
+
+
+def batch(rng, n):
+    return {"image": jnp.asarray(rng.normal(size=(n, 28, 28, 1)), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, 10, n), jnp.int32)}
+
+
+def test_four_accumulated_batches_of_32_equal_one_batch_of_128_for_the_mlp():
+    rng = np.random.default_rng(0)
+    batches = [batch(rng, 128) for _ in range(2)]
+    step = jax.jit(train_step)
+    large, accumulated = mlp_state(1), mlp_state(4)
+    initial = accumulated.params
+    for big in batches:
+        large, _ = step(large, big)
+        for k in range(4):
+            accumulated, _ = step(accumulated, jax.tree.map(lambda a: a[32 * k:32 * (k + 1)], big))
+            if k < 3 and big is batches[0]:  # no update until the 4th micro-batch
+                for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(initial)):
+                    np.testing.assert_array_equal(a, b)
+    for got, want in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(large.params)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert float(optim.learning_rate_in_effect(accumulated.opt_state)) == pytest.approx(0.1)
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params_and_loss():
+    state = mlp_state(1, jnp.bfloat16, model="cnn", blocks=((4,),), hidden=(16,))
+    rng = np.random.default_rng(1)
+    data = batch(rng, 64)
+    hidden = jax.jit(lambda v, x: state.apply_fn(v, x, capture_intermediates=True)[1])(
+        state.variables(), data["image"])
+    conv_out = hidden["intermediates"]["Conv_0"]["__call__"][0]
+    assert conv_out.dtype == jnp.bfloat16
+    step = jax.jit(train_step)
+    first_loss = None
+    for _ in range(15):
+        state, metrics = step(state, data)
+        first_loss = first_loss if first_loss is not None else float(metrics["loss"])
+    assert metrics["loss"].dtype == jnp.float32
+    assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))} <= {
+        jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+    assert float(metrics["loss"]) < 0.5 * first_loss
+
+
+def test_a_bfloat16_run_trains_on_digits(tmp_path):
+    config = load_config("digits_cnn", ["model.name=mlp", "num_epochs=3", "schedule.name=constant",
+                                        "dtype=bfloat16"])
+    summary = train_and_evaluate(config, tmp_path / "bf16", quiet=True)
+    assert summary["test_accuracy"] > 0.85
+
+
+def test_unknown_dtype_and_bad_accumulation_are_user_errors():
+    with pytest.raises(JaxcnnError, match="config.dtype"):
+        load_config("digits_cnn", ["dtype=float16"])
+    with pytest.raises(JaxcnnError, match="grad_accum_steps"):
+        load_config("digits_cnn", ["grad_accum_steps=0"])
+
+
+def test_a_second_run_loads_every_program_from_the_compilation_cache(tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "jaxcnn.cli", "train", "--quiet", "--config.model.name=mlp",
+               "--config.model.hidden=(16,)", "--config.num_epochs=1", "--config.schedule.name=constant",
+               f"--config.compilation_cache_dir={cache}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(command + ["--workdir", str(tmp_path / "a")], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    first = sorted(p.name for p in cache.iterdir())
+    assert first, "the first run wrote no compiled programs to the cache"
+    subprocess.run(command + ["--workdir", str(tmp_path / "b")], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    assert sorted(p.name for p in cache.iterdir()) == first  # all hits, nothing compiled anew
