@@ -235,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch,
     }, watch_signals=True) if config.checkpoint.enabled and jax.process_count() == 1 else None  # see README
     loop_state = None
-    if resuming:
+    if resuming and saver is not None:
         restored = saver.restore_latest(state, zero_train_totals())
         if restored is not None:
             state, resumed_totals, loop_state = restored
