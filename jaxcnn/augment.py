@@ -22,7 +22,6 @@ from jaxcnn.errors import JaxcnnError
 
 # Folded into the state's key so augmentation draws a stream separate from dropout's.
 AUGMENT_SALT = 0xA067
-KEYS = ("crop_padding", "flip", "cutout")
 
 
 @dataclasses.dataclass(frozen=True)

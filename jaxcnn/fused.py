@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.data.device import DeviceSplit, eval_order, normalize
+from jaxcnn.data.device import DeviceSplit, normalize
 from jaxcnn.state import TrainState
 from jaxcnn.steps import eval_step, train_step
 
@@ -82,17 +82,6 @@ def make_fused_eval_fn(mean: float, std: float) -> Callable:
         return lax.scan(body, zeros, (order, mask))[0]
 
     return jax.jit(eval_all)
-
-
-def evaluate_fused(eval_all_fn: Callable, state: TrainState, split: DeviceSplit,
-                   batch_size: int) -> dict[str, float]:
-    """Like `loop.evaluate`, in one call: every example of `split` counted exactly once."""
-    n = len(split)
-    order, mask = eval_order(n, min(batch_size, n))
-    totals = jax.device_get(eval_all_fn(state, split, jnp.asarray(order), jnp.asarray(mask)))
-    return {"loss": float(totals["loss_sum"] / totals["count"]),
-            "accuracy": float(totals["correct"] / totals["count"]),
-            "count": int(totals["count"])}
 
 
 def _gather(split: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:
