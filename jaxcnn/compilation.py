@@ -25,3 +25,22 @@ def enable_compilation_cache(directory: str | pathlib.Path, min_compile_time_s: 
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# XLA:CPU (jax 0.10.2) hands convolutions, and element-wise/reduce regions around them, to YNNPACK
+# by default. On the project's 2-core CPU YNNPACK's convolution gradients were 2-3x slower than
+# XLA's own (Eigen) ones (Flax-example CNN, conv 14x14x32->64, batch 128: kernel gradient 9.1 ms
+# against 3.7 ms) and its fusions materialise broadcast constants every step; its dots are kept.
+# Measured per model in README.md, "Speed".
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str] | None:
+    """The XLA options jaxcnn compiles its training and evaluation programs with on `backend`
+    (default: JAX's default backend): `CPU_COMPILER_OPTIONS` on CPU, XLA's defaults elsewhere.
+
+    They are per program (`jax.jit(..., compiler_options=...)`), so other JAX code in the process,
+    such as the benchmark's `baseline`, keeps XLA's defaults. Every program that must give bitwise
+    equal results (one step per call and fused steps) is compiled with the same options.
+    """
+    return dict(CPU_COMPILER_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.compilation import compiler_options
 from jaxcnn.data.device import DeviceSplit, normalize
 from jaxcnn.state import TrainState
 from jaxcnn.steps import eval_step, train_step
@@ -66,7 +67,8 @@ def make_fused_train_fn(mean: float, std: float, unroll: bool | int | None = Non
         (state, totals), per_step = lax.scan(body, (state, totals), indices, unroll=steps_unroll)
         return state, totals, per_step
 
-    return jax.jit(train_many, donate_argnums=(0, 1), static_argnames=("num_steps",))
+    return jax.jit(train_many, donate_argnums=(0, 1), static_argnames=("num_steps",),
+                   compiler_options=compiler_options())
 
 
 def make_fused_eval_fn(mean: float, std: float) -> Callable:
@@ -81,7 +83,7 @@ def make_fused_eval_fn(mean: float, std: float) -> Callable:
         zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
         return lax.scan(body, zeros, (order, mask))[0]
 
-    return jax.jit(eval_all)
+    return jax.jit(eval_all, compiler_options=compiler_options())
 
 
 def _gather(split: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:

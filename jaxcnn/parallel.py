@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxcnn.compilation import compiler_options
 from jaxcnn.data import Split
 from jaxcnn.data.device import DeviceSplit, epoch_order, eval_order, put_on_device
 from jaxcnn.data.host import place_splits
@@ -160,13 +161,13 @@ class Strategy:
         def train_fn(state, totals, *inputs):
             return train_one(state, totals, prepare(batch_fn(*inputs), state), None)
 
-        return jax.jit(train_fn, donate_argnums=(0, 1))
+        return jax.jit(train_fn, donate_argnums=(0, 1), compiler_options=compiler_options())
 
     def compile_eval(self, eval_one: BatchFn, prepare: Callable, batch_fn: Callable) -> Callable:
         def eval_fn(state, totals, *inputs):
             return eval_one(state, totals, prepare(batch_fn(*inputs), state), None)
 
-        return jax.jit(eval_fn, donate_argnums=(1,))
+        return jax.jit(eval_fn, donate_argnums=(1,), compiler_options=compiler_options())
 
     def local_copy(self, tree: Any) -> Any:
         """`tree` (e.g. the final state) as plain arrays on this process's first device, for the
@@ -284,7 +285,8 @@ class ShardedStrategy(_MultiDevice):
     def compile_train(self, train_one: BatchFn, prepare: Callable, batch_fn: Callable) -> Callable:
         if self.multi_process:
             step = jax.jit(lambda state, totals, batch: train_one(state, totals, prepare(batch, state), None),
-                           donate_argnums=(0, 1), out_shardings=self.replicated)
+                           donate_argnums=(0, 1), out_shardings=self.replicated,
+                           compiler_options=compiler_options())
             return lambda state, totals, split, order, i: step(self.wait(state), totals,
                                                                self._feed(split, order[i]))
 
@@ -292,13 +294,15 @@ class ShardedStrategy(_MultiDevice):
             batch = jax.lax.with_sharding_constraint(DeviceSplit.train_batch(split, order, i), self.rows)
             return train_one(state, totals, prepare(batch, state), None)
 
-        step = jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated)
+        step = jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated,
+                       compiler_options=compiler_options())
         return lambda state, totals, split, order, i: step(self.wait(state), totals, split, order, i)
 
     def compile_eval(self, eval_one: BatchFn, prepare: Callable, batch_fn: Callable) -> Callable:
         if self.multi_process:
             step = jax.jit(lambda state, totals, batch: eval_one(state, totals, prepare(batch, state), None),
-                           donate_argnums=(1,), out_shardings=self.replicated)
+                           donate_argnums=(1,), out_shardings=self.replicated,
+                           compiler_options=compiler_options())
             return lambda state, totals, split, order, mask, i: step(
                 state, self.wait(totals), self._feed(split, order[i], mask[i]))
 
@@ -306,7 +310,8 @@ class ShardedStrategy(_MultiDevice):
             batch = DeviceSplit.eval_batch(split, order, mask, i)
             return eval_one(state, totals, prepare(jax.lax.with_sharding_constraint(batch, self.rows), state), None)
 
-        step = jax.jit(eval_fn, donate_argnums=(1,), out_shardings=self.replicated)
+        step = jax.jit(eval_fn, donate_argnums=(1,), out_shardings=self.replicated,
+                       compiler_options=compiler_options())
         return lambda state, totals, split, order, mask, i: step(state, self.wait(totals), split, order, mask, i)
 
     def _feed(self, split: Split, indices: np.ndarray, mask: np.ndarray | None = None) -> dict[str, jax.Array]:
