@@ -1,24 +1,22 @@
-"""Convolution as im2col + one matmul: the fast path on CPU, where XLA's own convolution is slow.
+"""Convolutions computed without XLA's convolution op: im2col + matmul, and shift-and-add.
 
-XLA's CPU convolution (forward and, above all, its gradients) keeps a 2-core CPU about 60% busy on
-the Flax-example CNN and becomes ~10x slower inside `lax.scan`. Building the patch matrix from
-kh·kw shifted, strided slices of the padded input, concatenating them on the channel axis and
-multiplying by the reshaped kernel in one matmul lets XLA use its dot kernels for the forward pass
-and both gradients (the slices' transposes are pads that XLA fuses into adds). Measured on the
-2-core CPU (the probes of issue 7): im2col trains the Flax-example CNN ~1.1x faster per step and
-~1.8x faster fused in a scan than `lax.conv_general_dilated`; `lax.conv_general_dilated_patches`
-as the patch extractor was slower than the slices. `hybrid_conv_general_dilated` keeps XLA's fast
-forward convolution and differentiates through im2col: the fastest there inside `lax.scan`. With
-jax 0.10.2 on this project's CPU, XLA's own convolution was faster than both one call per step
-and in a fully unrolled scan (which jaxcnn's fused steps use on CPU), so "auto" is XLA's
-convolution; these two are for rolled scans (README, Speed).
-On GPU/TPU XLA's convolution is kept (see `resolve_conv_impl`).
+`model.conv_impl` picks one per model ("auto" per backend and input channels, `resolve_conv_impl`):
+- "xla": `lax.conv_general_dilated`, what `nn.Conv` uses. On CPU jaxcnn compiles with YNNPACK's
+  convolutions off (`compilation.compiler_options`), which made XLA's own convolutions the fastest
+  for layers with many input channels, one call per step and in fused (unrolled) steps.
+- "shift": `shift_conv_general_dilated`, the forward pass as element-wise multiply-adds of shifted
+  input slices, the gradients XLA's. "auto" on CPU for layers of at most `SHIFT_MAX_CHANNELS` input
+  channels (MNIST's and CIFAR's first layers), where XLA's convolution was 2-11x slower forward.
+- "im2col": the patch matrix from kh·kw shifted, strided slices of the padded input, concatenated
+  on the channel axis and multiplied by the reshaped kernel in one matmul (forward and gradients).
+- "hybrid": XLA's forward, im2col's gradients.
+"im2col" and "hybrid" were the fast choice inside a rolled `lax.scan` with XLA's default options;
+they stay for experiments (README, Speed). On GPU/TPU "auto" keeps XLA's convolution.
 
-`conv_general_dilated` has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout
-that `nn.Conv` uses, so it plugs into `nn.Conv(conv_general_dilated=...)` and the parameters keep
-`nn.Conv`'s names and shapes.
+Each has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout that `nn.Conv` uses,
+so it plugs into `nn.Conv(conv_general_dilated=...)` and the parameters keep `nn.Conv`'s names and
+shapes.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,23 +28,32 @@ from jax import lax
 
 from jaxcnn.errors import JaxcnnError
 
-CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
+CONV_IMPLS = ("auto", "xla", "im2col", "hybrid", "shift")
 
 
-def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
-    """"xla", "im2col" or "hybrid" for `impl`. "auto" is XLA's convolution on every backend: on
-    this project's 2-core CPU (jax 0.10.2) it was the fastest one call per step and in jaxcnn's
-    fused steps, whose scan is unrolled on CPU (`fused.default_unroll`); "im2col"/"hybrid" are
-    the fast choice in a rolled `lax.scan` on CPU, where XLA's convolution is ~20x slower.
-    `backend` is accepted so the choice can differ per backend when measurements say so."""
+# "auto" on CPU computes convolutions with at most this many input channels (per group) by
+# shift-and-add: faster there than XLA's convolution up to 4 channels, slower from 8 (3x3 kernels,
+# batch 128, 2-core CPU: README.md, "Speed").
+SHIFT_MAX_CHANNELS = 4
+
+
+def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | None = None) -> str:
+    """The implementation `impl` names for a convolution with `in_channels` input channels per group.
+
+    "auto" is "shift" on CPU for inputs of at most `SHIFT_MAX_CHANNELS` channels (the first layer of
+    an MNIST or CIFAR model) and XLA's own convolution otherwise and on every other backend. On CPU
+    jaxcnn compiles with YNNPACK's convolutions off (`compilation.compiler_options`), which made
+    XLA's convolution faster than "im2col" and "hybrid" both one call per step and in jaxcnn's
+    fused steps (unrolled scans); those two stay for experiments. `backend` defaults to JAX's.
+    """
     if impl not in CONV_IMPLS:
         raise JaxcnnError(
             f"unknown conv_impl {impl!r} (model.conv_impl); expected one of: {', '.join(CONV_IMPLS)}"
         )
     if impl != "auto":
         return impl
-    del backend  # XLA's convolution won on CPU (unrolled fused steps, per step) and is kept on GPU/TPU
-    return "xla"
+    on_cpu = (backend or jax.default_backend()) == "cpu"
+    return "shift" if on_cpu and in_channels is not None and in_channels <= SHIFT_MAX_CHANNELS else "xla"
 
 
 def _pads(
@@ -74,30 +81,10 @@ def conv_general_dilated(
     Supports any number of spatial dims, strides, padding (a string or (lo, hi) pairs), kernel
     dilation and feature groups; input dilation (transposed convolution) is not supported.
     """
-    ndim = lhs.ndim - 2
-    if dimension_numbers is not None:
-        expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _nhwc_spec(ndim))
-        given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        if given != expected:
-            raise ValueError(f"im2col conv supports only channels-last layouts, got {dimension_numbers}")
-    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
-        raise ValueError("im2col conv does not support input (lhs) dilation")
-    dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * ndim
-    strides = tuple(window_strides)
-    kernel = rhs.shape[:ndim]
+    slices = _tap_slices(lhs, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                         dimension_numbers)
     in_channels, features = lhs.shape[-1], rhs.shape[-1]
     groups = feature_group_count
-    window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-    pads = _pads(lhs.shape[1:-1], window, strides, padding)
-    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-    out = tuple((x.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(ndim))
-
-    slices = []
-    for offset in _offsets(kernel):
-        start = [0] + [o * d for o, d in zip(offset, dilation)] + [0]
-        limit = ([x.shape[0]] + [s + (n - 1) * st + 1 for s, n, st in zip(start[1:], out, strides)]
-                 + [in_channels])
-        slices.append(lax.slice(x, start, limit, [1, *strides, 1]))
     patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
     taps = len(slices)
     if groups == 1:
@@ -111,6 +98,35 @@ def conv_general_dilated(
     y = jnp.einsum("...kgc,kcgo->...go", patches, matrix, precision=precision,
                    preferred_element_type=preferred_element_type)
     return y.reshape(*y.shape[:-2], features)
+
+
+def _tap_slices(lhs: jax.Array, rhs_shape: Sequence[int], window_strides: Sequence[int], padding: Any,
+                lhs_dilation: Sequence[int] | None, rhs_dilation: Sequence[int] | None,
+                dimension_numbers: Any) -> list[jax.Array]:
+    """For each kernel tap (row-major, the order of the kernel's reshape), the strided slice of the
+    padded NHWC input that the tap multiplies: each of the output's spatial shape."""
+    ndim = lhs.ndim - 2
+    if dimension_numbers is not None:
+        expected = lax.conv_dimension_numbers(lhs.shape, tuple(rhs_shape), _nhwc_spec(ndim))
+        given = lax.conv_dimension_numbers(lhs.shape, tuple(rhs_shape), dimension_numbers)
+        if given != expected:
+            raise ValueError(f"im2col conv supports only channels-last layouts, got {dimension_numbers}")
+    if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
+        raise ValueError("im2col conv does not support input (lhs) dilation")
+    dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * ndim
+    strides = tuple(window_strides)
+    kernel = tuple(rhs_shape[:ndim])
+    window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+    pads = _pads(lhs.shape[1:-1], window, strides, padding)
+    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+    out = tuple((x.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(ndim))
+    slices = []
+    for offset in _offsets(kernel):
+        start = [0] + [o * d for o, d in zip(offset, dilation)] + [0]
+        limit = ([x.shape[0]] + [s + (n - 1) * st + 1 for s, n, st in zip(start[1:], out, strides)]
+                 + [lhs.shape[-1]])
+        slices.append(lax.slice(x, start, limit, [1, *strides, 1]))
+    return slices
 
 
 def _offsets(kernel: Sequence[int]) -> list[tuple[int, ...]]:
@@ -169,5 +185,61 @@ def hybrid_conv_general_dilated(
     return conv(lhs, rhs)
 
 
+def shift_conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """Forward pass as shift-and-add, gradients XLA's (a `jax.custom_vjp`): for inputs with few channels.
+
+    The output is the sum over kernel taps of the tap's shifted input slice times the tap's
+    (in_channels, features) weights, written as element-wise multiply-adds that XLA fuses into one
+    loop, with no patch matrix. With one input channel (MNIST's first convolution) that loop is
+    what the convolution is: on the 2-core CPU it ran 11x (3x3x1->8) and 4x (3x3x1->32) faster
+    than XLA's convolution at batch 128, while XLA's kernel gradient stayed the fastest, so the
+    backward pass is `lax.conv_general_dilated`'s. With many input channels the element-wise form
+    is slow, hence `resolve_conv_impl`'s `SHIFT_MAX_CHANNELS`.
+    """
+    options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                   dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                   precision=precision, preferred_element_type=preferred_element_type)
+
+    @jax.custom_vjp
+    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+        slices = _tap_slices(x, w.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                             dimension_numbers)
+        groups, features = feature_group_count, w.shape[-1]
+        per_group_in = x.shape[-1] // groups
+        out_dtype = preferred_element_type or jnp.result_type(x, w)
+        acc_dtype = jnp.promote_types(out_dtype, jnp.float32)  # bfloat16 inputs sum in float32
+        # (..., taps, groups, in_channels per group, 1) times (taps, groups, in_channels per group,
+        # features per group), summed over taps and channels in one reduction: XLA materialises a
+        # reduction's output once, where a chain of adds would be recomputed inside every consumer
+        # (the pool, its gradient, the bias gradient).
+        xs = jnp.stack(slices, axis=-2).reshape(*slices[0].shape[:-1], len(slices), groups, per_group_in, 1)
+        taps = w.reshape(len(slices), per_group_in, groups, features // groups).transpose(0, 2, 1, 3)
+        y = jnp.sum(xs.astype(acc_dtype) * taps.astype(acc_dtype), axis=(-4, -2))
+        return y.reshape(*y.shape[:-2], features).astype(out_dtype)
+
+    def forward(x: jax.Array, w: jax.Array):
+        return conv(x, w), (x, w)
+
+    def backward(residuals, cotangent):
+        x, w = residuals
+        _, pullback = jax.vjp(
+            lambda x, w: lax.conv_general_dilated(x, w, window_strides, padding, **options), x, w)
+        return pullback(cotangent)
+
+    conv.defvjp(forward, backward)
+    return conv(lhs, rhs)
+
+
 IMPLEMENTATIONS = {"xla": lax.conv_general_dilated, "im2col": conv_general_dilated,
-                   "hybrid": hybrid_conv_general_dilated}
+                   "hybrid": hybrid_conv_general_dilated, "shift": shift_conv_general_dilated}

@@ -150,8 +150,8 @@ def conv(
     """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
 
     `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
-    divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col", "hybrid") picks how
-    the convolution is computed (see `jaxcnn.im2col`); the parameters are `nn.Conv`'s either way.
+    divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col", "hybrid",
+    "shift") picks how the convolution is computed (see `jaxcnn.im2col`); the parameters are `nn.Conv`'s either way.
     """
     ndim = x.ndim - 2
     in_channels = x.shape[-1]
@@ -170,7 +170,8 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         name=name,
-        conv_general_dilated=im2col.IMPLEMENTATIONS[im2col.resolve_conv_impl(conv_impl)],
+        conv_general_dilated=im2col.IMPLEMENTATIONS[
+            im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups)],
     )(x)
     _check_not_empty(x, y, f"a convolution with kernel_size {kernel_size!r}")
     return y

@@ -1,5 +1,5 @@
-"""The im2col and hybrid convolutions equal `lax.conv_general_dilated` (forward and gradients) and
-plug into the models without changing their parameters."""
+"""The im2col, hybrid and shift convolutions equal `lax.conv_general_dilated` (forward and
+gradients) and plug into the models without changing their parameters."""
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("impl", ["im2col", "shift"])
 @pytest.mark.parametrize("kernel,strides,padding,dilation,groups", CASES)
-def test_im2col_matches_lax_conv_forward_and_gradients(kernel, strides, padding, dilation, groups):
+def test_fast_convs_match_lax_conv_forward_and_gradients(impl, kernel, strides, padding, dilation, groups):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 4)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(*kernel, 4 // groups, 8)), jnp.float32)
@@ -38,8 +39,8 @@ def test_im2col_matches_lax_conv_forward_and_gradients(kernel, strides, padding,
                                         dimension_numbers=NHWC, feature_group_count=groups)
 
     def fast(x, w):
-        return im2col.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                           dimension_numbers=NHWC, feature_group_count=groups)
+        return im2col.IMPLEMENTATIONS[impl](x, w, strides, padding, rhs_dilation=dilation,
+                                            dimension_numbers=NHWC, feature_group_count=groups)
 
     out_shape = jax.eval_shape(reference, x, w).shape
     cotangent = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
@@ -73,6 +74,7 @@ def test_im2col_models_have_the_xla_models_parameters_and_outputs(name, shape, o
     xla = models.create_model(name, 10, conv_impl="xla", **options)
     fast = models.create_model(name, 10, conv_impl="im2col", **options)
     hybrid = models.create_model(name, 10, conv_impl="hybrid", **options)
+    shift = models.create_model(name, 10, conv_impl="shift", **options)
     variables = jax.jit(xla.init)(jax.random.PRNGKey(0), x)
     fast_variables = jax.jit(fast.init)(jax.random.PRNGKey(0), x)
     shapes = lambda v: jax.tree.map(jnp.shape, v)
@@ -81,14 +83,32 @@ def test_im2col_models_have_the_xla_models_parameters_and_outputs(name, shape, o
         np.testing.assert_array_equal(got, want)
     want = jax.jit(xla.apply)(variables, x)
     np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(shift.apply)(variables, x), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(jax.jit(hybrid.apply)(variables, x), want)  # XLA's forward pass
 
 
-def test_auto_is_xla_and_explicit_choices_are_kept():
-    for backend in ("cpu", "gpu", "tpu"):
-        assert im2col.resolve_conv_impl("auto", backend) == "xla"
-    assert im2col.resolve_conv_impl("im2col", "cpu") == "im2col"
+def test_auto_is_shift_for_few_input_channels_on_cpu_and_xla_otherwise():
+    limit = im2col.SHIFT_MAX_CHANNELS
+    assert im2col.resolve_conv_impl("auto", "cpu", in_channels=1) == "shift"
+    assert im2col.resolve_conv_impl("auto", "cpu", in_channels=limit) == "shift"
+    assert im2col.resolve_conv_impl("auto", "cpu", in_channels=limit + 1) == "xla"
+    assert im2col.resolve_conv_impl("auto", "cpu") == "xla"  # channels unknown
+    for backend in ("gpu", "tpu"):
+        assert im2col.resolve_conv_impl("auto", backend, in_channels=1) == "xla"
+    assert im2col.resolve_conv_impl("im2col", "cpu", in_channels=1) == "im2col"
     assert im2col.resolve_conv_impl("hybrid", "gpu") == "hybrid"
+    assert im2col.resolve_conv_impl("xla", "cpu", in_channels=1) == "xla"
+
+
+def test_shift_conv_computes_bfloat16_inputs_with_float32_sums():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.bfloat16)
+    got = im2col.shift_conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    want = lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), "SAME",
+                                    dimension_numbers=NHWC)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=1e-2, atol=1e-2)
 
 
 def test_unknown_conv_impl_is_a_user_error_naming_the_key():
