@@ -17,6 +17,7 @@ Each has the signature of `lax.conv_general_dilated` for the NHWC/HWIO layout th
 so it plugs into `nn.Conv(conv_general_dilated=...)` and the parameters keep `nn.Conv`'s names and
 shapes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
