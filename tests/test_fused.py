@@ -7,7 +7,7 @@ import pytest
 from jaxcnn import fused, losses, models, optim
 from jaxcnn.data import Split
 from jaxcnn.data.device import epoch_order, put_on_device
-from jaxcnn.loop import make_train_fn, zero_train_totals
+from jaxcnn.loop import make_train_fn, make_train_many_fn, zero_train_totals
 from jaxcnn.state import create_train_state
 
 
@@ -38,7 +38,7 @@ def test_fused_steps_equal_per_step_parameters_including_a_last_partial_call(spl
         per_step, totals = train_fn(per_step, totals, split, order, i)
 
     fused_state, fused_totals = small_cnn_state(conv_impl), zero_train_totals()
-    fused_fn = fused.make_fused_train_fn(0.5, 0.5, unroll)  # None: unrolled on CPU; 1: a rolled loop
+    fused_fn = make_train_many_fn(0.5, 0.5, unroll=unroll)  # None: unrolled on CPU; 1: a rolled loop
     calls = fused.call_sizes(7, 3)
     assert calls == [(0, 3), (3, 3), (6, 1)]
     losses_per_step = []
