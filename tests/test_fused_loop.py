@@ -161,6 +161,29 @@ def test_a_stop_mid_epoch_with_fused_steps_resumes_to_the_per_step_run(tmp_path,
     assert params_bytes(workdir) == params_bytes(tmp_path / "straight")
 
 
+SHARDED_RUNS = """
+import sys, jax
+from jaxcnn.config import load_config
+from jaxcnn.loop import train_and_evaluate
+assert jax.device_count() == 2
+for k in (1, 3):
+    run = ["parallel=sharded", "model.name=mlp", "num_epochs=1", "log_every_steps=7", "schedule.name=constant",
+           "augment.flip=true", f"steps_per_call={k}"]
+    train_and_evaluate(load_config("digits_cnn", run), f"{sys.argv[1]}/{k}", quiet=True)
+"""
+
+
+def test_sharded_fused_steps_on_two_devices_equal_one_call_per_step(tmp_path):
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run([sys.executable, "-c", SHARDED_RUNS, str(tmp_path)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert records(tmp_path / "3") == records(tmp_path / "1")
+    assert params_bytes(tmp_path / "3") == params_bytes(tmp_path / "1")
+
+
 # ----------------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, "3", True])
