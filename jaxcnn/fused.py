@@ -6,7 +6,9 @@ batch indices of a slice of the epoch order and gathers every batch from the on-
 the host only launches a few calls per epoch (`config.steps_per_call`). The step is the same pure
 `train_step` with the same `prepare` (normalisation, augmentation keyed by the state's step) as one
 call per step, in the same order, so with both programs compiled with the same options
-(`compilation.compiler_options`) the parameters are bitwise equal on CPU (tests/test_fused*.py).
+(`compilation.compiler_options`) the parameters are bitwise equal on CPU (tests/test_fused*.py)
+for models without BatchNorm; with BatchNorm XLA computes the batch statistics inside the scan
+slightly differently (equal within float32 rounding).
 
 Inside a rolled scan XLA's CPU backend is ~20x slower on convolutions than outside it, so on CPU
 the scan is fully unrolled (`default_unroll`); a rolled scan needs the im2col convolution there
