@@ -213,9 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """Trains `config`'s model on its dataset, evaluates it on the test split, writes the workdir.
 
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
-    run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (one step,
-or `steps_per_call` fused steps) and raise
-    `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
+    run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (one step, or
+    up to `steps_per_call` fused steps) and raise `checkpoint.TrainingInterrupted`. Returns the
+    summary (also written to `workdir/summary.json`).
     """
     validate_config(config)
     strategy = parallel.create_strategy(config.parallel)
