@@ -5,7 +5,7 @@ Modes:
   TrainState, one `jax.jit` step per batch over NumPy batches sliced on the host (as the Flax MNIST
   example does), XLA's own convolution (`nn.Conv`).
 - `step`: jaxcnn, one compiled call per step, data on the device, state donated.
-- `fused`: jaxcnn, `steps_per_call` steps per compiled call (`jaxcnn.fused`).
+- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them (`jaxcnn.fused`).
 
 Each (model, mode, batch size, dtype) gets a fresh, seeded state. The `fingerprint` is the loss of
 the `fingerprint_steps`-th step from that state: identical across runs with the same seed.
@@ -37,7 +37,7 @@ from jaxcnn import data, fused, im2col, losses, models, optim, precision
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order, eval_order, put_on_device
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import make_eval_fn, make_train_fn, zero_train_totals
+from jaxcnn.loop import make_eval_all_fn, make_eval_fn, make_train_fn, make_train_many_fn, zero_train_totals
 from jaxcnn.state import create_train_state
 
 MODES = ("baseline", "step", "fused")
@@ -255,7 +255,7 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | Non
             cursor[0] += 1
             return work.batch_size
     else:
-        fused_fn = fused.make_fused_train_fn(work.mean, work.std)
+        fused_fn = make_train_many_fn(work.mean, work.std)  # the training loop's
         compiled, cold, warm = compile_times(fused_fn, (state, totals, split, order, 0),
                                              {"num_steps": fused_steps})
         for start, n in fused.call_sizes(settings.fingerprint_steps, fused_steps):
@@ -285,7 +285,7 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | Non
             jax.block_until_ready(sums)
             return len(work.test.labels)
     else:
-        eval_all = fused.make_fused_eval_fn(work.mean, work.std)
+        eval_all = make_eval_all_fn(work.mean, work.std)
 
         def eval_pass() -> int:
             jax.block_until_ready(eval_all(state, test_split, eval_idx, eval_mask))

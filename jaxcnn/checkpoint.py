@@ -47,7 +47,7 @@ CORRUPT_DIR = "corrupt-checkpoints"
 # test can kill the process while a save is in flight. Unset in normal use.
 SAVE_DELAY_ENV = "JAXCNN_CHECKPOINT_SAVE_DELAY_S"
 # Config keys that may differ when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir")
+RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir", "steps_per_call")
 RESUMABLE_SECTIONS = ("checkpoint.",)
 # Written into config.json from the training split when dataset.per_channel_stats is on.
 MEASURED_KEYS = ("dataset.mean", "dataset.std")

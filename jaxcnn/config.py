@@ -63,6 +63,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
     config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/parallel.py
     config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
+    config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/fused.py)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
     config.dataset = dataset_section(dataset)
@@ -235,7 +236,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
-    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps"):
+    for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
+                "steps_per_call"):
         _check_positive_int(config, key)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")

@@ -3,27 +3,31 @@
 One call per step costs a dispatch and a Python round trip each step; on a 2-core CPU that is a
 large share of a small model's step. Here one compiled call scans `steps.train_step` over the
 batch indices of a slice of the epoch order and gathers every batch from the on-device dataset, so
-the host only launches `ceil(steps / steps_per_call)` calls per epoch. The step function is the
-same pure `train_step`, in the same order: a rolled scan (`unroll=1`) gives parameters bitwise
-equal to one call per step on CPU; the fully unrolled default for convolutional models on CPU
-lets XLA compile the steps together: equal within float32 rounding (~1e-8 after a few steps;
-tests/test_fused.py).
+the host only launches a few calls per epoch (`config.steps_per_call`). The step is the same pure
+`train_step` with the same `prepare` (normalisation, augmentation keyed by the state's step) as one
+call per step, in the same order, so with both programs compiled with the same options
+(`compilation.compiler_options`) the parameters are bitwise equal on CPU (tests/test_fused*.py)
+for models without BatchNorm; with BatchNorm XLA computes the batch statistics inside the scan
+slightly differently (equal within float32 rounding).
 
 Inside a rolled scan XLA's CPU backend is ~20x slower on convolutions than outside it, so on CPU
 the scan is fully unrolled (`default_unroll`); a rolled scan needs the im2col convolution there
 (`model.conv_impl = "im2col"` or `"hybrid"`, see `jaxcnn.im2col`).
+
+The strategies (`parallel.Strategy.compile_train_many`) compile the pure bodies here; `plan_calls`
+decides which steps each of the loop's calls covers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn.compilation import compiler_options
-from jaxcnn.data.device import DeviceSplit, normalize
+from jaxcnn.data.device import DeviceSplit
+from jaxcnn.errors import JaxcnnError
 from jaxcnn.state import TrainState
 from jaxcnn.steps import eval_step, train_step
 
@@ -41,58 +45,89 @@ def default_unroll(params: Any, backend: str | None = None) -> bool | int:
     return True if has_conv and (backend or jax.default_backend()) == "cpu" else 1
 
 
-def make_fused_train_fn(mean: float, std: float, unroll: bool | int | None = None) -> Callable:
-    """`fn(state, totals, split, order, start, num_steps) -> (state, totals, per_step_metrics)`.
+def add_to_totals(totals: dict, metrics: dict) -> dict:
+    """The loop's on-device training totals with one step's metrics added."""
+    return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
+            "steps": totals["steps"] + 1}
 
-    Runs training steps `start .. start + num_steps - 1` of the epoch `order` (steps, batch) in
-    one compiled call; `num_steps` is static (a last, shorter call compiles once more).
-    `totals` (sums of loss and accuracy, and the step count) are accumulated on the device;
+
+def train_many(prepare: Callable, unroll: bool | int | None = None,
+               constrain: Callable[[dict], dict] = lambda batch: batch) -> Callable:
+    """The pure `fn(state, totals, split, order, start, num_steps) -> (state, totals, per_step_metrics)`.
+
+    Runs training steps `start .. start + num_steps - 1` of the epoch `order` (steps, batch) of the
+    on-device `split`: each batch gathered, passed through `prepare(batch, state)` and `constrain`
+    (a sharding constraint), and trained on with `train_step`. `totals` accumulate on the device;
     `per_step_metrics` holds each step's `loss`, `accuracy` and `learning_rate`, stacked.
-    State and totals are donated. `unroll` is `lax.scan`'s (default: `default_unroll`).
+    `unroll` is `lax.scan`'s (None: `default_unroll`). `num_steps` must be static when compiled.
     """
 
-    def train_many(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array,
-                   start: jax.Array, num_steps: int):
+    def fn(state: TrainState, totals: dict, split: DeviceSplit, order: jax.Array, start: jax.Array,
+           num_steps: int):
         indices = lax.dynamic_slice_in_dim(order, start, num_steps, axis=0)
 
         def body(carry, batch_indices):
             state, totals = carry
-            state, metrics = train_step(state, _gather(split, batch_indices, mean, std))
-            totals = {"loss": totals["loss"] + metrics["loss"],
-                      "accuracy": totals["accuracy"] + metrics["accuracy"],
-                      "steps": totals["steps"] + 1}
-            return (state, totals), metrics
+            batch = constrain({"image": split.images[batch_indices], "label": split.labels[batch_indices]})
+            state, metrics = train_step(state, prepare(batch, state))
+            return (state, add_to_totals(totals, metrics)), metrics
 
+        if num_steps == 1:  # XLA:CPU compiles a one-step scan unlike the step itself (~1e-8 apart)
+            (state, totals), metrics = body((state, totals), indices[0])
+            return state, totals, jax.tree.map(lambda x: x[None], metrics)
         steps_unroll = default_unroll(state.params) if unroll is None else unroll
         (state, totals), per_step = lax.scan(body, (state, totals), indices, unroll=steps_unroll)
         return state, totals, per_step
 
-    return jax.jit(train_many, donate_argnums=(0, 1), static_argnames=("num_steps",),
-                   compiler_options=compiler_options())
+    return fn
 
 
-def make_fused_eval_fn(mean: float, std: float) -> Callable:
-    """`fn(state, split, order, mask) -> totals`: every evaluation batch in one compiled call."""
+def eval_all(prepare: Callable, unroll: bool | int | None = None) -> Callable:
+    """The pure `fn(state, split, order, mask) -> totals`: every evaluation batch of `order`/`mask`
+    (`data.device.eval_order`) in one scan, summed in the same order as one call per batch."""
 
-    def eval_all(state: TrainState, split: DeviceSplit, order: jax.Array, mask: jax.Array):
+    def fn(state: TrainState, split: DeviceSplit, order: jax.Array, mask: jax.Array):
         def body(totals, xs):
             batch_indices, batch_mask = xs
-            batch = {**_gather(split, batch_indices, mean, std), "mask": batch_mask}
-            return jax.tree.map(jnp.add, totals, eval_step(state, batch)), None
+            batch = {"image": split.images[batch_indices], "label": split.labels[batch_indices],
+                     "mask": batch_mask}
+            return jax.tree.map(jnp.add, totals, eval_step(state, prepare(batch, state))), None
 
         zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-        return lax.scan(body, zeros, (order, mask))[0]
+        steps_unroll = default_unroll(state.params) if unroll is None else unroll
+        return lax.scan(body, zeros, (order, mask), unroll=steps_unroll)[0]
 
-    return jax.jit(eval_all, compiler_options=compiler_options())
+    return fn
 
 
-def _gather(split: DeviceSplit, indices: jax.Array, mean: float, std: float) -> dict[str, jax.Array]:
-    """The normalised batch at `indices` of the on-device split."""
-    return {"image": normalize(split.images[indices], mean, std), "label": split.labels[indices]}
+def plan_calls(position: int, steps_per_epoch: int, step: int, steps_per_call: int,
+               intervals: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(first epoch position, number of steps) of each call from epoch `position` to the epoch's end.
+
+    `step` is the global step count before position `position`. A call holds at most
+    `steps_per_call` steps and ends early where the global step after it is a multiple of one of
+    `intervals` (the logging and checkpoint intervals; 0 = none), so the host sees the totals and
+    saves at exactly the steps one call per step would; calls never cross the epoch's end.
+    """
+    calls = []
+    while position < steps_per_epoch:
+        size = min(steps_per_call, steps_per_epoch - position)
+        for every in intervals:
+            if every > 0:
+                size = min(size, every - step % every)
+        calls.append((position, size))
+        position, step = position + size, step + size
+    return calls
 
 
 def call_sizes(total_steps: int, steps_per_call: int) -> list[tuple[int, int]]:
     """(start, num_steps) of each call covering `total_steps` steps; the last may be shorter."""
-    return [(start, min(steps_per_call, total_steps - start))
-            for start in range(0, total_steps, steps_per_call)]
+    return plan_calls(0, total_steps, 0, steps_per_call)
 
+
+def check_fusable(steps_per_call: int, split: Any) -> None:
+    """Fused steps gather their batches from a split on the device."""
+    if steps_per_call > 1 and not isinstance(split, DeviceSplit):
+        raise JaxcnnError(f"steps_per_call={steps_per_call} needs the training split on the device, but it is fed "
+                          "from the host (dataset.input=host, or auto over dataset.device_budget_mb); "
+                          "set steps_per_call=1 or dataset.input=device")

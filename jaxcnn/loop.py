@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import checkpoint, data, losses, models, optim, parallel, precision
+from jaxcnn import checkpoint, data, fused, losses, models, optim, parallel, precision
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.augment import augment_config, make_augment, step_key
 from jaxcnn.config import config_to_json, dataset_options, model_options, validate_config
-from jaxcnn.data.device import DeviceSplit, normalize, put_on_device
+from jaxcnn.data.device import DeviceSplit, eval_order, normalize, put_on_device
 from jaxcnn.data.host import HostSplit
 from jaxcnn.data.normalization import Stat, mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
@@ -97,12 +97,24 @@ def make_train_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.train_
 
     def train_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
         state, metrics = train_step(state, batch, axis_name)
-        totals = {"loss": totals["loss"] + metrics["loss"],
-                  "accuracy": totals["accuracy"] + metrics["accuracy"],
-                  "steps": totals["steps"] + 1}
-        return state, totals
+        return state, fused.add_to_totals(totals, metrics)
 
     return (strategy or parallel.Strategy()).compile_train(train_one, make_prepare(mean, std, augment_fn), batch_fn)
+
+
+def make_train_many_fn(mean: Stat, std: Stat, augment_fn: Callable | None = None,
+                       strategy: parallel.Strategy | None = None, unroll: bool | int | None = None) -> Callable:
+    """The compiled call of many training steps (`config.steps_per_call`), the same steps as
+    `make_train_fn`'s: `fn(state, totals, split, order, start, num_steps) -> (state, totals,
+    per_step_metrics)` over an on-device split; state and totals donated (see `jaxcnn.fused`)."""
+    return (strategy or parallel.Strategy()).compile_train_many(make_prepare(mean, std, augment_fn), unroll)
+
+
+def make_eval_all_fn(mean: Stat, std: Stat, strategy: parallel.Strategy | None = None,
+                     unroll: bool | int | None = None) -> Callable | None:
+    """The compiled call of a whole evaluation, `fn(state, split, order, mask) -> totals`, summing
+    the same batches in the same order as `make_eval_fn`'s calls; None where the strategy has none."""
+    return (strategy or parallel.Strategy()).compile_eval_all(make_prepare(mean, std), unroll)
 
 
 def make_eval_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.eval_batch,
@@ -123,13 +135,18 @@ def zero_train_totals() -> dict[str, jax.Array]:
 
 
 def evaluate(eval_fn: Callable, state: TrainState, split: Any, batch_size: int,
-             strategy: parallel.Strategy | None = None) -> dict[str, float]:
+             strategy: parallel.Strategy | None = None, eval_all_fn: Callable | None = None) -> dict[str, float]:
     """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked;
-    with several devices the batch is rounded up to a multiple of them)."""
+    with several devices the batch is rounded up to a multiple of them). With `eval_all_fn`
+    (`make_eval_all_fn`) an on-device split is evaluated in one call."""
     strategy = strategy or parallel.Strategy()
-    totals = strategy.replicate({"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())})
-    for inputs in strategy.eval_inputs(split, batch_size):
-        totals = eval_fn(state, totals, *inputs)
+    if eval_all_fn is not None and isinstance(split, DeviceSplit):
+        order, mask = eval_order(len(split), min(batch_size, len(split)))
+        totals = eval_all_fn(state, split, jnp.asarray(order), jnp.asarray(mask))
+    else:
+        totals = strategy.replicate({"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())})
+        for inputs in strategy.eval_inputs(split, batch_size):
+            totals = eval_fn(state, totals, *inputs)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
             "accuracy": float(totals["correct"] / totals["count"]),
@@ -170,8 +187,8 @@ class Progress:
         self.bar = tqdm.tqdm(total=total_steps, unit="step", dynamic_ncols=True,
                              disable=not self.interactive)
 
-    def step(self, epoch: int) -> None:
-        self.bar.update(1)
+    def step(self, epoch: int, num_steps: int = 1) -> None:
+        self.bar.update(num_steps)
         if self.interactive:
             self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
 
@@ -196,8 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """Trains `config`'s model on its dataset, evaluates it on the test split, writes the workdir.
 
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
-    run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current step and raise
-    `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
+    run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (one step, or
+    up to `steps_per_call` fused steps) and raise `checkpoint.TrainingInterrupted`. Returns the
+    summary (also written to `workdir/summary.json`).
     """
     validate_config(config)
     strategy = parallel.create_strategy(config.parallel)
@@ -248,14 +266,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     train_split, val_split, test_split = strategy.place_splits(
         (dataset.train, dataset.val, dataset.test), config.dataset.input, config.dataset.device_budget_mb)
     feed = HostSplit if isinstance(train_split, HostSplit) else DeviceSplit
-    train_fn = make_train_fn(mean, std, feed.train_batch, make_augment(augment_config(config.augment)), strategy)
+    augment_fn = make_augment(augment_config(config.augment))
+    train_fn = make_train_fn(mean, std, feed.train_batch, augment_fn, strategy)
     eval_fn = make_eval_fn(mean, std, feed.eval_batch, strategy)
+    train_many_fn, eval_all_fn = None, None
+    if config.steps_per_call > 1:  # fused steps: a few calls per epoch (jaxcnn/fused.py)
+        train_many_fn = make_train_many_fn(mean, std, augment_fn, strategy)
+        fused.check_fusable(config.steps_per_call, train_split)
+        eval_all_fn = make_eval_all_fn(mean, std, strategy)
+    # The host sees the totals, and saves, at the same steps whatever the call sizes.
+    boundaries = (config.log_every_steps, config.checkpoint.every_steps if saver is not None else 0)
     has_val = len(val_split) > 0
 
     progress = Progress(steps_per_epoch * config.num_epochs, config.num_epochs, quiet or not is_main)
     best_variables = None
     best_val_loss, best_val_accuracy = math.inf, -math.inf
     step, compile_s, train_time, timed_images, epochs_run = 0, 0.0, 0.0, 0, 0
+    compiled_steps = 0  # the steps of the first call, whose time is the compilation's
     start_epoch = 1
     if loop_state is not None:
         step, epochs_run, start_epoch = loop_state.step, loop_state.epochs_run, loop_state.epoch
@@ -290,14 +317,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if loop_state is not None and epoch == loop_state.epoch:  # resuming inside this epoch
             totals, epoch_sums, first_position = (strategy.replicate(resumed_totals), dict(loop_state.epoch_sums),
                                                   loop_state.position)
-        train_inputs = strategy.train_inputs(train_split, config.seed, epoch, config.batch_size, first_position)
-        for i, inputs in enumerate(train_inputs, start=first_position):
-            state, totals = train_fn(state, totals, *inputs)
-            step += 1
-            progress.step(epoch)
-            if step == first_step + 1:  # the first call compiles: keep it out of the throughput
+        if train_many_fn is None:
+            train_inputs = iter(strategy.train_inputs(train_split, config.seed, epoch, config.batch_size,
+                                                      first_position))
+        else:
+            order = strategy.epoch_order(config.seed, epoch, num_train, config.batch_size)
+        for position, num_steps in fused.plan_calls(first_position, steps_per_epoch, step, config.steps_per_call,
+                                                    boundaries):
+            if train_many_fn is None:
+                state, totals = train_fn(state, totals, *next(train_inputs))
+            else:
+                state, totals, _ = train_many_fn(state, totals, train_split, order, strategy.step_index(position),
+                                                 num_steps=num_steps)
+            i = position + num_steps - 1  # the epoch position of the call's last step
+            step += num_steps
+            progress.step(epoch, num_steps)
+            if step == first_step + num_steps:  # the first call compiles: keep it out of the throughput
                 jax.block_until_ready(totals)
-                compile_s = time.perf_counter() - epoch_start
+                compile_s, compiled_steps = time.perf_counter() - epoch_start, num_steps
                 epoch_start = log_start = time.perf_counter()
                 log_step = step
             if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
@@ -319,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 save_checkpoint(state, totals, epoch, i + 1, epoch_sums)
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
-        timed_images += (steps_per_epoch - (1 if epoch == 1 else 0)) * config.batch_size
+        timed_images += (steps_per_epoch - (compiled_steps if epoch == 1 else 0)) * config.batch_size
         epochs_run = epoch
 
         record = {"event": "epoch", "epoch": epoch, "step": step,
@@ -327,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   "train_accuracy": epoch_sums["accuracy"] / epoch_sums["steps"],
                   "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
         if has_val:
-            val = evaluate(eval_fn, state, val_split, config.eval_batch_size, strategy)
+            val = evaluate(eval_fn, state, val_split, config.eval_batch_size, strategy, eval_all_fn)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             best_val_loss = min(best_val_loss, val["loss"])
             best_val_accuracy = max(best_val_accuracy, val["accuracy"])
@@ -355,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     stopped_early = epochs_run < config.num_epochs
     if config.early_stopping.enabled and config.early_stopping.restore_best and best_variables is not None:
         state = state.replace(params=best_variables[0], batch_stats=best_variables[1])
-    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, strategy)
+    test = evaluate(eval_fn, state, test_split, config.eval_batch_size, strategy, eval_all_fn)
     if strategy.num_devices == 1:
         predictions = predict(make_predict_fn(mean, std, config.loss.name, feed.eval_batch), state, test_split,
                               config.eval_batch_size)

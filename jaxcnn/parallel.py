@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxcnn import fused
 from jaxcnn.compilation import compiler_options
 from jaxcnn.data import Split
 from jaxcnn.data.device import DeviceSplit, epoch_order, eval_order, put_on_device
@@ -169,6 +170,24 @@ class Strategy:
 
         return jax.jit(eval_fn, donate_argnums=(1,), compiler_options=compiler_options())
 
+    def compile_train_many(self, prepare: Callable, unroll: bool | int | None = None) -> Callable:
+        """`fn(state, totals, split, order, start, num_steps) -> (state, totals, per_step_metrics)`:
+        `num_steps` (static) training steps in one call (`fused.train_many`); state and totals donated."""
+        return jax.jit(fused.train_many(prepare, unroll), donate_argnums=(0, 1), static_argnames=("num_steps",),
+                       compiler_options=compiler_options())
+
+    def compile_eval_all(self, prepare: Callable, unroll: bool | int | None = None) -> Callable | None:
+        """`fn(state, split, order, mask) -> totals`: every evaluation batch in one call
+        (`fused.eval_all`); None where the strategy evaluates one call per batch."""
+        return jax.jit(fused.eval_all(prepare, unroll), compiler_options=compiler_options())
+
+    def epoch_order(self, seed: int, epoch: int, num_examples: int, batch_size: int) -> Any:
+        """The epoch's order (steps, batch) as the fused calls read it."""
+        return epoch_order(seed, epoch, num_examples, batch_size)
+
+    def step_index(self, i: int) -> Any:
+        return i
+
     def local_copy(self, tree: Any) -> Any:
         """`tree` (e.g. the final state) as plain arrays on this process's first device, for the
         single-device work after training (predictions)."""
@@ -196,6 +215,12 @@ class _MultiDevice(Strategy):
 
     def step_index(self, i: int) -> Any:
         return self.indices[i]
+
+    def compile_eval_all(self, prepare: Callable, unroll: bool | int | None = None) -> Callable | None:
+        return None
+
+    def epoch_order(self, seed: int, epoch: int, num_examples: int, batch_size: int) -> Any:
+        return self.place_order(epoch_order(seed, epoch, num_examples, batch_size))
 
     def local_copy(self, tree: Any) -> Any:
         device = jax.local_devices()[0]
@@ -249,6 +274,10 @@ class PmapStrategy(_MultiDevice):
                         devices=self.devices, donate_argnums=(1,))
         return lambda state, totals, split, order, mask, i: step(state, self.wait(totals), split, order, mask, i)
 
+    def compile_train_many(self, prepare: Callable, unroll: bool | int | None = None) -> Callable:
+        raise JaxcnnError("steps_per_call > 1 is not supported with parallel=pmap; use parallel=sharded "
+                          "(or auto), or steps_per_call=1")
+
 
 class ShardedStrategy(_MultiDevice):
     """`jax.jit` over a 1-D `('data',)` mesh of every process's devices; state replicated, batch split."""
@@ -297,6 +326,17 @@ class ShardedStrategy(_MultiDevice):
         step = jax.jit(train_fn, donate_argnums=(0, 1), out_shardings=self.replicated,
                        compiler_options=compiler_options())
         return lambda state, totals, split, order, i: step(self.wait(state), totals, split, order, i)
+
+    def compile_train_many(self, prepare: Callable, unroll: bool | int | None = None) -> Callable:
+        if self.multi_process:
+            raise JaxcnnError("steps_per_call > 1 needs the data on the devices, which a multi-process run does "
+                              "not have; use steps_per_call=1")
+        constrain = lambda batch: jax.lax.with_sharding_constraint(batch, self.rows)
+        many = jax.jit(fused.train_many(prepare, unroll, constrain), donate_argnums=(0, 1),
+                       static_argnames=("num_steps",), out_shardings=self.replicated,
+                       compiler_options=compiler_options())
+        return lambda state, totals, split, order, start, num_steps: many(
+            self.wait(state), totals, split, order, start, num_steps=num_steps)
 
     def compile_eval(self, eval_one: BatchFn, prepare: Callable, batch_fn: Callable) -> Callable:
         if self.multi_process:
