@@ -212,25 +212,31 @@ def shift_conv_general_dilated(
                    dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                    precision=precision, preferred_element_type=preferred_element_type)
 
-    @jax.custom_vjp
-    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    def taps_and_weights(x: jax.Array, w: jax.Array):
         slices = _tap_slices(x, w.shape, window_strides, padding, lhs_dilation, rhs_dilation,
                              dimension_numbers)
         groups, features = feature_group_count, w.shape[-1]
-        per_group_in = x.shape[-1] // groups
         out_dtype = preferred_element_type or jnp.result_type(x, w)
         acc_dtype = jnp.promote_types(out_dtype, jnp.float32)  # bfloat16 inputs sum in float32
-        # (..., taps, groups, in_channels per group, 1) times (taps, groups, in_channels per group,
-        # features per group), summed over taps and channels in one reduction: XLA materialises a
-        # reduction's output once, where a chain of adds would be recomputed inside every consumer
-        # (the pool, its gradient, the bias gradient).
-        xs = jnp.stack(slices, axis=-2).reshape(*slices[0].shape[:-1], len(slices), groups, per_group_in, 1)
-        taps = w.reshape(len(slices), per_group_in, groups, features // groups).transpose(0, 2, 1, 3)
-        y = jnp.sum(xs.astype(acc_dtype) * taps.astype(acc_dtype), axis=(-4, -2))
-        return y.reshape(*y.shape[:-2], features).astype(out_dtype)
+        # Tap t's weights as (groups, in_channels per group, features per group).
+        weights = w.reshape(len(slices), x.shape[-1] // groups, groups, features // groups)
+        weights = weights.transpose(0, 2, 1, 3).astype(acc_dtype)
+        slices = [xs.reshape(*xs.shape[:-1], groups, -1, 1).astype(acc_dtype) for xs in slices]
+        return slices, weights, lambda y: y.reshape(*y.shape[:-2], features).astype(out_dtype)
+
+    @jax.custom_vjp
+    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
+        """Without gradients (evaluation): a chain of multiply-adds, one loop fused into its consumer."""
+        slices, weights, finish = taps_and_weights(x, w)
+        return finish(sum(jnp.sum(xs * weights[t], axis=-2) for t, xs in enumerate(slices)))
 
     def forward(x: jax.Array, w: jax.Array):
-        return conv(x, w), (x, w)
+        """With gradients (training) the output has several consumers (the pool, its gradient, the
+        bias gradient), and XLA would recompute a chain of adds inside each of them; one reduction
+        over the stacked taps is computed once and stored."""
+        slices, weights, finish = taps_and_weights(x, w)
+        y = jnp.sum(jnp.stack(slices, axis=-4) * weights, axis=(-4, -2))
+        return finish(y), (x, w)
 
     def backward(residuals, cotangent):
         x, w = residuals

@@ -54,3 +54,8 @@ def test_fused_steps_equal_per_step_parameters_including_a_last_partial_call(spl
     for key in ("loss", "accuracy", "steps"):
         np.testing.assert_array_equal(np.asarray(fused_totals[key]), np.asarray(totals[key]))
     assert np.float32(sum(np.float32(v) for v in losses_per_step)) == pytest.approx(float(totals["loss"]))
+
+
+def test_input_gate_is_zero_for_every_loss_value():
+    losses = jnp.asarray([0.0, 2.5, -1.0, jnp.inf, -jnp.inf, jnp.nan, 3.4e38])
+    np.testing.assert_array_equal(jax.vmap(fused.input_gate)(losses), np.zeros(7, np.int32))

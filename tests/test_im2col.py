@@ -55,6 +55,7 @@ def test_fast_convs_match_lax_conv_forward_and_gradients(impl, kernel, strides, 
     got, want = outputs_and_grads(x, w)
     for g, r in zip(got, want):  # output, d/dx, d/dw
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(fast)(x, w), want[0], rtol=1e-5, atol=1e-4)  # no gradients
     hybrid = jax.jit(jax.value_and_grad(
         lambda x, w: jnp.sum(im2col.hybrid_conv_general_dilated(
             x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC,
