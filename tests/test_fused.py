@@ -1,6 +1,7 @@
 """Fused training (many steps per compiled call) is bitwise equal to one call per step on CPU."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
