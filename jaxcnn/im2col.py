@@ -219,9 +219,10 @@ def shift_conv_general_dilated(
         out_dtype = preferred_element_type or jnp.result_type(x, w)
         acc_dtype = jnp.promote_types(out_dtype, jnp.float32)  # bfloat16 inputs sum in float32
         # Tap t's weights as (groups, in_channels per group, features per group).
-        weights = w.reshape(len(slices), x.shape[-1] // groups, groups, features // groups)
+        per_group_in = x.shape[-1] // groups
+        weights = w.reshape(len(slices), per_group_in, groups, features // groups)
         weights = weights.transpose(0, 2, 1, 3).astype(acc_dtype)
-        slices = [xs.reshape(*xs.shape[:-1], groups, -1, 1).astype(acc_dtype) for xs in slices]
+        slices = [xs.reshape(*xs.shape[:-1], groups, per_group_in, 1).astype(acc_dtype) for xs in slices]
         return slices, weights, lambda y: y.reshape(*y.shape[:-2], features).astype(out_dtype)
 
     @jax.custom_vjp
