@@ -38,9 +38,9 @@ def train(workdir: pathlib.Path, model: str, strategy: str) -> dict[str, np.ndar
     final = {}
     evaluate = loop.evaluate
 
-    def record_state(eval_fn, state, split, batch_size, strategy=None):  # the test eval sees the final state
+    def record_state(eval_fn, state, *args, **kwargs):  # the test eval sees the final state
         final["state"] = state
-        return evaluate(eval_fn, state, split, batch_size, strategy)
+        return evaluate(eval_fn, state, *args, **kwargs)
 
     loop.evaluate = record_state
     try:
