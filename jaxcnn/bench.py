@@ -367,33 +367,34 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
     Compile times need the persistent compilation cache: it is enabled in `cache_dir` (default a
     fresh temporary folder, so the first compilation is cold). Run it in a fresh process (as
     `jaxcnn bench` does): JAX reads the cache setting at its first compilation.
-    `report` is called with each result row as it is measured.
+    `report` is called with each result row in the results' order. Every `baseline` is measured
+    first, with the C library's default allocator settings as a plain Flax script has them; the
+    jaxcnn modes then run with `host_memory.keep_freed_host_memory`, which `jaxcnn train` applies.
     """
     check_settings(settings)
-    # As `jaxcnn train` does; process-wide, so the baseline runs with the same allocator settings
-    # and the ratios measure the code (the baseline's rates did not change with it).
-    keep_freed_host_memory()
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
         enable_compilation_cache(cache_dir or tmp)
+        cases = [(name, batch_size, dtype) for name in settings.models for batch_size in settings.batch_sizes
+                 for dtype in settings.dtypes]
+        workloads = {case: _workload(*case, settings) for case in cases}
+        # Every baseline first, with the C library's default allocator settings, as a plain Flax
+        # script runs; then jaxcnn's modes with the settings `jaxcnn train` applies (process-wide).
+        baselines = {case: _baseline(workloads[case], settings) for case in cases} if "baseline" in settings.modes else {}
+        keep_freed_host_memory()
         results = []
-        for name in settings.models:
-            for batch_size in settings.batch_sizes:
-                for dtype in settings.dtypes:
-                    work = _workload(name, batch_size, dtype, settings)
-                    baseline_rate = None
-                    for mode in settings.modes:
-                        if mode == "baseline":
-                            row = _baseline(work, settings)
-                        else:
-                            row = _jaxcnn_mode(work, settings, settings.steps_per_call if mode == "fused" else None)
-                        row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row}
-                        if mode == "baseline":
-                            baseline_rate = row["train_images_per_s"]
-                        row["speedup_vs_baseline"] = (row["train_images_per_s"] / baseline_rate
-                                                      if baseline_rate else None)
-                        results.append(row)
-                        if report:
-                            report(row)
+        for case in cases:
+            baseline_rate = baselines[case]["train_images_per_s"] if case in baselines else None
+            for mode in settings.modes:
+                if mode == "baseline":
+                    row = baselines[case]
+                else:
+                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else None)
+                name, batch_size, dtype = case
+                row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row,
+                       "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None}
+                results.append(row)
+                if report:
+                    report(row)
     return {"env": environment(settings), "results": results}
 
 
