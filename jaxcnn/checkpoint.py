@@ -224,7 +224,7 @@ class StopSignals:
         if self.received and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = name
-        print(f"jaxcnn: {name} received: saving a checkpoint after the current step "
+        print(f"jaxcnn: {name} received: saving a checkpoint after the current call "
               "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
 
 
