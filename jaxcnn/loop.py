@@ -239,6 +239,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_per_epoch = num_train // config.batch_size
     mean, std = mean_std_for(config.dataset, dataset.train)
     config = record_mean_std(config, mean, std)  # config.json holds the values eval and predict use
+    # The splits placed and the step functions made before the checkpointer starts its threads, so
+    # that a refusal (host-fed input or parallel=pmap with steps_per_call > 1) is one clean line.
+    train_split, val_split, test_split = strategy.place_splits(
+        (dataset.train, dataset.val, dataset.test), config.dataset.input, config.dataset.device_budget_mb)
+    feed = HostSplit if isinstance(train_split, HostSplit) else DeviceSplit
+    augment_fn = make_augment(augment_config(config.augment))
+    train_fn = make_train_fn(mean, std, feed.train_batch, augment_fn, strategy)
+    eval_fn = make_eval_fn(mean, std, feed.eval_batch, strategy)
+    train_many_fn, eval_all_fn = None, None
+    if config.steps_per_call > 1:  # fused steps: a few calls per epoch (jaxcnn/fused.py)
+        fused.check_fusable(config.steps_per_call, train_split)
+        train_many_fn = make_train_many_fn(mean, std, augment_fn, strategy)
+        eval_all_fn = make_eval_all_fn(mean, std, strategy)
     model = models.create_model(config.model.name, dataset.num_classes, dtype=precision.compute_dtype(config.dtype),
                                 bn_axis_name=strategy.bn_axis_name, **model_options(config))
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
@@ -265,17 +278,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if is_main:
         (workdir / "config.json").write_text(config_to_json(config) + "\n")
     writer = MetricsWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
-    train_split, val_split, test_split = strategy.place_splits(
-        (dataset.train, dataset.val, dataset.test), config.dataset.input, config.dataset.device_budget_mb)
-    feed = HostSplit if isinstance(train_split, HostSplit) else DeviceSplit
-    augment_fn = make_augment(augment_config(config.augment))
-    train_fn = make_train_fn(mean, std, feed.train_batch, augment_fn, strategy)
-    eval_fn = make_eval_fn(mean, std, feed.eval_batch, strategy)
-    train_many_fn, eval_all_fn = None, None
-    if config.steps_per_call > 1:  # fused steps: a few calls per epoch (jaxcnn/fused.py)
-        train_many_fn = make_train_many_fn(mean, std, augment_fn, strategy)
-        fused.check_fusable(config.steps_per_call, train_split)
-        eval_all_fn = make_eval_all_fn(mean, std, strategy)
     # The host sees the totals, and saves, at the same steps whatever the call sizes.
     boundaries = (config.log_every_steps, config.checkpoint.every_steps if saver is not None else 0)
     has_val = len(val_split) > 0
