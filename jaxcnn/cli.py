@@ -147,7 +147,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                        help="synthetic (default; the model's input shape) or a real dataset such as mnist")
     bench.add_argument("--data-dir", metavar="DIR", help="for a real --dataset; default: $JAXCNN_DATA_DIR")
     bench.add_argument("--conv-impl", default=defaults.conv_impl,
-                       help="model.conv_impl of the step and fused modes: auto (default), xla, im2col, hybrid")
+                       help="model.conv_impl of the step and fused modes: auto (default), xla, shift, im2col, hybrid")
     bench.add_argument("--compilation-cache-dir", metavar="DIR",
                        help="persistent compilation cache (default: a fresh temporary folder, so the "
                             "first compilation is cold)")
