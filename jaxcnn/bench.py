@@ -38,8 +38,9 @@ from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order, eval_order, put_on_device
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.loop import make_eval_all_fn, make_eval_fn, make_train_fn, make_train_many_fn, zero_train_totals
+from jaxcnn.loop import make_eval_all_fn, make_eval_fn, make_train_fn, make_train_many_fn
 from jaxcnn.state import create_train_state
+from jaxcnn.steps import zero_eval_sums, zero_train_totals
 
 MODES = ("baseline", "step", "fused")
 DEFAULT_MODELS = ("mlp", "tiny_cnn", "cnn")
@@ -280,7 +281,7 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | Non
         eval_fn = make_eval_fn(work.mean, work.std)
 
         def eval_pass() -> int:
-            sums = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+            sums = zero_eval_sums()
             for i in range(eval_idx.shape[0]):
                 sums = eval_fn(state, sums, test_split, eval_idx, eval_mask, i)
             jax.block_until_ready(sums)

@@ -29,7 +29,7 @@ from jax import lax
 from jaxcnn.data.device import DeviceSplit
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.state import TrainState
-from jaxcnn.steps import eval_step, train_step
+from jaxcnn.steps import add_to_totals, eval_step, train_step, zero_eval_sums
 
 
 def default_unroll(params: Any, backend: str | None = None) -> bool | int:
@@ -43,12 +43,6 @@ def default_unroll(params: Any, backend: str | None = None) -> bool | int:
     """
     has_conv = any(jnp.ndim(leaf) >= 4 for leaf in jax.tree.leaves(params))
     return True if has_conv and (backend or jax.default_backend()) == "cpu" else 1
-
-
-def add_to_totals(totals: dict, metrics: dict) -> dict:
-    """The loop's on-device training totals with one step's metrics added."""
-    return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
-            "steps": totals["steps"] + 1}
 
 
 def input_gate(loss: jax.Array) -> jax.Array:
@@ -107,9 +101,8 @@ def eval_all(prepare: Callable, unroll: bool | int | None = None) -> Callable:
                      "mask": batch_mask}
             return jax.tree.map(jnp.add, totals, eval_step(state, prepare(batch, state))), None
 
-        zeros = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
         steps_unroll = default_unroll(state.params) if unroll is None else unroll
-        return lax.scan(body, zeros, (order, mask), unroll=steps_unroll)[0]
+        return lax.scan(body, zero_eval_sums(), (order, mask), unroll=steps_unroll)[0]
 
     return fn
 

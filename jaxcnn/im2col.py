@@ -143,6 +143,17 @@ def _nhwc_spec(ndim: int) -> tuple[str, str, str]:
     return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
 
 
+def _gradients_of(conv: Any, window_strides: Sequence[int], padding: Any, options: dict) -> Any:
+    """A `custom_vjp` backward rule: the gradients of `conv` (a `lax.conv_general_dilated`-like
+    function) at the saved (x, w), for implementations whose forward pass differs from `conv`."""
+
+    def backward(residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
+        x, w = residuals
+        _, pullback = jax.vjp(lambda x, w: conv(x, w, window_strides, padding, **options), x, w)
+        return pullback(cotangent)
+
+    return backward
+
 
 def hybrid_conv_general_dilated(
     lhs: jax.Array,
@@ -162,8 +173,8 @@ def hybrid_conv_general_dilated(
     differentiate; im2col's forward pass materialises a kh·kw times larger patch matrix. So the
     forward pass and evaluation use XLA's convolution and the backward pass is the vjp of
     `conv_general_dilated` (one matmul for the kernel gradient, one plus the slices' transposes
-    for the input gradient). Inside `lax.scan` (fused steps) the fastest of the three on the 2-core
-    CPU; one call per step, XLA's own convolution was faster there (README, Speed).
+    for the input gradient). With XLA's default CPU options the fastest inside a rolled `lax.scan`
+    (module docstring).
     """
     options = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                    dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -176,13 +187,7 @@ def hybrid_conv_general_dilated(
     def forward(x: jax.Array, w: jax.Array):
         return conv(x, w), (x, w)
 
-    def backward(residuals, cotangent):
-        x, w = residuals
-        _, pullback = jax.vjp(
-            lambda x, w: conv_general_dilated(x, w, window_strides, padding, **options), x, w)
-        return pullback(cotangent)
-
-    conv.defvjp(forward, backward)
+    conv.defvjp(forward, _gradients_of(conv_general_dilated, window_strides, padding, options))
     return conv(lhs, rhs)
 
 
@@ -239,13 +244,7 @@ def shift_conv_general_dilated(
         y = jnp.sum(jnp.stack(slices, axis=-4) * weights, axis=(-4, -2))
         return finish(y), (x, w)
 
-    def backward(residuals, cotangent):
-        x, w = residuals
-        _, pullback = jax.vjp(
-            lambda x, w: lax.conv_general_dilated(x, w, window_strides, padding, **options), x, w)
-        return pullback(cotangent)
-
-    conv.defvjp(forward, backward)
+    conv.defvjp(forward, _gradients_of(lax.conv_general_dilated, window_strides, padding, options))
     return conv(lhs, rhs)
 
 

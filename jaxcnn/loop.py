@@ -31,7 +31,7 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState, create_train_state
-from jaxcnn.steps import eval_step, predict_step, train_step
+from jaxcnn.steps import add_to_totals, eval_step, predict_step, train_step, zero_eval_sums, zero_train_totals
 from jaxcnn.writers import PREDICTIONS_FILE, MetricsWriter, write_json, write_predictions
 
 # How many of the most confidently wrong test images `predictions.npz` keeps for the report.
@@ -98,7 +98,7 @@ def make_train_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.train_
 
     def train_one(state: TrainState, totals: dict, batch: dict, axis_name: str | None):
         state, metrics = train_step(state, batch, axis_name)
-        return state, fused.add_to_totals(totals, metrics)
+        return state, add_to_totals(totals, metrics)
 
     return (strategy or parallel.Strategy()).compile_train(train_one, make_prepare(mean, std, augment_fn), batch_fn)
 
@@ -131,10 +131,6 @@ def make_eval_fn(mean: Stat, std: Stat, batch_fn: Callable = DeviceSplit.eval_ba
     return (strategy or parallel.Strategy()).compile_eval(eval_one, make_prepare(mean, std), batch_fn)
 
 
-def zero_train_totals() -> dict[str, jax.Array]:
-    return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
-
-
 def evaluate(eval_fn: Callable, state: TrainState, split: Any, batch_size: int,
              strategy: parallel.Strategy | None = None, eval_all_fn: Callable | None = None) -> dict[str, float]:
     """Loss and accuracy over every example of `split` exactly once (the last batch padded, masked;
@@ -145,7 +141,7 @@ def evaluate(eval_fn: Callable, state: TrainState, split: Any, batch_size: int,
         order, mask = eval_order(len(split), min(batch_size, len(split)))
         totals = eval_all_fn(state, split, jnp.asarray(order), jnp.asarray(mask))
     else:
-        totals = strategy.replicate({"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())})
+        totals = strategy.replicate(zero_eval_sums())
         for inputs in strategy.eval_inputs(split, batch_size):
             totals = eval_fn(state, totals, *inputs)
     totals = jax.device_get(totals)

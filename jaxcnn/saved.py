@@ -21,8 +21,9 @@ from jaxcnn import checkpoint, data, losses, models, optim
 from jaxcnn.config import config_from_json, dataset_options, model_options
 from jaxcnn.data.device import normalize, put_on_device
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import evaluate, make_eval_fn, zero_train_totals
+from jaxcnn.loop import evaluate, make_eval_fn
 from jaxcnn.state import TrainState, create_train_state
+from jaxcnn.steps import zero_train_totals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

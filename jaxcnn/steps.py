@@ -57,6 +57,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     return new_state, metrics
 
 
+def zero_train_totals() -> Metrics:
+    """The loop's on-device training totals before any step: summed loss and accuracy, step count."""
+    return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
+
+
+def add_to_totals(totals: Metrics, metrics: Metrics) -> Metrics:
+    """The training totals with one step's metrics (`train_step`'s) added."""
+    return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
+            "steps": totals["steps"] + 1}
+
+
+def zero_eval_sums() -> Metrics:
+    """`eval_step`'s sums before any batch."""
+    return {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
     logits = state.apply_fn(state.variables(), batch["image"], train=False)
