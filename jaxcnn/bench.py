@@ -5,7 +5,7 @@ Modes:
   TrainState, one `jax.jit` step per batch over NumPy batches sliced on the host (as the Flax MNIST
   example does), XLA's own convolution (`nn.Conv`).
 - `step`: jaxcnn, one compiled call per step, data on the device, state donated.
-- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them (`jaxcnn.fused`).
+- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them (`jaxcnn.executor`).
 
 Each (model, mode, batch size, dtype) gets a fresh, seeded state. The `fingerprint` is the loss of
 the `fingerprint_steps`-th step from that state: identical across runs with the same seed.
@@ -33,14 +33,18 @@ import numpy as np
 import optax
 from flax.training import train_state as flax_train_state
 
-from jaxcnn import data, fused, im2col, losses, models, optim, precision
+from jaxcnn import data, im2col, losses, models, optim, precision
+from jaxcnn.build import prepare_fn
 from jaxcnn.compilation import enable_compilation_cache
-from jaxcnn.data.device import epoch_order, eval_order, put_on_device
+from jaxcnn.data.device import epoch_order
+from jaxcnn.data.feed import DeviceFeed, chunks
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.evaluation import evaluate
+from jaxcnn.executor import Executor
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.loop import make_eval_all_fn, make_eval_fn, make_train_fn, make_train_many_fn
+from jaxcnn.metrics import TOP_K
 from jaxcnn.state import create_train_state
-from jaxcnn.steps import zero_eval_sums, zero_train_totals
+from jaxcnn.steps import zero_train_totals
 
 MODES = ("baseline", "step", "fused")
 DEFAULT_MODELS = ("mlp", "tiny_cnn", "cnn")
@@ -119,9 +123,9 @@ def compile_times(jitted: Any, args: tuple, kwargs: dict | None = None) -> tuple
     return compiled, cold, time.perf_counter() - start
 
 
-def flops_of(jitted: Any, args: tuple) -> float | None:
+def flops_of(jitted: Any, args: tuple, kwargs: dict | None = None) -> float | None:
     """XLA's FLOP count of one call of `jitted` (None where the backend does not report it)."""
-    analysis = jitted.lower(*args).compile().cost_analysis()
+    analysis = jitted.lower(*args, **(kwargs or {})).compile().cost_analysis()
     if isinstance(analysis, list):
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")
@@ -228,70 +232,46 @@ def _baseline(work: Workload, settings: BenchSettings) -> dict[str, Any]:
     return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
 
 
-def _jaxcnn_mode(work: Workload, settings: BenchSettings, fused_steps: int | None) -> dict[str, Any]:
-    """jaxcnn's own loop pieces: one call per step (`fused_steps` None) or `fused_steps` per call."""
-    model = work.model(settings.conv_impl)
+def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -> dict[str, Any]:
+    """jaxcnn's own calls (`jaxcnn.executor`), as the training loop makes them: `steps_per_call`
+    steps per compiled call (1: the `step` mode), the data on the device, state donated."""
     tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
                                 {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
     loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
-    shape = tuple(work.train.images.shape[1:])
-    new_state = lambda: create_train_state(model, tx, loss_fn, shape, settings.seed)
-    split, test_split = put_on_device(work.train), put_on_device(work.test)
-    order = jnp.asarray(work.order)
-    num_steps = len(work.order)
-    step_fn = make_train_fn(work.mean, work.std)
-    state, totals = new_state(), zero_train_totals()
-    if fused_steps is None:
-        compiled, cold, warm = compile_times(step_fn, (state, totals, split, order, 0))
-        for i in range(settings.fingerprint_steps):
-            if i == settings.fingerprint_steps - 1:  # fresh totals: they hold exactly the last step's loss
-                totals = zero_train_totals()
-            state, totals = compiled(state, totals, split, order, i % num_steps)
-        fingerprint = float(totals["loss"])
-        state, totals = new_state(), zero_train_totals()
-        cursor = [0]
+    model, shape = work.model(settings.conv_impl), tuple(work.train.images.shape[1:])
+    executor = Executor("none")
+    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed))
+    prepare = prepare_fn(work.mean, work.std)
+    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K)
+    train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)
+    inputs = {**train_feed.arrays, "order": executor.put(work.order, executor.stacked)}
+    state, totals = new_state(), executor.put(zero_train_totals())
+    program = calls.programs["train"]
+    args = (state, totals, inputs, executor.index(0))
+    compiled, cold, warm = compile_times(program, args, {"num_steps": steps_per_call})
+    # The fingerprint: the loss of step `fingerprint_steps` alone (fresh totals for it).
+    for start, n in chunks(settings.fingerprint_steps - 1, steps_per_call):
+        state, totals = calls.train(state, totals, inputs, executor.index(start), n)
+    state, totals = calls.train(state, executor.put(zero_train_totals()), inputs,
+                                executor.index(settings.fingerprint_steps - 1), 1)
+    fingerprint = float(totals["loss"])
+    state, totals = new_state(), executor.put(zero_train_totals())
+    starts = [executor.index(s) for s, n in chunks(len(work.order), steps_per_call) if n == steps_per_call]
+    cursor = [0]
 
-        def train_some() -> int:
-            nonlocal state, totals
-            state, totals = compiled(state, totals, split, order, cursor[0] % num_steps)
-            cursor[0] += 1
-            return work.batch_size
-    else:
-        fused_fn = make_train_many_fn(work.mean, work.std)  # the training loop's
-        compiled, cold, warm = compile_times(fused_fn, (state, totals, split, order, 0),
-                                             {"num_steps": fused_steps})
-        for start, n in fused.call_sizes(settings.fingerprint_steps, fused_steps):
-            state, totals, per_step = fused_fn(state, totals, split, order, start % num_steps, num_steps=n)
-        fingerprint = float(per_step["loss"][-1])
-        state, totals = new_state(), zero_train_totals()
-        starts = [s for s, n in fused.call_sizes(num_steps, fused_steps) if n == fused_steps]
-        cursor = [0]
-
-        def train_some() -> int:
-            nonlocal state, totals
-            state, totals, _ = compiled(state, totals, split, order, starts[cursor[0] % len(starts)])
-            cursor[0] += 1
-            return work.batch_size * fused_steps
+    def train_some() -> int:
+        nonlocal state, totals
+        state, totals = compiled(state, totals, inputs, starts[cursor[0] % len(starts)])
+        cursor[0] += 1
+        return work.batch_size * steps_per_call
 
     # FLOPs of one step (XLA does not multiply a scan body's cost by its trip count).
-    flops = flops_of(step_fn, (state, totals, split, order, 0))
-    ebs = min(settings.eval_batch_size, len(work.test.labels))
-    eval_idx, eval_mask = (jnp.asarray(a) for a in eval_order(len(work.test.labels), ebs))
-    if fused_steps is None:
-        eval_fn = make_eval_fn(work.mean, work.std)
+    flops = flops_of(program, args, {"num_steps": 1})
+    eval_batch = min(settings.eval_batch_size, len(work.test.labels))
 
-        def eval_pass() -> int:
-            sums = zero_eval_sums()
-            for i in range(eval_idx.shape[0]):
-                sums = eval_fn(state, sums, test_split, eval_idx, eval_mask, i)
-            jax.block_until_ready(sums)
-            return len(work.test.labels)
-    else:
-        eval_all = make_eval_all_fn(work.mean, work.std)
-
-        def eval_pass() -> int:
-            jax.block_until_ready(eval_all(state, test_split, eval_idx, eval_mask))
-            return len(work.test.labels)
+    def eval_pass() -> int:
+        evaluate(calls, state, test_feed, eval_batch, steps_per_call)  # fetches the sums: waits
+        return len(work.test.labels)
 
     return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
 
@@ -389,7 +369,7 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
                 if mode == "baseline":
                     row = baselines[case]
                 else:
-                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else None)
+                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else 1)
                 name, batch_size, dtype = case
                 row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row,
                        "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None}

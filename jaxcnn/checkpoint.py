@@ -23,7 +23,6 @@ next run opens the manager.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import importlib.metadata
 import json
@@ -39,7 +38,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxcnn.distributed import any_process, barrier, is_main_process
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.loop_state import LoopState, due
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt-checkpoints"
@@ -63,27 +64,15 @@ def default_checkpoint_config() -> dict[str, Any]:
 class TrainingInterrupted(Exception):
     """Raised by the loop after SIGTERM/SIGINT once the checkpoint is committed (exit status 0)."""
 
-    def __init__(self, signal_name: str, step: int, workdir: pathlib.Path):
+    def __init__(self, signal_name: str, step: int, workdir: pathlib.Path, saved: bool = True):
         self.signal_name, self.step, self.workdir = signal_name, step, workdir
+        if not saved:
+            super().__init__(f"{signal_name}: stopped after step {step}; nothing saved (checkpoint.enabled is "
+                             "false)")
+            return
         super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved in "
                          f"{workdir / CHECKPOINT_DIR}; resume with the same command: "
                          f"jaxcnn train --workdir {workdir} (and the same --config options)")
-
-
-@dataclasses.dataclass
-class LoopState:
-    """Where the training loop stands at a checkpoint: the host-side half of a resume."""
-
-    step: int
-    epoch: int  # the epoch to run next
-    position: int  # the index into that epoch's order to run next
-    epochs_run: int
-    epoch_sums: dict[str, float]
-    best_val_loss: float
-    best_val_accuracy: float
-    stopping: dict[str, Any]
-    plateau: dict[str, Any] | None
-    metrics_bytes: int  # the length of metrics.jsonl when the checkpoint was taken
 
 
 def validate_checkpoint_config(section: ml_collections.ConfigDict) -> None:
@@ -188,18 +177,6 @@ def choose_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
         raise JaxcnnError(f"workdir '{path}' already holds a run and checkpoint.enabled is false, so it "
                           "cannot be resumed; pass --fresh or a new --workdir")
     return path, True
-
-
-def truncate_metrics(workdir: pathlib.Path, length: int) -> None:
-    """Cuts `metrics.jsonl` back to the records written before the checkpoint being resumed."""
-    path = workdir / "metrics.jsonl"
-    size = path.stat().st_size if path.exists() else 0
-    if size < length:
-        raise JaxcnnError(f"{path} is shorter ({size} bytes) than when its checkpoint was taken "
-                          f"({length} bytes); pass --fresh to start over in a new subfolder")
-    if path.exists():
-        with path.open("r+b") as f:
-            f.truncate(length)
 
 
 # ---------------------------------------------------------------------------- stop signals
@@ -310,14 +287,20 @@ def read_arrays(manager: ocp.CheckpointManager, step: int, like: dict[str, Any])
 
 
 class Checkpointer:
-    """The training loop's side of checkpointing: save, restore the latest good step, stop on signal."""
+    """The training loop's side of checkpointing: save, restore the latest good step, stop on signal.
+
+    Every process of a multi-process run holds one, over the same shared workdir: all of them
+    save and restore together (Orbax writes each array once), and they agree on when to stop.
+    With `checkpoint.enabled` false nothing is saved, and a stop signal just stops.
+    """
 
     def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict, run_info: dict[str, Any],
                  watch_signals: bool = False):
         self.workdir = workdir
         self.section = config.checkpoint
         self.manager = open_manager(workdir / CHECKPOINT_DIR, keep=self.section.keep,
-                                    keep_best=self.section.keep_best, async_save=self.section.async_save)
+                                    keep_best=self.section.keep_best,
+                                    async_save=self.section.async_save) if self.section.enabled else None
         self.static_meta = {"config": json.loads(json.dumps(config.to_dict())), "versions": library_versions(),
                             **run_info}
         self.best_step: int | None = None
@@ -326,17 +309,29 @@ class Checkpointer:
             self.signals.install()
 
     @property
-    def stop_requested(self) -> str | None:
-        return self.signals.received
+    def every_steps(self) -> int:
+        return self.section.every_steps if self.section.enabled else 0
 
-    def due_in_epoch(self, step: int) -> bool:
-        every = self.section.every_steps
-        return bool(self.signals.received) or (every > 0 and step % every == 0)
+    @property
+    def stop_reason(self) -> str:
+        return self.signals.received or "a stop signal to another process"
 
-    def due_at_epoch_end(self, step: int, improved: bool, last: bool) -> bool:
+    def stop_agreed(self, sync_point: bool) -> bool:
+        """Whether to stop now for a SIGTERM/SIGINT received by this process or, with several
+        processes, by any of them. Those agree only at `sync_point`s (log, save and epoch
+        boundaries, reached at the same steps by every process), so no call waits for them."""
+        if jax.process_count() == 1:
+            return self.signals.received is not None
+        return sync_point and any_process(self.signals.received is not None)
+
+    def due_in_epoch(self, step: int, stop: bool) -> bool:
+        return self.section.enabled and (stop or due(step, self.section.every_steps))
+
+    def due_at_epoch_end(self, step: int, improved: bool, last: bool, stop: bool) -> bool:
         """Epoch ends save when configured, on a save interval, on a new best (so the best is
         always on disk), at the end of training, and on a stop request."""
-        return self.section.on_epoch_end or improved or last or self.due_in_epoch(step)
+        return self.section.enabled and (self.section.on_epoch_end or improved or last or stop
+                                         or due(step, self.section.every_steps))
 
     def save(self, state: Any, totals: dict[str, Any], loop: LoopState, *,
              improved: bool | None = None, monitor: str = "", value: float | None = None) -> None:
@@ -347,7 +342,7 @@ class Checkpointer:
             if improved:
                 self.best_step = loop.step
             metrics = {"best_rank": loop.epochs_run if improved else 0, monitor: value}
-        meta = {**self.static_meta, "loop": dataclasses.asdict(loop), "best_step": self.best_step}
+        meta = {**self.static_meta, "loop": loop.to_json(), "best_step": self.best_step}
         self.manager.save(loop.step, args=ocp.args.Composite(
             state=ocp.args.StandardSave({"train_state": state, "totals": totals}),
             meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
@@ -365,7 +360,7 @@ class Checkpointer:
             try:
                 meta = read_meta(self.manager, step)
                 restored = read_arrays(self.manager, step, {"train_state": state, "totals": totals})
-                loop = LoopState(**meta["loop"])
+                loop = LoopState.from_json(meta["loop"])
             except Exception as e:  # any failure to read a step means that step is unusable
                 print(f"jaxcnn: warning: checkpoint step {step} cannot be read ({type(e).__name__}: "
                       f"{str(e)[:200]}); trying the step before it", file=sys.stderr, flush=True)
@@ -395,17 +390,20 @@ class Checkpointer:
         return restored.params, restored.batch_stats
 
     def _set_aside(self, step: int) -> None:
-        source = self.manager.directory / str(step)
         target = self.workdir / CORRUPT_DIR / str(step)
-        target.parent.mkdir(exist_ok=True)
-        os.replace(source, target)
+        if is_main_process():
+            target.parent.mkdir(exist_ok=True)
+            os.replace(self.manager.directory / str(step), target)
+            print(f"jaxcnn: warning: moved the unreadable checkpoint step {step} to {target}",
+                  file=sys.stderr, flush=True)
+        barrier(f"jaxcnn-set-aside-{step}")
         self.manager.reload()
-        print(f"jaxcnn: warning: moved the unreadable checkpoint step {step} to {target}",
-              file=sys.stderr, flush=True)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()

@@ -184,7 +184,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
     from jaxcnn.config import config_to_json, load_config, resolve_config_path
     from jaxcnn.loop import train_and_evaluate
-    from jaxcnn.parallel import initialize_distributed, is_main_process
+    from jaxcnn.distributed import initialize_distributed, is_main_process
 
     # Before anything touches a device: JAX's distributed runtime must start first.
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
@@ -193,6 +193,8 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.show_config:
         print(config_to_json(config))
         return 0
+    if not args.workdir and (args.num_processes or 1) > 1:
+        raise JaxcnnError("several processes train into one shared workdir: pass the same --workdir to every process")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(resolve_config_path(args.config).stem)
     try:
         summary = train_and_evaluate(config, workdir, data_dir=args.data_dir, quiet=args.quiet,

@@ -16,10 +16,10 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import augment, checkpoint, models, optim, precision
+from jaxcnn import augment, checkpoint, models, optim
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.parallel import STRATEGIES
+from jaxcnn.executor import PARALLEL
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "digits_cnn"
@@ -61,9 +61,9 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.num_epochs = 10
     config.log_every_steps = 100
     config.logging = ml_collections.ConfigDict({"tensorboard": False}, type_safe=False)
-    config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/parallel.py
+    config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/executor.py
     config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
-    config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/fused.py)
+    config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
     config.dataset = dataset_section(dataset)
@@ -232,7 +232,8 @@ def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks values that no other module checks before any work starts (names, ranges)."""
-    from jaxcnn import data, losses  # data imports heavy optional pieces lazily
+    from jaxcnn import data  # data imports heavy optional pieces lazily
+    from jaxcnn.build import build  # build reads configs through this module
 
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
@@ -241,7 +242,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check_positive_int(config, key)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
-    _check_name("parallel", config.parallel, STRATEGIES)
+    _check_name("parallel", config.parallel, PARALLEL)
     data.check_dataset_name(config.dataset.name)
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
@@ -256,14 +257,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"dataset.device_budget_mb must be a positive number of MiB, got {budget!r}")
     augment.augment_config(config.augment)
     _check_name("model.name", config.model.name, models.list_models())
-    precision.compute_dtype(config.dtype)
-    models.create_model(config.model.name, num_classes=2, **model_options(config))
-    losses.make_classification_loss(config.loss.name, num_classes=2,
-                                    label_smoothing=config.loss.label_smoothing)
     if not isinstance(config.loss.l2, (int, float)) or config.loss.l2 < 0:
         raise JaxcnnError(f"loss.l2 must be >= 0, got {config.loss.l2!r}")
-    optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch=1,
-                           num_epochs=config.num_epochs)
+    build(config, num_classes=2, steps_per_epoch=1)  # every name and option of model, optimizer and loss
     stopping = config.early_stopping
     if stopping.monitor not in EARLY_STOPPING_MONITORS:
         raise JaxcnnError(f"early_stopping.monitor must be one of {', '.join(EARLY_STOPPING_MONITORS)}, "

@@ -17,12 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcnn import checkpoint, data, losses, models, optim
-from jaxcnn.config import config_from_json, dataset_options, model_options
-from jaxcnn.data.device import normalize, put_on_device
+from jaxcnn import checkpoint, data
+from jaxcnn.build import build, make_prepare
+from jaxcnn.config import config_from_json, dataset_options
+from jaxcnn.data.device import normalize
+from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import evaluate, make_eval_fn
-from jaxcnn.state import TrainState, create_train_state
+from jaxcnn.evaluation import evaluate
+from jaxcnn.executor import Executor
+from jaxcnn.metrics import TOP_K
+from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -97,17 +101,12 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
         chosen = _choose_step(manager, step, latest_meta, config, directory)
         meta = _read(checkpoint.read_meta, manager, chosen, directory)
         config = config_from_json(json.dumps(meta["config"]))
-        num_classes, input_shape = meta["num_classes"], tuple(meta["input_shape"])
-        model = models.create_model(config.model.name, num_classes, **model_options(config))
-        tx = optim.create_optimizer(config.optimizer, config.schedule, meta["steps_per_epoch"], config.num_epochs)
-        loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing)
+        parts = build(config, meta["num_classes"], meta["steps_per_epoch"])
         # Shapes only (no initialisation to compute), placed on this process's first device.
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        like = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-            jax.eval_shape(lambda: {"train_state": create_train_state(model, tx, loss_fn, input_shape, config.seed,
-                                                                      config.loss.l2),
-                                    "totals": zero_train_totals()}))
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            {"train_state": parts.abstract_state(config, tuple(meta["input_shape"])),
+                             "totals": jax.eval_shape(zero_train_totals)})
         restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
@@ -126,8 +125,10 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
     examples = dataset.test if split == "test" else dataset.val
     if len(examples) == 0:
         raise JaxcnnError(f"the run has no {split} split (dataset.val_fraction is 0); use --split test")
-    result = evaluate(make_eval_fn(config.dataset.mean, config.dataset.std), saved.state,
-                      put_on_device(examples), config.eval_batch_size)
+    executor = Executor("none")
+    calls = executor.compile(make_prepare(config, train=False), make_prepare(config, train=False),
+                             config.loss.name, TOP_K)
+    result = evaluate(calls, executor.put(saved.state), DeviceFeed(examples, executor), config.eval_batch_size)
     return {f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"],
             f"{split}_examples": result["count"], "step": saved.step, "model": config.model.name,
             "dataset": dataset.name, "seed": config.seed}

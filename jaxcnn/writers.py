@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import numbers
 import pathlib
+import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import tqdm
 
+from jaxcnn.distributed import is_main_process
 from jaxcnn.errors import JaxcnnError
 
 TIMING_KEYS = frozenset({"wall_time_s", "images_per_s", "train_images_per_s", "epoch_time_s"})
@@ -129,3 +132,93 @@ def write_predictions(path: pathlib.Path, labels: np.ndarray, predictions: Mappi
                         mistake_indices=np.asarray(mistake_indices, np.int64),
                         mistake_images=np.asarray(mistake_images, np.uint8))
     tmp.replace(path)
+
+
+def truncate_metrics(workdir: pathlib.Path, length: int) -> None:
+    """Cuts `metrics.jsonl` back to the records written before the checkpoint being resumed."""
+    path = workdir / "metrics.jsonl"
+    size = path.stat().st_size if path.exists() else 0
+    if size < length:
+        raise JaxcnnError(f"{path} is shorter ({size} bytes) than when its checkpoint was taken "
+                          f"({length} bytes); pass --fresh to start over in a new subfolder")
+    if path.exists():
+        with path.open("r+b") as f:
+            f.truncate(length)
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise one plain line per epoch (CI, pipes, nohup)."""
+
+    def __init__(self, total_steps: int, num_epochs: int, quiet: bool):
+        self.interactive = sys.stdout.isatty() and not quiet
+        self.quiet = quiet
+        self.num_epochs = num_epochs
+        self.bar = tqdm.tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=not self.interactive)
+
+    def step(self, epoch: int, num_steps: int = 1) -> None:
+        self.bar.update(num_steps)
+        if self.interactive:
+            self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
+
+    def log(self, loss: float, accuracy: float, images_per_s: float) -> None:
+        # ordered_dict keeps this order (keyword arguments would be sorted: acc, img_s, loss).
+        self.bar.set_postfix(ordered_dict={"loss": f"{loss:.4f}", "acc": f"{accuracy:.4f}",
+                                           "img/s": f"{images_per_s:.0f}"}, refresh=False)
+
+    def line(self, text: str) -> None:
+        if self.interactive:
+            self.bar.write(text)
+        elif not self.quiet:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class RunWriter:
+    """Everything a training run writes and prints. Only process 0 writes files or prints; the
+    other processes of a multi-process run get a writer that does nothing, so the loop never asks.
+
+    Resuming (`metrics_bytes` given), `metrics.jsonl` is first cut back to its length at the
+    checkpoint, so the records after it are written again exactly once.
+    """
+
+    def __init__(self, workdir: pathlib.Path, *, tensorboard: bool, quiet: bool, total_steps: int,
+                 num_epochs: int, metrics_bytes: int | None = None):
+        self.workdir = pathlib.Path(workdir)
+        self.enabled = is_main_process()
+        if self.enabled and metrics_bytes is not None:
+            truncate_metrics(self.workdir, metrics_bytes)
+        self.metrics = MetricsWriter(self.workdir, tensorboard=tensorboard, enabled=self.enabled)
+        self.progress = Progress(total_steps, num_epochs, quiet or not self.enabled)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """One `metrics.jsonl` record (and its TensorBoard scalars)."""
+        self.metrics.write(record)
+
+    def write_json(self, name: str, payload: Mapping[str, Any]) -> None:
+        if self.enabled:
+            write_json(self.workdir / name, payload)
+
+    def write_text(self, name: str, text: str) -> None:
+        """A text file written whole or not at all (temporary file and rename)."""
+        if self.enabled:
+            tmp = self.workdir / (name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self.workdir / name)
+
+    def write_predictions(self, *args: Any) -> None:
+        """`predictions.npz` (see `write_predictions`)."""
+        if self.enabled:
+            write_predictions(self.workdir / PREDICTIONS_FILE, *args)
+
+    def line(self, text: str) -> None:
+        """A line for the person watching (above the progress bar on a terminal)."""
+        self.progress.line(text)
+
+    def size(self) -> int:
+        return self.metrics.size()
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics.close()

@@ -1,24 +1,17 @@
-"""Host-fed input, for datasets larger than the device-memory budget.
+"""Host-fed input: choosing it (`dataset.input`), and the background thread that feeds it.
 
-The splits stay in host memory (or memory-mapped `.npy` files, as the TFDS cache is); each step's
-batch is gathered on the host and copied to the device by a background thread that keeps
-`prefetch` batches ahead, so the copy overlaps the previous steps. The epoch order is the same
-(seed, epoch) permutation as on-device input uses, so both give bitwise-identical training.
-
-`place_splits` chooses: `dataset.input` = "device", "host", or "auto" (host when the uint8 splits
-exceed `dataset.device_budget_mb`).
+`choose_input`: "device", "host", or "auto" (host when the uint8 splits exceed
+`dataset.device_budget_mb`). `prefetch` runs the gathering and placing of host batches in a thread
+ahead of the calls (`jaxcnn.data.feed.HostFeed`).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-import jax
-import numpy as np
-
-from jaxcnn.data.device import DeviceSplit, epoch_order, eval_order, put_on_device
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
 
@@ -26,45 +19,8 @@ INPUT_MODES = ("auto", "device", "host")
 _END = object()
 
 
-class HostSplit:
-    """A split kept on the host; its steps receive (images, labels[, mask]) already on the device."""
-
-    def __init__(self, split: Split, prefetch: int = 2):
-        self.images, self.labels = split.images, split.labels
-        self.prefetch = prefetch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def train_inputs(self, seed: int, epoch: int, batch_size: int, start: int = 0) -> Iterator[tuple[jax.Array, ...]]:
-        """(images, labels) for each training step of `epoch` from position `start`, in the on-device
-        input's order."""
-        order = np.asarray(epoch_order(seed, epoch, len(self), batch_size))
-        return prefetch_to_device((self._gather(indices) for indices in order[start:]), self.prefetch)
-
-    def eval_inputs(self, batch_size: int) -> Iterator[tuple[jax.Array, ...]]:
-        """(images, labels, mask) for each evaluation step; every example once, the last batch padded."""
-        order, mask = eval_order(len(self), min(batch_size, len(self)))
-        return prefetch_to_device(((*self._gather(o), m) for o, m in zip(order, mask)), self.prefetch)
-
-    @staticmethod
-    def train_batch(images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-        return {"image": images, "label": labels}
-
-    @staticmethod
-    def eval_batch(images: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-        return {"image": images, "label": labels, "mask": mask}
-
-    def _gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Reading in ascending order is what a memory-mapped file likes; then restore the batch order.
-        ascending = np.argsort(indices, kind="stable")
-        images = np.empty((len(indices), *self.images.shape[1:]), np.uint8)
-        images[ascending] = self.images[indices[ascending]]
-        return images, self.labels[indices]
-
-
-def prefetch_to_device(batches: Iterable[tuple[np.ndarray, ...]], size: int) -> Iterator[tuple[jax.Array, ...]]:
-    """Yields `batches` with each array put on the device, produced by a thread `size` batches ahead.
+def prefetch(items: Iterable[Any], place: Callable[[Any], Any], size: int) -> Iterator[Any]:
+    """Yields `place(item)` for each of `items`, produced by a thread `size` items ahead.
 
     An exception in the producer is raised here; closing the iterator early stops the producer.
     """
@@ -82,8 +38,8 @@ def prefetch_to_device(batches: Iterable[tuple[np.ndarray, ...]], size: int) -> 
 
     def produce() -> None:
         try:
-            for batch in batches:
-                if not put(tuple(jax.device_put(a) for a in batch)):
+            for item in items:
+                if not put(place(item)):
                     return
             put(_END)
         except BaseException as e:  # handed to the consumer, which raises it
@@ -117,10 +73,3 @@ def choose_input(mode: str, splits: tuple[Split, ...], budget_mb: float) -> str:
     if mode != "auto":
         return mode
     return "host" if split_bytes(*splits) > budget_mb * 2**20 else "device"
-
-
-def place_splits(splits: tuple[Split, ...], mode: str, budget_mb: float) -> tuple[DeviceSplit | HostSplit, ...]:
-    """The splits ready for the loop: all on the device, or all fed from the host (see `choose_input`)."""
-    if choose_input(mode, splits, budget_mb) == "host":
-        return tuple(HostSplit(s) for s in splits)
-    return tuple(put_on_device(s) for s in splits)

@@ -1,0 +1,113 @@
+"""Data feeds: what each compiled call reads its batches from (`executor.gather`).
+
+- `DeviceFeed`: the split lives whole on every device as uint8; a call's inputs are the split and
+  the epoch order (steps, batch), and the call gathers its batches on the device.
+- `HostFeed`: for data larger than `dataset.device_budget_mb`, the split stays in host memory (or
+  a memory-mapped file); a background thread gathers each call's batches, stacked as
+  (steps, batch, ...), and places them on the devices ahead of the call.
+
+Both read the same (seed, epoch) order, so they train bitwise alike. With several processes each
+process gathers only the rows of the batch its devices hold (`Executor.process_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn.data.device import epoch_order, eval_order
+from jaxcnn.data.host import choose_input, prefetch
+from jaxcnn.data.splits import Split
+
+# A call's inputs (see `executor.gather`) and its first batch index.
+TrainCall = tuple[dict[str, Any], jax.Array]
+EvalCall = tuple[dict[str, Any], jax.Array, int]
+
+
+def chunks(total: int, size: int) -> list[tuple[int, int]]:
+    """(start, count) of consecutive pieces of `size` covering `total`; the last may be shorter."""
+    return [(start, min(size, total - start)) for start in range(0, total, size)]
+
+
+class DeviceFeed:
+    """A split placed whole on every device of the executor's mesh."""
+
+    kind = "device"
+
+    def __init__(self, split: Split, executor: Any):
+        self.executor = executor
+        self.num_examples = len(split)
+        self.arrays = executor.put({"images": jnp.asarray(split.images, jnp.uint8),
+                                    "labels": jnp.asarray(split.labels, jnp.int32)})
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def train_calls(self, seed: int, epoch: int, batch_size: int,
+                    calls: Sequence[tuple[int, int]]) -> Iterator[TrainCall]:
+        """The inputs and start of each planned (position, steps) call of `epoch`."""
+        order = self.executor.put(epoch_order(seed, epoch, len(self), batch_size), self.executor.stacked)
+        inputs = {**self.arrays, "order": order}
+        return ((inputs, self.executor.index(position)) for position, _ in calls)
+
+    def eval_calls(self, batch_size: int, steps_per_call: int) -> Iterator[EvalCall]:
+        """Every example once, in order, in calls of up to `steps_per_call` padded, masked batches."""
+        order, mask = eval_order(len(self), self.executor.eval_batch_size(batch_size, len(self)))
+        inputs = {**self.arrays, **self.executor.put({"order": order, "mask": mask}, self.executor.stacked)}
+        return ((inputs, self.executor.index(start), n) for start, n in chunks(len(order), steps_per_call))
+
+
+class HostFeed:
+    """A split kept on the host; each call's batches are gathered and placed by a background thread
+    `prefetch` calls ahead, so the copies overlap the previous calls."""
+
+    kind = "host"
+
+    def __init__(self, split: Split, executor: Any, prefetch_calls: int = 2):
+        self.executor = executor
+        self.images, self.labels = split.images, split.labels
+        self.prefetch_calls = prefetch_calls
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def train_calls(self, seed: int, epoch: int, batch_size: int,
+                    calls: Sequence[tuple[int, int]]) -> Iterator[TrainCall]:
+        order = np.asarray(epoch_order(seed, epoch, len(self), batch_size))
+        rows = self.executor.process_rows(batch_size)
+        stacks = (self._gather(order[position:position + n, rows]) for position, n in calls)
+        return ((inputs, self.executor.index(0)) for inputs in self._placed(stacks, batch_size))
+
+    def eval_calls(self, batch_size: int, steps_per_call: int) -> Iterator[EvalCall]:
+        size = self.executor.eval_batch_size(batch_size, len(self))
+        order, mask = eval_order(len(self), size)
+        rows = self.executor.process_rows(size)
+        pieces = chunks(len(order), steps_per_call)
+        stacks = ({**self._gather(order[s:s + n, rows]), "mask": mask[s:s + n, rows]} for s, n in pieces)
+        return ((inputs, self.executor.index(0), n) for inputs, (_, n) in zip(self._placed(stacks, size), pieces))
+
+    def _placed(self, stacks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, jax.Array]]:
+        return prefetch(stacks, lambda local: self.executor.assemble(local, batch_size), self.prefetch_calls)
+
+    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `indices` (steps, rows): read in ascending order, as a memory-mapped file likes."""
+        flat = indices.reshape(-1)
+        ascending = np.argsort(flat, kind="stable")
+        images = np.empty((len(flat), *self.images.shape[1:]), np.uint8)
+        images[ascending] = self.images[flat[ascending]]
+        return {"image": images.reshape(*indices.shape, *self.images.shape[1:]),
+                "label": np.asarray(self.labels[flat], np.int32).reshape(indices.shape)}
+
+
+Feed = Union[DeviceFeed, HostFeed]
+
+
+def make_feeds(splits: Sequence[Split], input_mode: str, budget_mb: float, executor: Any) -> tuple[Feed, ...]:
+    """The splits as the calls read them: all on the devices, or all fed from the host
+    (`dataset.input`; `auto` compares the splits' size with `budget_mb`)."""
+    feed = HostFeed if choose_input(input_mode, tuple(splits), budget_mb) == "host" else DeviceFeed
+    return tuple(feed(split, executor) for split in splits)

@@ -1,0 +1,322 @@
+"""The executor: every compiled call of training, evaluation and prediction, on any devices.
+
+One call shape: a compiled call runs `num_steps` steps (`config.steps_per_call`; 1 is the plain
+step) of one pure body built from `steps.train_step` (`eval_step`, `predict_step`), reading batch
+`j` of the call with `gather(inputs, start + j)` from whatever the data feed supplies
+(`jaxcnn.data.feed`): an on-device split with the epoch order, or batches stacked on the host.
+
+How many devices there are is decided here, once, by a 1-D mesh over the devices and the
+shardings of the inputs (big_vision's `update_fn` pattern):
+
+- `none`: a mesh of one device.
+- `sharded` (`auto` with more than one device): `jax.jit` over a mesh of every device of every
+  process; the state replicated, each batch split along its examples; the compiler inserts the
+  all-reduce and BatchNorm sees the global batch.
+- `pmap`: the per-device program model, as `jax.shard_map` over the same mesh: each device runs
+  the body on its slice of the batch with the named axis `AXIS`, `train_step` averages gradients and
+  metrics with `lax.pmean`, BatchNorm averages its statistics over the axis, dropout folds in the
+  device index. It spans every process's devices as `sharded` does.
+
+Every call is jitted here with the state (and totals) donated and its outputs replicated, so the
+loop sees ordinary arrays. Several processes need nothing else: inputs are assembled from each
+process's part (`put`), and each process reads its replicated copy of the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxcnn.compilation import compiler_options
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.state import TrainState
+from jaxcnn.steps import add_to_totals, eval_step, predict_step, train_step
+
+PARALLEL = ("auto", "none", "pmap", "sharded")
+AXIS = "data"  # the mesh's one axis; under pmap also the named axis of lax.pmean and BatchNorm
+# Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
+# and split along the batch.
+WHOLE_KEYS = ("images", "labels")
+
+
+class Prepare(Protocol):
+    """A uint8 batch -> the step's batch (normalised; augmented with the state's step key)."""
+
+    def __call__(self, batch: dict[str, jax.Array], state: TrainState) -> dict[str, jax.Array]: ...
+
+
+def resolve(name: str) -> str:
+    """`auto` -> `sharded` with more than one device (over all processes), else `none`."""
+    if name not in PARALLEL:
+        raise JaxcnnError(f"unknown parallel strategy {name!r} (parallel); expected one of: {', '.join(PARALLEL)}")
+    if name == "auto":
+        return "sharded" if jax.device_count() > 1 else "none"
+    return name
+
+
+def gather(inputs: dict[str, jax.Array], i: jax.Array) -> dict[str, jax.Array]:
+    """Batch `i` of a call's inputs: rows `order[i]` of an on-device split, or row `i` of batches
+    stacked on the host; with the evaluation mask when there is one."""
+    if "order" in inputs:
+        indices = inputs["order"][i]
+        batch = {"image": inputs["images"][indices], "label": inputs["labels"][indices]}
+    else:
+        batch = {"image": inputs["image"][i], "label": inputs["label"][i]}
+    if "mask" in inputs:
+        batch["mask"] = inputs["mask"][i]
+    return batch
+
+
+def input_gate(loss: jax.Array) -> jax.Array:
+    """0, computed from the previous step's loss, added to the next step's batch index.
+
+    In an unrolled scan nothing else orders a step's input work (gathering, normalising, the first
+    layer's shifted slices) after the previous step, and XLA:CPU ran the input work of all the
+    call's steps at once, thrashing the caches (README, "Speed"). `loss > inf` is False for every
+    float, NaN included, and XLA cannot fold it away.
+    """
+    return (loss > jnp.inf).astype(jnp.int32)
+
+
+def default_unroll(params: Any, backend: str | None = None) -> bool | int:
+    """Fully unrolled on CPU for models with convolutions (XLA:CPU runs its fast convolutions only
+    outside `while` loops), a rolled loop otherwise. Unrolling costs compile time proportional to
+    the steps per call; the persistent compilation cache keeps it for later runs."""
+    has_conv = any(jnp.ndim(leaf) >= 4 for leaf in jax.tree.leaves(params))
+    return True if has_conv and (backend or jax.default_backend()) == "cpu" else 1
+
+
+def scan_steps(body: Callable, carry: Any, num_steps: int, params: Any, unroll: bool | int | None) -> tuple:
+    """`lax.scan(body, carry, arange(num_steps))`; one step is called directly (XLA:CPU compiles a
+    one-step scan unlike the step itself, ~1e-8 apart), so one step per call stays the plain step."""
+    if num_steps == 1:
+        carry, out = body(carry, 0)
+        return carry, jax.tree.map(lambda x: x[None], out)
+    return lax.scan(body, carry, jnp.arange(num_steps), unroll=default_unroll(params) if unroll is None else unroll)
+
+
+def train_body(prepare: Prepare, axis_name: str | None, constrain: Callable, unroll: bool | int | None) -> Callable:
+    """The pure k-step training call: `(state, totals, inputs, start, num_steps) -> (state, totals)`."""
+
+    def call(state, totals, inputs, start, num_steps):
+        def step(carry, j):
+            state, totals, gate = carry
+            batch = constrain(gather(inputs, start + j + gate))
+            state, metrics = train_step(state, prepare(batch, state), axis_name)
+            return (state, add_to_totals(totals, metrics), input_gate(metrics["loss"])), None
+
+        (state, totals, _), _ = scan_steps(step, (state, totals, jnp.zeros((), jnp.int32)), num_steps,
+                                           state.params, unroll)
+        return state, totals
+
+    return call
+
+
+def eval_body(prepare: Prepare, axis_name: str | None, constrain: Callable, unroll: bool | int | None) -> Callable:
+    """The pure k-batch evaluation call: `(state, totals, inputs, start, num_steps) -> totals`, the
+    masked sums of `eval_step` added batch by batch in order."""
+
+    def call(state, totals, inputs, start, num_steps):
+        def step(totals, j):
+            sums = eval_step(state, prepare(constrain(gather(inputs, start + j)), state))
+            if axis_name is not None:  # each device summed its slice of the batch
+                sums = lax.psum(sums, axis_name)
+            return jax.tree.map(jnp.add, totals, sums), None
+
+        return scan_steps(step, totals, num_steps, state.params, unroll)[0]
+
+    return call
+
+
+def predict_body(prepare: Prepare, loss_name: str, top_k: int, constrain: Callable,
+                 unroll: bool | int | None) -> Callable:
+    """The pure k-batch prediction call: `(state, inputs, start, num_steps) -> outputs`, each of
+    `predict_step`'s per-example outputs stacked as (num_steps, batch)."""
+
+    def call(state, inputs, start, num_steps):
+        def step(_, j):
+            return None, predict_step(state, prepare(constrain(gather(inputs, start + j)), state), loss_name, top_k)
+
+        return scan_steps(step, None, num_steps, state.params, unroll)[1]
+
+    return call
+
+
+@dataclasses.dataclass(frozen=True)
+class Calls:
+    """The compiled calls of one run (`Executor.compile`); `programs` holds the jitted functions
+    themselves ("train", "evaluate", "predict"), e.g. to lower them for the benchmark."""
+
+    programs: dict[str, Callable]
+    wait: Callable[[Any], Any]
+
+    def train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> tuple:
+        """`num_steps` training steps -> (state, totals); both donated."""
+        return self.programs["train"](self.wait(state), totals, inputs, start, num_steps=num_steps)
+
+    def evaluate(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> Any:
+        """`num_steps` evaluation batches added to `totals` (donated)."""
+        return self.programs["evaluate"](state, self.wait(totals), inputs, start, num_steps=num_steps)
+
+    def predict(self, state: TrainState, inputs: dict, start: jax.Array, num_steps: int) -> dict[str, jax.Array]:
+        """Per-example outputs of `num_steps` batches, (num_steps, batch) each."""
+        return self.programs["predict"](state, inputs, start, num_steps=num_steps)
+
+
+class Executor:
+    """A 1-D mesh of the devices a strategy uses, and the one place its calls are compiled."""
+
+    def __init__(self, parallel: str = "none", devices: Sequence[jax.Device] | None = None):
+        self.name = resolve(parallel)
+        if self.name == "none" and jax.process_count() > 1:
+            raise JaxcnnError(f"parallel={parallel} uses one device, but {jax.process_count()} processes were "
+                              "started; use parallel=sharded, pmap or auto")
+        if devices is None:
+            devices = [jax.local_devices()[0]] if self.name == "none" else jax.devices()
+        self.devices = list(devices)
+        self.mesh = jax.make_mesh((len(self.devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                                  devices=self.devices)
+        self.per_device = self.name == "pmap"
+        self.replicated = NamedSharding(self.mesh, P())
+        self.stacked = NamedSharding(self.mesh, P(None, AXIS))  # (steps, batch, ...): split along the batch
+        self._indices: list[jax.Array] = []
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def bn_axis_name(self) -> str | None:
+        """The models' BatchNorm `axis_name`: the named axis under pmap; none under jit, where the
+        batch is global."""
+        return AXIS if self.per_device else None
+
+    def check_batch_size(self, batch_size: int, key: str = "batch_size") -> None:
+        if batch_size % self.num_devices:
+            raise JaxcnnError(f"{key} {batch_size} is not divisible by the {self.num_devices} devices it is "
+                              f"split across; use a multiple of {self.num_devices}")
+
+    def eval_batch_size(self, requested: int, num_examples: int) -> int:
+        """The eval batch: at most `requested` (and the split size), a multiple of the devices."""
+        size = max(1, min(requested, num_examples))
+        return math.ceil(size / self.num_devices) * self.num_devices
+
+    # ------------------------------------------------------------------------ placing inputs
+
+    def sharding_of(self, key: str) -> NamedSharding:
+        return self.replicated if key in WHOLE_KEYS else self.stacked
+
+    def process_rows(self, batch_size: int) -> slice:
+        """The rows of a global batch that this process's devices hold (all of them on one process)."""
+        spans = self.stacked.addressable_devices_indices_map((1, batch_size)).values()
+        return slice(min(s[1].start or 0 for s in spans), max(s[1].stop or batch_size for s in spans))
+
+    def put(self, tree: Any, sharding: NamedSharding | None = None) -> Any:
+        """Host (or single-device) values placed on the mesh, replicated unless `sharding` says
+        otherwise, and waited for: every input of a call is on its devices before the call, so the
+        call copies nothing (placed once per epoch, evaluation or call of host batches, never per
+        step). With several processes each process supplies its own part."""
+        sharding = sharding or self.replicated
+
+        def place(x):
+            if jax.process_count() == 1:
+                return jax.device_put(x, sharding)
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:  # a replicated global value
+                x = x.addressable_data(0)
+            x = np.asarray(x)
+            return jax.make_array_from_process_local_data(sharding, x[self._local_index(sharding, x.shape)], x.shape)
+
+        return jax.block_until_ready(jax.tree.map(place, tree))
+
+    def assemble(self, local: dict[str, np.ndarray], batch_size: int) -> dict[str, jax.Array]:
+        """Stacked host batches of which this process gathered only its rows (`process_rows`), as
+        global (steps, batch, ...) arrays split along the batch."""
+        return {k: jax.make_array_from_process_local_data(self.stacked, v, (v.shape[0], batch_size, *v.shape[2:]))
+                for k, v in local.items()}
+
+    def _local_index(self, sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
+        spans = list(sharding.addressable_devices_indices_map(shape).values())
+        return tuple(slice(min(s[d].start or 0 for s in spans), max(s[d].stop or shape[d] for s in spans))
+                     for d in range(len(shape)))
+
+    def index(self, i: int) -> jax.Array:
+        """Call start `i` as an int32 already on every device, so passing it transfers nothing.
+        Placed in doubling batches, so this blocks rarely."""
+        if i >= len(self._indices):
+            new = range(len(self._indices), max(2 * len(self._indices), i + 1, 64))
+            self._indices.extend(self.put([np.int32(k) for k in new]))
+        return self._indices[i]
+
+    def wait(self, tree: Any) -> Any:
+        """`tree` (the previous call's output), waited for when several CPU devices run the call.
+
+        XLA:CPU launches each device's part of a call on a small thread pool; with many calls
+        dispatched ahead, queued launches of later calls occupy those threads while an earlier
+        call's all-reduce waits for a device whose launch cannot get one: a deadlock ("Termination
+        timeout for all reduce", seen with 2 simulated devices on 2 cores). One call in flight
+        avoids it; on accelerators nothing waits.
+        """
+        if self.num_devices > 1 and self.devices[0].platform == "cpu":
+            return jax.block_until_ready(tree)
+        return tree
+
+    # ------------------------------------------------------------------------ compiling the calls
+
+    def compile(self, prepare_train: Prepare, prepare_eval: Prepare, loss_name: str, top_k: int,
+                unroll: bool | int | None = None) -> Calls:
+        """The run's three compiled calls; the parallel mapping applied here and nowhere else."""
+        axis = AXIS if self.per_device else None
+        # Under jit the batch is global: keep it split along the examples like its inputs.
+        rows = NamedSharding(self.mesh, P(AXIS))
+        constrain = ((lambda batch: batch) if self.per_device or self.num_devices == 1
+                     else (lambda batch: lax.with_sharding_constraint(batch, rows)))
+        programs = {
+            "train": self._jit(train_body(prepare_train, axis, constrain, unroll), (0, 1), 2, "state"),
+            "evaluate": self._jit(eval_body(prepare_eval, axis, constrain, unroll), (1,), 2, "totals"),
+            "predict": self._jit(predict_body(prepare_eval, loss_name, top_k, constrain, unroll), (), 1, "outputs"),
+        }
+        return Calls(programs, self.wait)
+
+    def _jit(self, body: Callable, donate: tuple[int, ...], num_replicated: int, output: str) -> Callable:
+        """`body(*replicated, inputs, start, num_steps)` jitted once; under pmap first mapped per
+        device with `jax.shard_map` (per-example outputs gathered along the batch)."""
+        fn = body
+        if self.per_device:
+            out_spec = P(None, AXIS) if output == "outputs" else P()
+
+            def fn(*args, num_steps):
+                inputs = args[num_replicated]
+                specs = (*[P()] * num_replicated, {k: self.sharding_of(k).spec for k in inputs}, P())
+                mapped = jax.shard_map(lambda *a: body(*a, num_steps), mesh=self.mesh, in_specs=specs,
+                                       out_specs=out_spec, check_vma=False)
+                return mapped(*args)
+
+        return jax.jit(fn, donate_argnums=donate, static_argnames=("num_steps",), out_shardings=self.replicated,
+                       compiler_options=compiler_options())
+
+
+def plan_calls(position: int, steps_per_epoch: int, step: int, steps_per_call: int,
+               intervals: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(first epoch position, number of steps) of each call from epoch `position` to the epoch's end.
+
+    `step` is the global step count before position `position`. A call holds at most
+    `steps_per_call` steps and ends early where the global step after it is a multiple of one of
+    `intervals` (the logging and checkpoint intervals; 0 = none), so the host sees the totals and
+    saves at exactly the steps one call per step would; calls never cross the epoch's end.
+    """
+    calls = []
+    while position < steps_per_epoch:
+        size = min(steps_per_call, steps_per_epoch - position)
+        for every in intervals:
+            if every > 0:
+                size = min(size, every - step % every)
+        calls.append((position, size))
+        position, step = position + size, step + size
+    return calls
