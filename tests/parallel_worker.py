@@ -3,23 +3,36 @@
 The device count (JAX_NUM_CPU_DEVICES) must be set before JAX starts, and the other tests assume
 one device, so everything multi-device runs here, in a fresh interpreter:
 
-    python tests/parallel_worker.py train OUT STRATEGY...        # 20 steps per model; OUT/<model>-<strategy>.npz
-    python tests/parallel_worker.py eval                         # prints JSON: eval of 10,001 examples per strategy
-    python tests/parallel_worker.py distributed OUT ADDR N I     # one process of an N-process run
+    python tests/parallel_worker.py train OUT CELL...               # each cell trained into OUT/CELL
+    python tests/parallel_worker.py distributed ADDR N I OUT CELL... # the same, as process I of N
+    python tests/parallel_worker.py eval                            # prints JSON: eval of 10,001 examples
+
+A cell is MODEL-PARALLEL-K-INPUT (e.g. `mlp-pmap-5-host`): 20 training steps of the model with that
+`parallel`, `steps_per_call` and `dataset.input`. The tests read the trained parameters back from
+each workdir's last checkpoint. A cell `...-stop30` sends this process SIGTERM after step 30, and
+one ending in `-long` trains 5 epochs (100 steps) with a checkpoint every 10 steps.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import sys
 
 import jax
 import numpy as np
 
-from jaxcnn import loop, losses, models, optim, parallel
+from jaxcnn import checkpoint, losses, models, optim, writers
+from jaxcnn.build import prepare_fn
 from jaxcnn.config import load_config
 from jaxcnn.data import Split
+from jaxcnn.data.feed import make_feeds
+from jaxcnn.distributed import initialize_distributed
+from jaxcnn.evaluation import evaluate
+from jaxcnn.executor import Executor
+from jaxcnn.loop import train_and_evaluate
 from jaxcnn.state import create_train_state
 
 # 640 training examples at global batch 32 and 1 epoch: 20 steps. 100 test examples: padded evals.
@@ -33,31 +46,36 @@ MODELS = {
 }
 
 
-def train(workdir: pathlib.Path, model: str, strategy: str) -> dict[str, np.ndarray]:
-    """Trains 20 steps; returns the final parameters and batch statistics as flat numpy arrays."""
-    final = {}
-    evaluate = loop.evaluate
-
-    def record_state(eval_fn, state, *args, **kwargs):  # the test eval sees the final state
-        final["state"] = state
-        return evaluate(eval_fn, state, *args, **kwargs)
-
-    loop.evaluate = record_state
-    try:
-        config = load_config("digits_cnn", COMMON + MODELS[model] + [f"parallel={strategy}"])
-        loop.train_and_evaluate(config, workdir, quiet=True)
-    finally:
-        loop.evaluate = evaluate
-    variables = jax.device_get({"params": final["state"].params, "batch_stats": final["state"].batch_stats})
-    return {jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+def cell_config(cell: str):
+    model, parallel, k, feed, *extra = cell.split("-")
+    overrides = COMMON + MODELS[model] + [f"parallel={parallel}", f"steps_per_call={k}", f"dataset.input={feed}"]
+    if "long" in extra:
+        overrides += ["num_epochs=5", "checkpoint.every_steps=10"]
+    return load_config("digits_cnn", overrides)
 
 
-def main_train(out: pathlib.Path, strategies: list[str]) -> None:
-    for model in MODELS:
-        for strategy in strategies:
-            name = f"{model}-{strategy}"
-            np.savez(out / f"{name}.npz", **train(out / f"run-{name}", model, strategy))
+def stop_after(step: int) -> None:
+    """Sends this process SIGTERM once training passes `step` (the progress bar counts steps)."""
+    original, seen = writers.Progress.step, [0]
+
+    def step_and_signal(self, epoch, num_steps=1):
+        original(self, epoch, num_steps)
+        seen[0] += num_steps
+        if seen[0] >= step and not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    writers.Progress.step = step_and_signal
+
+
+def train_cells(out: pathlib.Path, cells: list[str]) -> None:
+    for cell in cells:
+        if cell.endswith("-stop30") and jax.process_index() == jax.process_count() - 1:
+            stop_after(30)  # one process only: the others learn of it from that one
+        try:
+            train_and_evaluate(cell_config(cell), out / cell, quiet=True)
+        except checkpoint.TrainingInterrupted as stop:
+            print(f"stopped {stop.step}", flush=True)
 
 
 def main_eval() -> None:
@@ -71,24 +89,21 @@ def main_eval() -> None:
     state = create_train_state(model, tx, loss_fn, (8, 8, 1), seed=0)
     results = {}
     for name in ("none", "pmap", "sharded"):
-        strategy = parallel.create_strategy(name)
-        results[f"{name}-{strategy.num_devices}"] = loop.evaluate(
-            loop.make_eval_fn(0.0, 1.0, strategy=strategy), strategy.replicate(state), strategy.place_split(split),
-            1000, strategy)
+        executor = Executor(name)
+        calls = executor.compile(prepare_fn(0.0, 1.0), prepare_fn(0.0, 1.0), "cross_entropy", 5)
+        for input_mode in ("device", "host"):
+            feed = make_feeds((split,), input_mode, 1.0, executor)[0]
+            results[f"{name}-{executor.num_devices}-{input_mode}"] = evaluate(
+                calls, executor.put(state), feed, 1000, 3)
     print(json.dumps(results))
-
-
-def main_distributed(out: pathlib.Path, address: str, num_processes: int, process_id: int) -> None:
-    parallel.initialize_distributed(address, num_processes, process_id, timeout_s=30)
-    variables = train(out / f"run-{process_id}", "bn_cnn", "auto")
-    np.savez(out / f"process-{process_id}.npz", **variables)
 
 
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "train":
-        main_train(pathlib.Path(args[0]), args[1:])
+        train_cells(pathlib.Path(args[0]), args[1:])
     elif mode == "eval":
         main_eval()
     else:
-        main_distributed(pathlib.Path(args[0]), args[1], int(args[2]), int(args[3]))
+        initialize_distributed(args[0], int(args[1]), int(args[2]), timeout_s=60)
+        train_cells(pathlib.Path(args[3]), args[4:])

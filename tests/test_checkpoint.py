@@ -19,7 +19,9 @@ from conftest import REPO, real_data_dir, requires_mnist
 from jaxcnn import checkpoint, losses, models, optim
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import EarlyStopping, train_and_evaluate, zero_train_totals
+from jaxcnn.loop import train_and_evaluate
+from jaxcnn.loop_state import EarlyStopping, LoopState
+from jaxcnn.steps import zero_train_totals
 from jaxcnn.saved import load_saved_model
 from jaxcnn.state import create_train_state
 from jaxcnn.writers import read_jsonl, without_timing
@@ -165,8 +167,8 @@ def test_retention_keeps_both_the_latest_and_the_best_when_the_metric_gets_worse
     val_losses = [1.0, 0.5, 0.2, 0.6, 0.9, 1.3]  # improves up to epoch 3, then gets worse
     for epoch, loss in enumerate(val_losses, start=1):
         improved = stopping.update(loss, epoch)
-        loop = checkpoint.LoopState(10 * epoch, epoch + 1, 0, epoch, {}, stopping.best, 0.0,
-                                    dataclasses.asdict(stopping), None, 0)
+        loop = LoopState(dataclasses.replace(stopping), step=10 * epoch, epoch=epoch + 1, epochs_run=epoch,
+                         best_val_loss=stopping.best)
         saver.save(state, zero_train_totals(), loop, improved=improved, monitor="val_loss", value=loss)
         if epoch == 4:  # a mid-epoch step without metrics, newer than the best
             saver.save(state, zero_train_totals(), dataclasses.replace(loop, step=45))

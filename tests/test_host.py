@@ -11,11 +11,14 @@ import pytest
 from jaxcnn import losses, models, optim
 from jaxcnn.config import config_from_json, load_config
 from jaxcnn.data import Split, load_dataset
-from jaxcnn.data.device import DeviceSplit, put_on_device
-from jaxcnn.data.host import HostSplit, choose_input, place_splits, prefetch_to_device
+from jaxcnn.build import prepare_fn
+from jaxcnn.data.feed import DeviceFeed, HostFeed, make_feeds
+from jaxcnn.data.host import choose_input, prefetch
+from jaxcnn.evaluation import evaluate
+from jaxcnn.executor import Executor, gather
 from jaxcnn.data.normalization import channel_stats
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import evaluate, make_eval_fn, train_and_evaluate
+from jaxcnn.loop import train_and_evaluate
 from jaxcnn.state import create_train_state
 from jaxcnn.writers import read_jsonl, without_timing
 from test_augment import AUGMENTED
@@ -59,21 +62,28 @@ def test_host_fed_evaluation_equals_on_device_evaluation():
     tx = optim.create_optimizer({**optim.default_optimizer_config(), "name": "sgd"},
                                 optim.default_schedule_config(), 1, 1)
     state = create_train_state(model, tx, losses.make_classification_loss("cross_entropy", 10), (6, 6, 2), seed=0)
-    mean, std = (0.5, 0.4), (0.2, 0.3)
-    on_device = evaluate(make_eval_fn(mean, std), state, put_on_device(split), batch_size=50)
-    host_fed = evaluate(make_eval_fn(mean, std, HostSplit.eval_batch), state, HostSplit(split), batch_size=50)
+    executor = Executor("none")
+    prepare = prepare_fn((0.5, 0.4), (0.2, 0.3))
+    calls = executor.compile(prepare, prepare, "cross_entropy", 5)
+    on_device = evaluate(calls, state, DeviceFeed(split, executor), batch_size=50)
+    host_fed = evaluate(calls, state, HostFeed(split, executor), batch_size=50)
     assert host_fed == on_device and host_fed["count"] == 203
 
 
 def test_host_batches_follow_the_on_device_order():
     split = random_split(100)
-    device_steps = list(put_on_device(split).train_inputs(seed=3, epoch=2, batch_size=16))
-    host_steps = list(HostSplit(split).train_inputs(seed=3, epoch=2, batch_size=16))
-    assert len(host_steps) == len(device_steps) == 6
-    for (data, order, i), (images, labels) in zip(device_steps, host_steps):
-        expected = DeviceSplit.train_batch(data, order, i)
-        np.testing.assert_array_equal(images, expected["image"])
-        np.testing.assert_array_equal(labels, expected["label"])
+    executor = Executor("none")
+    plan = [(0, 2), (2, 4)]
+    device_calls = list(DeviceFeed(split, executor).train_calls(3, 2, 16, plan))
+    host_calls = list(HostFeed(split, executor).train_calls(3, 2, 16, plan))
+    assert len(host_calls) == len(device_calls) == 2
+    for (position, n), (device_inputs, start), (host_inputs, host_start) in zip(plan, device_calls, host_calls):
+        assert int(start) == position and int(host_start) == 0
+        for j in range(n):
+            expected = gather(device_inputs, position + j)
+            got = gather(host_inputs, j)
+            np.testing.assert_array_equal(got["image"], expected["image"])
+            np.testing.assert_array_equal(got["label"], expected["label"])
 
 
 def test_auto_input_picks_host_when_the_splits_exceed_the_budget():
@@ -81,7 +91,7 @@ def test_auto_input_picks_host_when_the_splits_exceed_the_budget():
     assert choose_input("auto", splits, budget_mb=0.05) == "host"
     assert choose_input("auto", splits, budget_mb=1.0) == "device"
     assert choose_input("host", splits, budget_mb=1.0) == "host"
-    assert isinstance(place_splits(splits, "auto", budget_mb=0.05)[0], HostSplit)
+    assert isinstance(make_feeds(splits, "auto", 0.05, Executor("none"))[0], HostFeed)
     with pytest.raises(JaxcnnError, match="dataset.input: expected one of auto, device, host"):
         choose_input("gpu", splits, 1.0)
 
@@ -91,7 +101,7 @@ def test_prefetch_raises_the_producers_error():
         yield (np.zeros(2),)
         raise RuntimeError("disk gone")
 
-    stream = prefetch_to_device(batches(), size=2)
+    stream = prefetch(batches(), lambda item: item, size=2)
     next(stream)
     with pytest.raises(RuntimeError, match="disk gone"):
         next(stream)
@@ -106,7 +116,7 @@ def test_closing_the_prefetcher_early_stops_its_thread():
             yield (np.full(3, i),)
 
     before = threading.active_count()
-    stream = prefetch_to_device(batches(), size=2)
+    stream = prefetch(batches(), lambda item: item, size=2)
     assert int(next(stream)[0][0]) == 0
     stream.close()
     assert threading.active_count() == before and len(produced) < 10

@@ -4,7 +4,7 @@ import io
 import re
 import sys
 
-from jaxcnn.loop import Progress
+from jaxcnn.writers import Progress
 
 
 class Terminal(io.StringIO):
@@ -16,7 +16,7 @@ def drive(progress):
     for step in range(4):
         progress.step(epoch=1 + step // 2)
         progress.log(loss=0.5, accuracy=0.75, images_per_s=1234.0)
-    progress.epoch_line("epoch 2/2  step 4  loss 0.5000")
+    progress.line("epoch 2/2  step 4  loss 0.5000")
     progress.close()
 
 

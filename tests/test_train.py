@@ -8,9 +8,14 @@ from conftest import real_data_dir, requires_mnist
 from jaxcnn import losses, models, optim
 from jaxcnn.config import load_config
 from jaxcnn.data import Split
-from jaxcnn.data.device import epoch_order, eval_order, put_on_device
+from jaxcnn.data.device import epoch_order, eval_order
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import EarlyStopping, evaluate, make_eval_fn, train_and_evaluate
+from jaxcnn.build import prepare_fn
+from jaxcnn.data.feed import DeviceFeed
+from jaxcnn.evaluation import evaluate
+from jaxcnn.executor import Executor
+from jaxcnn.loop import train_and_evaluate
+from jaxcnn.loop_state import EarlyStopping
 from jaxcnn.state import create_train_state
 from jaxcnn.writers import read_jsonl, without_timing
 
@@ -63,7 +68,9 @@ def test_evaluation_counts_every_example_once_when_the_size_is_not_a_multiple_of
     state = create_train_state(model, optim.create_optimizer(
         {**optim.default_optimizer_config(), "name": "sgd", "learning_rate": 0.1},
         optim.default_schedule_config(), 1, 1), loss_fn, (8, 8, 1), seed=0)
-    result = evaluate(make_eval_fn(0.0, 1.0), state, put_on_device(split), batch_size=100)
+    executor = Executor("none")
+    calls = executor.compile(prepare_fn(0.0, 1.0), prepare_fn(0.0, 1.0), "cross_entropy", 5)
+    result = evaluate(calls, state, DeviceFeed(split, executor), batch_size=100)
     logits = model.apply({"params": state.params}, jnp.asarray(split.images, jnp.float32) / 255.0)
     expected = np.mean(np.argmax(np.asarray(logits), -1) == split.labels)
     assert result["count"] == 1001

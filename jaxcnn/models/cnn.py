@@ -43,7 +43,7 @@ class ConvNet(nn.Module):
     hidden: Sequence[int] = (256,)
     dropout: float = 0.0
     dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.parallel)
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.executor)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.

@@ -53,7 +53,7 @@ class ResNet(nn.Module):
     negative_slope: float = 0.01
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.parallel)
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.executor)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.
