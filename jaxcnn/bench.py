@@ -28,12 +28,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.training import train_state as flax_train_state
 
-from jaxcnn import data, im2col, losses, models, optim, precision
+from jaxcnn import baseline, data, im2col, losses, models, optim, precision
 from jaxcnn.build import prepare_fn
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order
@@ -168,70 +165,6 @@ class Workload:
                                    **options)
 
 
-def _baseline(work: Workload, settings: BenchSettings) -> dict[str, Any]:
-    """Typical Flax code: host NumPy batches, `jax.jit` per step, `nn.Conv`."""
-    model = work.model(conv_impl="xla")
-    shape = work.train.images.shape[1:]
-    init_key = jax.random.split(jax.random.PRNGKey(settings.seed))[0]  # create_train_state's init key
-    variables = jax.jit(model.init)(init_key, jnp.zeros((1, *shape)))
-    tx = optax.sgd(LEARNING_RATE, MOMENTUM)
-    has_bn = "batch_stats" in variables
-    images = (work.train.images.astype(np.float32) / 255.0 - work.mean) / work.std
-    labels = work.train.labels
-    test_images = (work.test.images.astype(np.float32) / 255.0 - work.mean) / work.std
-
-    def new_state():
-        return flax_train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx), \
-            variables.get("batch_stats", {})
-
-    def train_step(state, batch_stats, x, y):
-        def loss_fn(params):
-            if has_bn:
-                logits, updates = state.apply_fn({"params": params, "batch_stats": batch_stats}, x,
-                                                 train=True, mutable=["batch_stats"])
-                new_stats = updates["batch_stats"]
-            else:
-                logits, new_stats = state.apply_fn({"params": params}, x, train=True), batch_stats
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, new_stats
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads), new_stats, loss
-
-    def predict(state, batch_stats, x):
-        v = {"params": state.params, **({"batch_stats": batch_stats} if has_bn else {})}
-        return jnp.argmax(state.apply_fn(v, x, train=False), -1)
-
-    step_fn, predict_fn = jax.jit(train_step), jax.jit(predict)
-    state, stats = new_state()
-    first = (state, stats, images[work.order[0]], labels[work.order[0]])
-    compiled, cold, warm = compile_times(step_fn, first)
-    flops = flops_of(step_fn, first)
-
-    loss = None
-    for i in range(settings.fingerprint_steps):
-        idx = work.order[i % len(work.order)]
-        state, stats, loss = compiled(state, stats, images[idx], labels[idx])
-    fingerprint = float(loss)
-    cursor = [0]
-
-    def train_some() -> int:
-        nonlocal state, stats
-        idx = work.order[cursor[0] % len(work.order)]
-        cursor[0] += 1
-        state, stats, _ = compiled(state, stats, images[idx], labels[idx])
-        return work.batch_size
-
-    ebs = min(settings.eval_batch_size, len(test_images))
-
-    def eval_pass() -> int:
-        preds = [predict_fn(state, stats, test_images[i:i + ebs]) for i in range(0, len(test_images), ebs)]
-        jax.block_until_ready(preds)
-        return len(test_images)
-
-    return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
-
-
 def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -> dict[str, Any]:
     """jaxcnn's own calls (`jaxcnn.executor`), as the training loop makes them: `steps_per_call`
     steps per compiled call (1: the `step` mode), the data on the device, state donated."""
@@ -360,7 +293,8 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
         workloads = {case: _workload(*case, settings) for case in cases}
         # Every baseline first, with the C library's default allocator settings, as a plain Flax
         # script runs; then jaxcnn's modes with the settings `jaxcnn train` applies (process-wide).
-        baselines = {case: _baseline(workloads[case], settings) for case in cases} if "baseline" in settings.modes else {}
+        baselines = {case: baseline.run(workloads[case], settings, _measure, compile_times, flops_of, LEARNING_RATE,
+                                        MOMENTUM) for case in cases} if "baseline" in settings.modes else {}
         keep_freed_host_memory()
         results = []
         for case in cases:

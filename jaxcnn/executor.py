@@ -285,21 +285,24 @@ class Executor:
         return Calls(programs, self.wait)
 
     def _jit(self, body: Callable, donate: tuple[int, ...], num_replicated: int, output: str) -> Callable:
-        """`body(*replicated, inputs, start, num_steps)` jitted once; under pmap first mapped per
-        device with `jax.shard_map` (per-example outputs gathered along the batch)."""
-        fn = body
-        if self.per_device:
-            out_spec = P(None, AXIS) if output == "outputs" else P()
-
-            def fn(*args, num_steps):
-                inputs = args[num_replicated]
-                specs = (*[P()] * num_replicated, {k: self.sharding_of(k).spec for k in inputs}, P())
-                mapped = jax.shard_map(lambda *a: body(*a, num_steps), mesh=self.mesh, in_specs=specs,
-                                       out_specs=out_spec, check_vma=False)
-                return mapped(*args)
-
+        """`body(*replicated, inputs, start, num_steps)` jitted, the one `jax.jit` of the package's
+        calls; under pmap first mapped per device (`_per_device`)."""
+        fn = self._per_device(body, num_replicated, output) if self.per_device else body
         return jax.jit(fn, donate_argnums=donate, static_argnames=("num_steps",), out_shardings=self.replicated,
                        compiler_options=compiler_options())
+
+    def _per_device(self, body: Callable, num_replicated: int, output: str) -> Callable:
+        """`body` as `jax.shard_map` over the mesh: the replicated arguments whole on every device,
+        the inputs split as `sharding_of` says; per-example outputs gathered along the batch."""
+        out_spec = P(None, AXIS) if output == "outputs" else P()
+
+        def mapped(*args, num_steps):
+            inputs = args[num_replicated]
+            specs = (*[P()] * num_replicated, {k: self.sharding_of(k).spec for k in inputs}, P())
+            return jax.shard_map(lambda *a: body(*a, num_steps), mesh=self.mesh, in_specs=specs,
+                                 out_specs=out_spec, check_vma=False)(*args)
+
+        return mapped
 
 
 def plan_calls(position: int, steps_per_epoch: int, step: int, steps_per_call: int,

@@ -33,6 +33,7 @@ from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
+from jaxcnn.workdir import choose_workdir, prepare_workdir
 from jaxcnn.writers import RunWriter
 
 # How many of the most confidently wrong test images `predictions.npz` keeps for the report.
@@ -133,17 +134,6 @@ class Run:
         self.saver.close()
 
 
-def prepare_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(workdir)
-    if path.exists() and not path.is_dir():
-        raise JaxcnnError(f"workdir '{path}' is a file; pass a directory path to --workdir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise JaxcnnError(f"workdir '{path}' cannot be created: {e.strerror}; pass a writable --workdir") from e
-    return path
-
-
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor):
     """The dataset, its feeds, the steps per epoch, and the config with the normalisation it uses."""
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
@@ -165,7 +155,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     validate_config(config)
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
-    workdir, resuming = checkpoint.choose_workdir(workdir, config, fresh)
+    workdir, resuming = choose_workdir(workdir, config, fresh)
     barrier("jaxcnn-workdir-chosen")  # every process chose before any of them writes
     workdir = prepare_workdir(workdir)
     if config.compilation_cache_dir:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import loop
+from jaxcnn import build, loop
 from jaxcnn.augment import AugmentConfig, augment_config, cutout, make_augment, random_crop, random_flip, step_key
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
@@ -92,6 +92,6 @@ def test_augmentation_runs_in_training_steps_only(tmp_path, monkeypatch):
             return augment(images, key)
         return record
 
-    monkeypatch.setattr(loop, "make_augment", recording_make_augment)
+    monkeypatch.setattr(build, "make_augment", recording_make_augment)
     loop.train_and_evaluate(load_config("digits_cnn", AUGMENTED), tmp_path / "w", quiet=True)
     assert traced_batch_sizes == [32]  # traced once, in the train step; never with the eval batch of 50

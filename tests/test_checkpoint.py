@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, real_data_dir, requires_mnist
-from jaxcnn import checkpoint, losses, models, optim
+from jaxcnn import checkpoint, losses, models, optim, workdir
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.loop import train_and_evaluate
@@ -286,9 +286,9 @@ def test_predict_returns_the_true_labels_of_mnist_test_images(tmp_path):
 def test_measured_per_channel_stats_are_not_a_config_change_on_resume():
     saved = {"dataset": {"per_channel_stats": True, "mean": [0.13], "std": [0.31]}, "model": {"name": "mlp"}}
     current = {"dataset": {"per_channel_stats": True, "mean": 0.0, "std": 1.0}, "model": {"name": "mlp"}}
-    assert checkpoint.config_differences(saved, current) == []
+    assert workdir.config_differences(saved, current) == []
     current["dataset"]["per_channel_stats"] = False
-    assert checkpoint.config_differences(saved, current) == [
+    assert workdir.config_differences(saved, current) == [
         'dataset.mean ([0.13] -> 0.0)', 'dataset.per_channel_stats (true -> false)', 'dataset.std ([0.31] -> 1.0)']
 
 

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -189,6 +190,39 @@ def test_a_one_device_checkpoint_resumes_on_two_processes(stopped_runs, tmp_path
     assert json.loads((workdir / "summary.json").read_text())["num_devices"] == 2
     straight = variables(stopped_runs / "straight1" / "mlp-auto-1-device-long")
     assert max_abs_difference(variables(workdir), straight) < 1e-6
+
+
+def committed_steps(workdir) -> list[int]:
+    folder = workdir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def test_kill_9_of_one_process_keeps_the_last_committed_save_and_the_resumed_run_is_bitwise(stopped_runs, tmp_path):
+    """The other process then fails (its collective loses its peer) or is stopped; nothing saved is
+    lost, and resuming from the last committed step ends like the uninterrupted run."""
+    address, cell = f"127.0.0.1:{free_port()}", "mlp-auto-1-device-long"
+    processes = [subprocess.Popen([sys.executable, WORKER, "distributed", address, "2", str(i), str(tmp_path), cell],
+                                  env=device_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i in range(2)]
+    deadline = time.monotonic() + 300
+    while not committed_steps(tmp_path / cell) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    processes[1].kill()
+    try:
+        processes[0].wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        processes[0].kill()
+        processes[0].wait()
+    assert processes[1].wait() == -9
+    kept = committed_steps(tmp_path / cell)
+    if (tmp_path / cell / "summary.json").exists():
+        pytest.skip("the run finished before the kill landed")
+    assert kept and kept[-1] >= 10
+    two_processes(str(tmp_path), cell)
+    straight = stopped_runs / "straight" / cell
+    assert records(tmp_path / cell) == records(straight)
+    for got, want in zip(variables(tmp_path / cell).values(), variables(straight).values()):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------------------- bad input
