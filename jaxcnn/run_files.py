@@ -88,14 +88,14 @@ def _is_number_or_null(value: Any) -> bool:
 def record_problem(record: dict[str, Any]) -> str | None:
     """What is wrong with one metrics record for the report (None: nothing)."""
     event = record.get("event")
-    if not isinstance(event, str):
-        return "expected an 'event' name"
+    if event is not None and not isinstance(event, str):
+        return f"expected 'event' to be a name, got {event!r}"
     integers, values = RECORD_FIELDS.get(event, ((), ()))
     for key in integers:
         if not _is_int(record.get(key)) or record[key] < 0:
             return f"'{event}' record: expected '{key}' to be a whole number >= 0, got {record.get(key)!r}"
-    for key in values + OPTIONAL_NUMBERS:
-        if (key in values or key in record) and not (key in record and _is_number_or_null(record[key])):
+    for key in values + tuple(k for k in OPTIONAL_NUMBERS if k in record):
+        if key not in record or not _is_number_or_null(record[key]):
             return f"'{event}' record: expected '{key}' to be a number or null, got {record.get(key, '<missing>')!r}"
     if ("val_loss" in record) != ("val_accuracy" in record):
         return f"'{event}' record: expected both or neither of 'val_loss' and 'val_accuracy'"
