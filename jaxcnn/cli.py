@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from jaxcnn.errors import JaxcnnError
 
@@ -102,11 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="classify image files with a saved model",
         description="Classify PNG/JPEG images or .npy pixel arrays (values 0..255, shape (H, W) or "
                     "(H, W, C)) with a saved model. Images are converted to the model's channels, resized "
-                    "to its input size and normalised as in training; transparency is composited on black.")
+                    "to its input size and normalised as in training; transparency is composited on black. "
+                    "They should look like the training data (MNIST: a light digit centred on a dark "
+                    "background; --invert for dark on light).")
     predict.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
     predict.add_argument("--step", metavar="STEP", help=step_help)
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
+    predict.add_argument("--invert", action="store_true",
+                         help="invert pixel values (255 - x) first: for dark digits on a light background, "
+                              "as in photos of handwriting (MNIST digits are light on dark)")
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
     predict.set_defaults(func=run_predict)
     add_bench_parser(commands)
@@ -236,10 +240,11 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.saved import evaluate_saved, load_saved_model
+    from jaxcnn.writers import dumps_json
 
     result = evaluate_saved(load_saved_model(args.workdir, args.step), args.split, args.data_dir)
     if args.json:
-        print(json.dumps(result))
+        print(dumps_json(result))
     else:
         split = args.split
         print(f"{split}_accuracy {result[f'{split}_accuracy']:.4f}  {split}_loss {result[f'{split}_loss']:.4f}  "
@@ -248,11 +253,13 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.saved import load_saved_model, predict
+    from jaxcnn.saved import check_top, load_saved_model, predict
+    from jaxcnn.writers import dumps_json
 
-    results = predict(load_saved_model(args.workdir, args.step), args.files, args.top)
+    check_top(args.top)  # before the model is loaded
+    results = predict(load_saved_model(args.workdir, args.step), args.files, args.top, invert=args.invert)
     if args.json:
-        print(json.dumps(results))
+        print(dumps_json(results))
     else:
         for result in results:
             ranked = ", ".join(f"{c['name']} ({c['probability']:.3f})" for c in result["top"])
@@ -261,10 +268,11 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    import json
-
     from jaxcnn.bench import BenchSettings, format_row, format_table, run_benchmark
+    from jaxcnn.writers import check_output_file, write_json
 
+    if args.json:
+        check_output_file(args.json, "--json")  # before the benchmark, so its results cannot be lost
     defaults = BenchSettings()
     settings = BenchSettings(
         models=tuple(args.model or defaults.models), modes=tuple(args.mode or defaults.modes),
@@ -276,11 +284,30 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
     print(format_table(outcome["results"]))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(outcome, indent=2) + "\n")
+        write_json(pathlib.Path(args.json), outcome, sort_keys=False)
     return 0
 
 
+def ignore_closed_event_loop_callbacks() -> None:
+    """After a failed Orbax read (a damaged checkpoint), tensorstore finishes the cancelled reads on
+    its own threads and calls back into the asyncio loop Orbax has already closed; Python would print
+    each such `RuntimeError: Event loop is closed` as a traceback. They say nothing the one-line
+    error has not, so they are dropped; every other unraisable exception is printed as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ignores_closed_event_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.ignores_closed_event_loop = True
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    ignore_closed_event_loop_callbacks()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     overrides = split_overrides(rest, parser) if args.command == "train" else rest

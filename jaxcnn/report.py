@@ -1,7 +1,8 @@
 """`jaxcnn report`: PNG figures (matplotlib, Agg backend) and a `report.md` linking them.
 
 Reads only the workdir files of finished runs (`config.json`, `metrics.jsonl`, `summary.json`,
-`predictions.npz`), never the dataset or a checkpoint, so a report can be made on any machine.
+`predictions.npz`, through `run_files.load_run`), never the dataset or a checkpoint, so a report
+can be made on any machine.
 One workdir: its figures and `report.md` go to `WORKDIR/plots/` (or `--out`). Several: each run's
 figures go to `OUT/<run name>/`, plus `OUT/compare_validation.png` overlaying their validation
 curves, and `OUT/report.md` opens with a table comparing their summaries.
@@ -10,8 +11,6 @@ matplotlib is the optional extra `jaxcnn[report]`.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -21,7 +20,8 @@ import numpy as np
 
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.metrics import calibration_bins
-from jaxcnn.writers import PREDICTIONS_FILE, read_jsonl
+from jaxcnn.run_files import Run, load_run
+from jaxcnn.writers import PREDICTIONS_FILE, write_text_atomic
 
 DPI = 100
 # Width, height in inches of each figure of a fixed size; at `DPI` pixels per inch.
@@ -35,50 +35,6 @@ FIGURE_SIZES = {
 }
 MISTAKE_COLUMNS = 5
 TRAIN_COLOR, VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange", "tab:green"
-
-
-@dataclasses.dataclass
-class Run:
-    """What a workdir holds; `summary` is empty and `predictions` None for a run that did not finish."""
-
-    path: pathlib.Path
-    name: str
-    config: dict[str, Any]
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
-    predictions: dict[str, np.ndarray] | None
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == kind]
-
-    @property
-    def loss_name(self) -> str:
-        return self.config.get("loss", {}).get("name", "loss")
-
-    @property
-    def steps_per_epoch(self) -> int | None:
-        first = next(iter(self.events("epoch")), None)
-        return first["step"] // first["epoch"] if first and first["epoch"] else None
-
-
-def load_run(workdir: str | pathlib.Path, name: str | None = None) -> Run:
-    """Reads a workdir; a missing or malformed file is a `JaxcnnError` naming it."""
-    path = pathlib.Path(workdir)
-    metrics_path = path / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise JaxcnnError(f"'{path}' is not a jaxcnn workdir (no metrics.jsonl); "
-                          "pass the --workdir of a `jaxcnn train` run")
-    try:
-        records = read_jsonl(metrics_path)
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-        summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    except json.JSONDecodeError as e:
-        raise JaxcnnError(f"'{path}': a file is not valid JSON ({e}); was it written by jaxcnn?") from e
-    predictions = None
-    if (path / PREDICTIONS_FILE).is_file():
-        with np.load(path / PREDICTIONS_FILE, allow_pickle=False) as npz:
-            predictions = {key: npz[key] for key in npz.files}
-    return Run(path, name or path.resolve().name, config, records, summary, predictions)
 
 
 def _pyplot():
@@ -96,8 +52,12 @@ def _figure(plt, name: str, size: tuple[float, float] | None = None, **kwargs):
 
 
 def _save(plt, fig, path: pathlib.Path) -> pathlib.Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=DPI)
+    except OSError as e:
+        raise JaxcnnError(f"cannot write '{path}': {e.strerror or e}") from e
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -246,7 +206,7 @@ def plot_confusion_matrix(run: Run, path: pathlib.Path) -> pathlib.Path:
     fig.colorbar(image, ax=ax, shrink=0.8, format=lambda v, _: f"{100 * v:.0f}%",
                  label="share of the true class's test examples")
     ax.set_title(f"{run.name}: test confusion matrix (% of each row; {int(counts.sum())} examples, "
-                 f"accuracy {100 * metrics['accuracy']:.2f}%)", fontsize=10)
+                 f"accuracy {_fmt(metrics['accuracy'], 'accuracy')})", fontsize=10)
     return _save(plt, fig, path)
 
 
@@ -281,7 +241,7 @@ def plot_calibration(run: Run, path: pathlib.Path) -> pathlib.Path:
     count_ax.set_xlabel("confidence (probability of the predicted class)")
     count_ax.grid(alpha=0.3)
     ece = run.summary["test_metrics"]["expected_calibration_error"]
-    ax.set_title(f"{run.name}: calibration on the test set\nECE {100 * ece:.2f}% ({num_bins} bins)")
+    ax.set_title(f"{run.name}: calibration on the test set\nECE {_fmt(ece, 'percent')} ({num_bins} bins)")
     return _save(plt, fig, path)
 
 
@@ -354,8 +314,13 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
 
 
 def _fmt(value: Any, kind: str) -> str:
+    """`value` for a table or title; null (a non-finite number in the run's files) prints as "–"."""
     if value is None:
         return "–"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if kind == "fixed":
+        return f"{value:.4f}"
     if kind in ("accuracy", "percent"):
         return f"{100 * value:.2f}%"
     if kind == "int":
@@ -393,9 +358,10 @@ def comparison_table(runs: Sequence[Run]) -> str:
 def per_class_table(metrics: dict[str, Any]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c in metrics["per_class"]:
-        lines.append(f"| {c['class']} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
-    lines.append(f"| **macro average** | {metrics['macro_precision']:.4f} | {metrics['macro_recall']:.4f} | "
-                 f"{metrics['macro_f1']:.4f} | {sum(c['support'] for c in metrics['per_class'])} |")
+        cells = [_fmt(c[key], "fixed") for key in ("precision", "recall", "f1")]
+        lines.append(f"| {c['class']} | {' | '.join(cells)} | {c['support']} |")
+    cells = [_fmt(metrics.get(f"macro_{key}"), "fixed") for key in ("precision", "recall", "f1")]
+    lines.append(f"| **macro average** | {' | '.join(cells)} | {sum(c['support'] for c in metrics['per_class'])} |")
     return "\n".join(lines)
 
 
@@ -438,8 +404,9 @@ def _run_section(run: Run, figures: dict[str, pathlib.Path], notes: list[str], r
     metrics = run.summary.get("test_metrics")
     if metrics:
         top5 = f", top-5 {_fmt(metrics['top5_accuracy'], 'accuracy')}" if "top5_accuracy" in metrics else ""
+        ece = _fmt(metrics["expected_calibration_error"], "percent")
         lines += [f"Test accuracy {_fmt(metrics['accuracy'], 'accuracy')}{top5}, macro F1 "
-                  f"{metrics['macro_f1']:.4f}, expected calibration error {_fmt(metrics['expected_calibration_error'], 'percent')} "
+                  f"{_fmt(metrics['macro_f1'], 'fixed')}, expected calibration error {ece} "
                   f"({metrics['ece_bins']} bins).", ""]
     for note in notes:
         lines += [f"*{note}.*", ""]
@@ -460,6 +427,8 @@ def write_report(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
     if out is None:
         out = runs[0].path / "plots" if len(runs) == 1 else pathlib.Path("report")
     out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise JaxcnnError(f"--out '{out}' is a file, expected a folder for the figures and report.md")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -477,7 +446,7 @@ def write_report(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
             figures, notes = run_figures(run, out / run.name)
             lines += _run_section(run, figures, notes, out, "##")
     report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(report, "\n".join(lines))
     return report
 
 

@@ -3,15 +3,23 @@ TensorBoard event files in `events/` (`config.logging.tensorboard`) and the test
 
 Records are plain JSON. Timing values (which differ between otherwise identical runs) are kept in
 the keys of `TIMING_KEYS`, so two runs with the same seed give identical files apart from those.
+Every JSON file is strict JSON: a non-finite number (NaN, infinity) is written as `null`. Whole
+files (`summary.json`, `config.json`, `predictions.npz`, bench results) are written to a temporary
+file and renamed over the old one, so a reader never sees half a file.
+
+Before any work, `check_output_paths` and `check_writable` refuse a workdir whose outputs cannot be
+written, in one line, so that a run never fails after its training for that.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import numbers
+import os
 import pathlib
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tqdm
@@ -22,16 +30,24 @@ from jaxcnn.errors import JaxcnnError
 TIMING_KEYS = frozenset({"wall_time_s", "images_per_s", "train_images_per_s", "epoch_time_s"})
 
 
-def to_builtin(value: Any) -> Any:
-    """jax/numpy scalars and arrays -> Python numbers and lists (JSON-able)."""
+def to_builtin(value: Any, finite: bool = True) -> Any:
+    """jax/numpy scalars and arrays -> Python numbers and lists (JSON-able). With `finite` (the
+    default), a non-finite float (NaN, ±infinity) becomes None, which JSON writes as `null`."""
     if isinstance(value, Mapping):
-        return {str(k): to_builtin(v) for k, v in value.items()}
+        return {str(k): to_builtin(v, finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_builtin(v) for v in value]
+        return [to_builtin(v, finite) for v in value]
     if hasattr(value, "shape") or isinstance(value, np.generic):
         array = np.asarray(value)
-        return array.tolist() if array.ndim else array.item()
+        return to_builtin(array.tolist() if array.ndim else array.item(), finite)
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def dumps_json(payload: Any, **options: Any) -> str:
+    """Strict JSON text of `payload` (through `to_builtin`: no `NaN`/`Infinity` literals)."""
+    return json.dumps(to_builtin(payload), allow_nan=False, **options)
 
 
 def without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,7 +74,7 @@ class TensorBoardWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         event, step = record.get("event", "metrics"), int(record.get("step", 0))
-        for key, value in to_builtin(record).items():
+        for key, value in to_builtin(record, finite=False).items():  # TensorBoard shows NaN as NaN
             if key not in self.NOT_SCALARS and isinstance(value, numbers.Real) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{event}/{key}", value, step)
 
@@ -83,7 +99,7 @@ class MetricsWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(to_builtin(record), allow_nan=True) + "\n")
+            self._file.write(dumps_json(record) + "\n")
             self._file.flush()
         if self._events is not None:
             self._events.write(record)
@@ -99,16 +115,59 @@ class MetricsWriter:
             self._events.close()
 
 
-def write_json(path: pathlib.Path, payload: Mapping[str, Any]) -> None:
-    """Writes through a temporary file and a rename, so a reader never sees half a file."""
+def _replace_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], Any], suffix: str = "") -> None:
+    """Calls `write(temporary_path)` (next to `path`), flushes the file to disk and renames it to
+    `path`; an OS error (disk full, permissions, a folder in the way) is one line naming `path`, and
+    leaves no temporary file and the old `path` untouched."""
     path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_builtin(payload), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.tmp{suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        raise JaxcnnError(f"cannot write '{path}': {e.strerror or e}") from e
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes `text` (UTF-8) through a temporary file and a rename, so a reader never sees half a file."""
+    _replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: pathlib.Path, payload: Any, sort_keys: bool = True) -> None:
+    """`payload` as strict, indented JSON (non-finite numbers as null), written atomically."""
+    write_text_atomic(path, dumps_json(payload, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def read_jsonl(path: pathlib.Path, check: Callable[[dict[str, Any]], str | None] | None = None
+               ) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a line that is not a JSON object, or of which `check`
+    returns a problem, is one line naming the file, the line number and the problem."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise JaxcnnError(f"'{path}' cannot be read as UTF-8 text ({e}); was it written by jaxcnn?") from e
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise JaxcnnError(f"'{path}' line {number} is not valid JSON ({e.msg} at column {e.colno}); "
+                              "was it written by jaxcnn?") from e
+        if not isinstance(record, dict):
+            raise JaxcnnError(f"'{path}' line {number}: expected a JSON object, got {type(record).__name__} "
+                              f"{line.strip()[:40]}; was it written by jaxcnn?")
+        problem = check(record) if check is not None else None
+        if problem:
+            raise JaxcnnError(f"'{path}' line {number}: {problem}; was it written by jaxcnn?")
+        records.append(record)
+    return records
 
 
 PREDICTIONS_FILE = "predictions.npz"
@@ -122,16 +181,91 @@ def write_predictions(path: pathlib.Path, labels: np.ndarray, predictions: Mappi
     order), `class_names`, and the most confidently wrong examples' `mistake_indices` and uint8
     `mistake_images`, so that `jaxcnn report` needs no access to the dataset.
     """
+    arrays = {"labels": np.asarray(labels, np.int32),
+              "predicted": np.asarray(predictions["predicted"], np.int32),
+              "confidence": np.asarray(predictions["confidence"], np.float32),
+              "in_top_k": np.asarray(predictions["in_top_k"], bool),
+              "class_names": np.asarray([str(n) for n in class_names], dtype=np.str_),
+              "mistake_indices": np.asarray(mistake_indices, np.int64),
+              "mistake_images": np.asarray(mistake_images, np.uint8)}
+    _replace_atomically(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
+
+
+# ---------------------------------------------------------------------------- checks before any work
+
+# What a run writes in its workdir: (name, what it is, whether it is a folder).
+WORKDIR_OUTPUTS = (
+    ("config.json", "the resolved config", False),
+    ("metrics.jsonl", "the metrics records", False),
+    ("summary.json", "the run's summary", False),
+    (PREDICTIONS_FILE, "the test predictions", False),
+    ("checkpoints", "the checkpoints", True),
+    ("events", "the TensorBoard event files", True),
+)
+
+
+def check_output_paths(workdir: str | pathlib.Path) -> None:
+    """Refuses, in one line, a workdir where something is in the way of an output: a file where the
+    workdir or one of its folders goes, a folder (or anything but a file) where one of its files goes.
+    Missing outputs are fine: the run creates them."""
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise JaxcnnError(f"workdir '{workdir}' is a file, expected a folder; pass another --workdir")
+    for name, what, is_folder in WORKDIR_OUTPUTS:
+        path = workdir / name
+        if not path.exists():
+            continue
+        if is_folder and not path.is_dir():
+            raise JaxcnnError(f"'{path}' is a file, but jaxcnn writes {what} into a folder there; "
+                              "move it away or pass another --workdir")
+        if not is_folder and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise JaxcnnError(f"'{path}' is {kind}, but jaxcnn writes {what} to a file there; "
+                              "move it away or pass another --workdir")
+
+
+def _probe(folder: pathlib.Path) -> None:
+    """Creates, writes and removes a file in `folder`; raises the OSError when it cannot."""
+    probe = folder / f".jaxcnn-write-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def check_writable(workdir: str | pathlib.Path) -> None:
+    """Creates and removes a probe file in `workdir` (or, when it does not exist yet, in the folder
+    it would be created in), so that a read-only or otherwise unwritable workdir is refused in one
+    line before any work. Creates no folder."""
+    workdir = pathlib.Path(workdir)
+    folder = workdir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise JaxcnnError(f"workdir '{workdir}' cannot be created: '{folder}' is a file, expected a folder")
+    try:
+        _probe(folder)
+    except OSError as e:
+        where = "" if folder == workdir.absolute() else f" (it would be created in '{folder}')"
+        raise JaxcnnError(f"workdir '{workdir}' is not writable{where}: {e.strerror or e}; "
+                          "pass a writable --workdir") from e
+
+
+def check_output_file(path: str | pathlib.Path, option: str) -> None:
+    """Refuses, in one line, an output file that could not be written: its folder missing or not
+    writable, or a folder at `path`. For outputs written after long work (`bench --json`)."""
     path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, labels=np.asarray(labels, np.int32),
-                        predicted=np.asarray(predictions["predicted"], np.int32),
-                        confidence=np.asarray(predictions["confidence"], np.float32),
-                        in_top_k=np.asarray(predictions["in_top_k"], bool),
-                        class_names=np.asarray([str(n) for n in class_names], dtype=np.str_),
-                        mistake_indices=np.asarray(mistake_indices, np.int64),
-                        mistake_images=np.asarray(mistake_images, np.uint8))
-    tmp.replace(path)
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise JaxcnnError(f"{option} '{path}': '{parent}' is not an existing folder; create it first")
+    if path.is_dir():
+        raise JaxcnnError(f"{option} '{path}' is a folder, expected a file name")
+    try:
+        _probe(parent)
+    except OSError as e:
+        raise JaxcnnError(f"{option} '{path}': cannot write in '{parent}': {e.strerror or e}") from e
 
 
 def truncate_metrics(workdir: pathlib.Path, length: int) -> None:
@@ -203,9 +337,7 @@ class RunWriter:
     def write_text(self, name: str, text: str) -> None:
         """A text file written whole or not at all (temporary file and rename)."""
         if self.enabled:
-            tmp = self.workdir / (name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(self.workdir / name)
+            write_text_atomic(self.workdir / name, text)
 
     def write_predictions(self, *args: Any) -> None:
         """`predictions.npz` (see `write_predictions`)."""
