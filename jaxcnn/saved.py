@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcnn import checkpoint, data, losses, models, optim
+from jaxcnn import checkpoint, data, losses, models, optim, precision
 from jaxcnn.config import config_from_json, dataset_options, model_options
 from jaxcnn.data.device import normalize, put_on_device
 from jaxcnn.errors import JaxcnnError
@@ -98,7 +98,8 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
         meta = _read(checkpoint.read_meta, manager, chosen, directory)
         config = config_from_json(json.dumps(meta["config"]))
         num_classes, input_shape = meta["num_classes"], tuple(meta["input_shape"])
-        model = models.create_model(config.model.name, num_classes, **model_options(config))
+        dtype = precision.compute_dtype(config.get("dtype", "float32"))  # the run's: eval equals its test
+        model = models.create_model(config.model.name, num_classes, dtype=dtype, **model_options(config))
         tx = optim.create_optimizer(config.optimizer, config.schedule, meta["steps_per_epoch"], config.num_epochs)
         loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing)
         # Shapes only (no initialisation to compute), placed on this process's first device.
@@ -184,20 +185,38 @@ def load_image(path: str | pathlib.Path, input_shape: tuple[int, int, int]) -> n
     return _to_pixels(array, path, input_shape)
 
 
+def classifier(saved: SavedModel) -> Callable[[Any, jax.Array], jax.Array]:
+    """`classify(variables, pixels)`: uint8 images (B, H, W, C) of the run's input shape -> float32
+    (B, num_classes) class probabilities. Normalised as in training, the model in evaluation mode
+    (BatchNorm's running averages, no dropout), the output activation of the run's loss
+    (`losses.predict_probabilities`). `jaxcnn predict` and `jaxcnn export` both compute this."""
+    apply_fn, mean, std = saved.state.apply_fn, saved.config.dataset.mean, saved.config.dataset.std
+    loss_name = saved.config.loss.name
+
+    def classify(variables: Any, pixels: jax.Array) -> jax.Array:
+        logits = apply_fn(variables, normalize(pixels, mean, std), train=False)
+        return losses.predict_probabilities(loss_name, logits.astype(jnp.float32))
+
+    return classify
+
+
 def predict(saved: SavedModel, files: Sequence[str | pathlib.Path], top: int = 3) -> list[dict[str, Any]]:
-    """For each file, its `top` classes by softmax probability: [{"file", "top": [{"class",
-    "name", "probability"}, ...]}, ...]."""
+    """For each file, its `top` classes by probability (softmax, or sigmoid for a run trained with
+    binary_cross_entropy): [{"file", "top": [{"class", "name", "probability"}, ...]}, ...]."""
     if not files:
         raise JaxcnnError("predict needs at least one image file")
-    config = saved.config
     pixels = np.stack([load_image(f, saved.input_shape) for f in files])
-    images = normalize(jnp.asarray(pixels), config.dataset.mean, config.dataset.std)
-    logits = jax.jit(lambda s, x: s.apply_fn(s.variables(), x, train=False))(saved.state, images)
-    probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    probabilities = jax.jit(classifier(saved))(saved.state.variables(), jnp.asarray(pixels))
+    return top_classes(files, np.asarray(probabilities), saved.class_names, top)
+
+
+def top_classes(files: Sequence[str | pathlib.Path], probabilities: np.ndarray, class_names: Sequence[str],
+                top: int) -> list[dict[str, Any]]:
+    """Each file's `top` classes by probability (ties by class index), as `predict` returns them."""
     top = max(1, min(top, probabilities.shape[-1]))
     results = []
     for file, row in zip(files, probabilities):
         best = np.argsort(-row, kind="stable")[:top]
         results.append({"file": str(file), "top": [
-            {"class": int(c), "name": saved.class_names[c], "probability": float(row[c])} for c in best]})
+            {"class": int(c), "name": class_names[c], "probability": float(row[c])} for c in best]})
     return results
