@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "to its input size and normalised as in training; transparency is composited on black. "
                     "They should look like the training data (MNIST: a light digit centred on a dark "
                     "background; --invert for dark on light).")
-    predict.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
-    predict.add_argument("--step", metavar="STEP", help=step_help)
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", metavar="DIR", help="the training run's workdir")
+    source.add_argument("--exported", metavar="FILE",
+                        help="an artifact written by `jaxcnn export`, run with JAX alone (no model code); "
+                             "class names from FILE.json beside it")
+    predict.add_argument("--step", metavar="STEP", help=step_help + "; with --workdir only")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
     predict.add_argument("--invert", action="store_true",
@@ -113,8 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
                               "as in photos of handwriting (MNIST digits are light on dark)")
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
     predict.set_defaults(func=run_predict)
+    add_export_parser(commands, step_help)
     add_bench_parser(commands)
     return parser
+
+
+def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> None:
+    from jaxcnn.export import DEFAULT_PLATFORMS, EXPORT_DIR, DEFAULT_NAME
+
+    export = commands.add_parser(
+        "export", help="write a saved model as a jax.export artifact that runs with JAX alone",
+        description="Write the model of a checkpoint as a serialized jax.export artifact (StableHLO): "
+                    "uint8 images (any batch size, the run's height, width and channels) in, class "
+                    "probabilities out, the normalisation folded in and the parameters embedded; plus "
+                    "FILE.json with the class names, input shape, mean/std and step. Run it with "
+                    "`jaxcnn predict --exported FILE` or jax.export.deserialize (README, Exported models).")
+    export.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
+    export.add_argument("--step", metavar="STEP", help=step_help)
+    export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME})")
+    export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
+                        help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
+    export.set_defaults(func=run_export)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -257,13 +280,36 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.writers import dumps_json
 
     check_top(args.top)  # before the model is loaded
-    results = predict(load_saved_model(args.workdir, args.step), args.files, args.top, invert=args.invert)
+    if args.exported is not None:
+        results = run_predict_exported(args)
+    else:
+        results = predict(load_saved_model(args.workdir, args.step), args.files, args.top, invert=args.invert)
     if args.json:
         print(dumps_json(results))
     else:
         for result in results:
             ranked = ", ".join(f"{c['name']} ({c['probability']:.3f})" for c in result["top"])
             print(f"{result['file']}: {ranked}")
+    return 0
+
+
+def run_predict_exported(args: argparse.Namespace) -> list[dict]:
+    from jaxcnn.export import predict_exported
+
+    if args.step is not None:
+        raise JaxcnnError("--step applies to --workdir; an exported model holds one step (choose it at "
+                          "`jaxcnn export --step`)")
+    return predict_exported(args.exported, args.files, args.top, invert=args.invert)
+
+
+def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.export import parse_platforms, sidecar_path, write_export
+
+    out, meta = write_export(args.workdir, args.step, args.out, parse_platforms(args.platforms))
+    shape = "x".join(map(str, meta["input_shape"]))
+    print(f"wrote {out} ({out.stat().st_size:,} bytes; uint8 batch x {shape} -> {meta['activation']} "
+          f"probabilities of {len(meta['class_names'])} classes; step {meta['step']}; "
+          f"{', '.join(meta['platforms'])}) and {sidecar_path(out)}")
     return 0
 
 

@@ -12,14 +12,14 @@ import json
 import numbers
 import pathlib
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcnn import checkpoint, data
+from jaxcnn import checkpoint, data, losses
 from jaxcnn.build import build, make_prepare
 from jaxcnn.config import config_from_json, dataset_options
 from jaxcnn.data.device import normalize
@@ -253,22 +253,41 @@ def check_top(top: int) -> None:
         raise JaxcnnError(f"--top must be a whole number of classes >= 1, got {top!r}")
 
 
+def classifier(saved: SavedModel) -> Callable[[Any, jax.Array], jax.Array]:
+    """`classify(variables, pixels)`: uint8 images (B, H, W, C) of the run's input shape -> float32
+    (B, num_classes) class probabilities. Normalised as in training, the model in evaluation mode
+    (BatchNorm's running averages, no dropout), the output activation of the run's loss
+    (`losses.predict_probabilities`). `jaxcnn predict` and `jaxcnn export` both compute this."""
+    apply_fn, mean, std = saved.state.apply_fn, saved.config.dataset.mean, saved.config.dataset.std
+    loss_name = saved.config.loss.name
+
+    def classify(variables: Any, pixels: jax.Array) -> jax.Array:
+        logits = apply_fn(variables, normalize(pixels, mean, std), train=False)
+        return losses.predict_probabilities(loss_name, logits.astype(jnp.float32))
+
+    return classify
+
+
 def predict(saved: SavedModel, files: Sequence[str | pathlib.Path], top: int = 3,
             invert: bool = False) -> list[dict[str, Any]]:
-    """For each file, its `top` classes (at most all of them) by softmax probability: [{"file",
-    "top": [{"class", "name", "probability"}, ...]}, ...]. `invert`: see `load_image`."""
+    """For each file, its `top` classes (at most all of them) by probability (softmax, or sigmoid for
+    a run trained with binary_cross_entropy): [{"file", "top": [{"class", "name", "probability"},
+    ...]}, ...]. `invert`: see `load_image`."""
     check_top(top)
     if not files:
         raise JaxcnnError("predict needs at least one image file")
-    config = saved.config
     pixels = np.stack([load_image(f, saved.input_shape, invert) for f in files])
-    images = normalize(jnp.asarray(pixels), config.dataset.mean, config.dataset.std)
-    logits = jax.jit(lambda s, x: s.apply_fn(s.variables(), x, train=False))(saved.state, images)
-    probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    probabilities = jax.jit(classifier(saved))(saved.state.variables(), jnp.asarray(pixels))
+    return top_classes(files, np.asarray(probabilities), saved.class_names, top)
+
+
+def top_classes(files: Sequence[str | pathlib.Path], probabilities: np.ndarray, class_names: Sequence[str],
+                top: int) -> list[dict[str, Any]]:
+    """Each file's `top` classes by probability (ties by class index), as `predict` returns them."""
     top = min(top, probabilities.shape[-1])
     results = []
     for file, row in zip(files, probabilities):
         best = np.argsort(-row, kind="stable")[:top]
         results.append({"file": str(file), "top": [
-            {"class": int(c), "name": saved.class_names[c], "probability": float(row[c])} for c in best]})
+            {"class": int(c), "name": class_names[c], "probability": float(row[c])} for c in best]})
     return results
