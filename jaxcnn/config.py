@@ -21,7 +21,7 @@ from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.parallel import STRATEGIES
 
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"  # the presets, shipped in the package
 DEFAULT_CONFIG = "digits_cnn"
 
 # Keys of the `dataset` section that are not options of the dataset loader itself.
@@ -81,6 +81,11 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     return config
 
 
+def list_presets() -> list[str]:
+    """The preset names: the config modules shipped in `jaxcnn/configs/`."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
 def resolve_config_path(path: str | None) -> pathlib.Path:
     """A config file path, or a bare preset name such as `mnist_cnn` looked up in `configs/`."""
     name = path or DEFAULT_CONFIG
@@ -91,7 +96,7 @@ def resolve_config_path(path: str | None) -> pathlib.Path:
         preset = folder / (name if name.endswith(".py") else name + ".py")
         if preset.is_file():
             return preset
-    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))) or "none found"
+    known = ", ".join(list_presets()) or "none found"
     raise JaxcnnError(f"config file '{name}' not found; pass a path to a config file or one of "
                       f"the presets in configs/: {known}")
 

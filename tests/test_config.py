@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from jaxcnn.config import CONFIGS_DIR, config_from_json, config_to_json, load_config
+from jaxcnn.config import CONFIGS_DIR, config_from_json, config_to_json, list_presets, load_config
 from jaxcnn.errors import JaxcnnError
 
-PRESETS = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+PRESETS = list_presets()
 
 
 def test_presets_required_by_the_docs_exist():

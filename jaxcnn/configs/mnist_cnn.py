@@ -1,6 +1,6 @@
 """The Flax-example CNN on MNIST: Conv32-ReLU-AvgPool, Conv64-ReLU-AvgPool, Dense 256 ReLU, Dense 10.
 
-    jaxcnn train --config configs/mnist_cnn.py --data-dir ../shared/data
+    jaxcnn train --config mnist_cnn --data-dir ../shared/data
 
 SGD 0.1 with momentum 0.9, batch 128, 10 epochs (the Flax example's settings), with one warm-up
 epoch then cosine decay. Reaches 99.27% MNIST test accuracy (a constant rate: 99.08%); about

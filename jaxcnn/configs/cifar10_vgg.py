@@ -1,6 +1,6 @@
 """A CIFAR-scale VGG (six 3×3 convs with BatchNorm, 64-128-256, Dense 512, 3.2M params) on CIFAR-10.
 
-    jaxcnn train --config configs/cifar10_vgg.py --data-dir DATA --download
+    jaxcnn train --config cifar10_vgg --data-dir DATA --download
 
 SGD 0.05 with Nesterov momentum 0.9, decoupled weight decay 5e-4, batch 128, 60 epochs of
 warmup (1 epoch) then cosine decay; per-channel mean/std from the training split; random crops

@@ -1,6 +1,6 @@
 """The Flax-example CNN on Fashion-MNIST, with early stopping on the validation loss.
 
-    jaxcnn train --config configs/fashion_mnist_cnn.py --data-dir ../shared/data
+    jaxcnn train --config fashion_mnist_cnn --data-dir ../shared/data
 
 Adam 1e-3, batch 128, up to 15 epochs, the learning rate halved when the validation loss plateaus
 for 2 epochs, early stopping after 4 (restoring the best epoch). Reaches 92.1% Fashion-MNIST test

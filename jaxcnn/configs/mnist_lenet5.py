@@ -1,6 +1,6 @@
 """LeNet-5 on MNIST: Conv6 5x5 - pool - Conv16 5x5 - pool - Dense 120 - Dense 84 - Dense 10.
 
-    jaxcnn train --config configs/mnist_lenet5.py --data-dir ../shared/data
+    jaxcnn train --config mnist_lenet5 --data-dir ../shared/data
 
 Adam 1e-3, batch 128, 10 epochs, with one warmup epoch then cosine decay. Reaches 98.8% MNIST
 test accuracy in ~2 minutes on a 2-core CPU.

@@ -1,6 +1,6 @@
 """The default: the Flax-example CNN on scikit-learn's bundled 8x8 digits (no download, ever).
 
-    jaxcnn train                       # same as: jaxcnn train --config configs/digits_cnn.py
+    jaxcnn train                       # same as: jaxcnn train --config digits_cnn
 
 1,797 images: 359 held out for test (stratified, the same for every run), 10% of the rest for
 validation. The CNN with BatchNorm after each conv; Adam 3e-3 with 2 warmup epochs then cosine

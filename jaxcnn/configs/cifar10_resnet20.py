@@ -1,6 +1,6 @@
 """ResNet-20 (He et al. 2016, 272k params) on CIFAR-10 with the paper's recipe.
 
-    jaxcnn train --config configs/cifar10_resnet20.py --data-dir DATA --download
+    jaxcnn train --config cifar10_resnet20 --data-dir DATA --download
 
 `--download` fetches the binary release (cifar-10-binary.tar.gz, sha256-checked) into DATA/cifar10/
 the first time; offline, put the unpacked `.bin` files there. SGD 0.1, momentum 0.9, weight decay

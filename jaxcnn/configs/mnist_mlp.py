@@ -1,6 +1,6 @@
 """The seed MLP of the course notes: flatten 28x28 -> Dense 512 ReLU -> Dense 10 (softmax in the loss).
 
-    jaxcnn train --config configs/mnist_mlp.py --data-dir ../shared/data
+    jaxcnn train --config mnist_mlp --data-dir ../shared/data
 
 RMSprop 1e-3, batch 128, 5 epochs, inputs scaled to [0, 1], as in the notes' Keras run (98.01%),
 with 5% of the training set held out for validation and the learning rate cut x0.2 after epochs 3

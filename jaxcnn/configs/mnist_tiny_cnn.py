@@ -1,6 +1,6 @@
 """The NumPy-tutorial CNN of the course notes: Conv 3x3x8 VALID -> max-pool 2 -> Dense 10.
 
-    jaxcnn train --config configs/mnist_tiny_cnn.py --data-dir ../shared/data
+    jaxcnn train --config mnist_tiny_cnn --data-dir ../shared/data
 
 No activation between conv and pool (the max-pool is the only non-linearity), inputs scaled to
 [-0.5, 0.5] as in the tutorial; plain SGD 0.05 without momentum, batch 32, 3 epochs.

@@ -1,8 +1,8 @@
 """Any TensorFlow-Datasets image-classification dataset by name: here `tfds:mnist` with the Flax CNN.
 
     pip install "jaxcnn[tfds]"
-    jaxcnn train --config configs/tfds_example.py --data-dir DATA --download   # first time: prepares it
-    jaxcnn train --config configs/tfds_example.py --data-dir DATA --config.dataset.name=tfds:fashion_mnist
+    jaxcnn train --config tfds_example --data-dir DATA --download   # first time: prepares it
+    jaxcnn train --config tfds_example --data-dir DATA --config.dataset.name=tfds:fashion_mnist
 
 Preparing (`--download`) runs TFDS's download_and_prepare in the ArrayRecord format into DATA/tfds/
 and needs TensorFlow; reading needs only tensorflow-datasets. Offline, put the dataset's original
@@ -11,7 +11,7 @@ again. Decoded images are cached as .npy in DATA/tfds/jaxcnn_cache/ for fast sta
 chosen with dataset.train_split / dataset.test_split (TFDS split syntax, e.g. "train[:80%]").
 
 Expected: about 99% MNIST test accuracy after 3 epochs (the same data and model as
-configs/mnist_cnn.py, which reaches 99.1-99.3% in 10); seconds per epoch on a GPU, minutes on a
+the mnist_cnn preset, which reaches 99.1-99.3% in 10); seconds per epoch on a GPU, minutes on a
 2-core CPU. Not measured through TFDS here: preparing needs TensorFlow and network, which were not
 available; the tests run this config on TFDS's mock data.
 """
