@@ -1,21 +1,6 @@
 """The NumPy-tutorial CNN of the course notes: Conv 3x3x8 VALID -> max-pool 2 -> Dense 10.
 
-    jaxcnn train --config configs/mnist_tiny_cnn.py --data-dir ../shared/data
-
-No activation between conv and pool (the max-pool is the only non-linearity), inputs scaled to
-[-0.5, 0.5] as in the tutorial; plain SGD 0.05 without momentum, batch 32, 3 epochs.
-Reaches 96.8% MNIST test accuracy in ~25 s on a 2-core CPU (the notes report 92% after one epoch
-on the first 1,000 test images).
+A mirror of the preset jaxcnn/configs/mnist_tiny_cnn.py, where its notes are; `--config mnist_tiny_cnn` is the same.
 """
 
-from jaxcnn.config import base_config
-
-
-def get_config():
-    config = base_config(model="tiny_cnn", dataset="mnist")
-    config.dataset.mean = 0.5
-    config.batch_size = 32
-    config.num_epochs = 3
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.05
-    return config.lock()
+from jaxcnn.configs.mnist_tiny_cnn import get_config  # noqa: F401

@@ -30,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model from a config file and evaluate it on the test split",
-        description="Train a model from a config file (default: configs/digits_cnn.py, the embedded "
+        description="Train a model from a config (default: the preset digits_cnn, the embedded "
                     "digits dataset, no download), validate each epoch, then evaluate on the test split. "
                     "Writes config.json, metrics.jsonl and summary.json to the workdir.",
         epilog=OVERRIDE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", metavar="FILE",
-                       help="config file, or a preset name from configs/ such as mnist_cnn "
-                            "(default: digits_cnn)")
+                       help="a preset name such as mnist_cnn (default: digits_cnn), a Python config file "
+                            "(.py, trusted code: it runs) or a run's config.json")
     train.add_argument("--workdir", metavar="DIR",
                        help="output directory (default: a new folder under runs/)")
     train.add_argument("--data-dir", metavar="DIR",
@@ -209,7 +209,7 @@ def default_workdir(config_name: str) -> pathlib.Path:
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
-    from jaxcnn.config import config_to_json, load_config, resolve_config_path
+    from jaxcnn.config import config_name, config_to_json, load_config
     from jaxcnn.loop import train_and_evaluate
     from jaxcnn.distributed import initialize_distributed, is_main_process
 
@@ -222,7 +222,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
         return 0
     if not args.workdir and (args.num_processes or 1) > 1:
         raise JaxcnnError("several processes train into one shared workdir: pass the same --workdir to every process")
-    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(resolve_config_path(args.config).stem)
+    workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config_name(args.config))
     try:
         summary = train_and_evaluate(config, workdir, data_dir=args.data_dir, quiet=args.quiet,
                                      fresh=args.fresh)

@@ -1,8 +1,9 @@
 """Experiment configs: loading config files, `--config.KEY=VALUE` overrides, validation.
 
-A config file is a Python file under `configs/` whose `get_config()` returns a locked
-`ml_collections.ConfigDict`, usually built with `base_config(...)` and a few changed fields. The
-config is read here, in one place; library functions receive the sections they need.
+A config file is a Python file whose `get_config()` returns a locked `ml_collections.ConfigDict`,
+usually built with `base_config(...)` and a few changed fields; it is trusted code, run as it is.
+The presets ship in `jaxcnn/configs/`. A run's `config.json` loads as a config too. The config is
+read here, in one place; library functions receive the sections they need.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
+import numbers
 import pathlib
+import traceback
 from typing import Any, Iterable
 
 import ml_collections
@@ -21,8 +25,9 @@ from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import PARALLEL
 
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"  # the presets, shipped in the package
 DEFAULT_CONFIG = "digits_cnn"
+CONFIG_SUFFIXES = (".py", ".json")  # a Python config file, a run's config.json
 
 # Keys of the `dataset` section that are not options of the dataset loader itself.
 DATASET_COMMON_KEYS = ("name", "val_fraction", "data_dir", "mean", "std", "per_channel_stats", "download",
@@ -81,47 +86,149 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     return config
 
 
+def list_presets() -> list[str]:
+    """The preset names: the config modules shipped in `jaxcnn/configs/`."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
 def resolve_config_path(path: str | None) -> pathlib.Path:
-    """A config file path, or a bare preset name such as `mnist_cnn` looked up in `configs/`."""
+    """The config file `--config` names (default: the preset `digits_cnn`).
+
+    A bare name (no folder, no suffix) is a preset, looked up only in `jaxcnn/configs/`: a file
+    of that name in the current folder never stands in for it (give it as a path, `./NAME.py`).
+    Anything else is a path: a Python config file (`.py`) or a run's `config.json` (`.json`).
+    """
     name = path or DEFAULT_CONFIG
-    candidate = pathlib.Path(name)
-    if candidate.is_file():
-        return candidate
-    for folder in (pathlib.Path.cwd() / "configs", CONFIGS_DIR):
-        preset = folder / (name if name.endswith(".py") else name + ".py")
-        if preset.is_file():
-            return preset
-    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))) or "none found"
-    raise JaxcnnError(f"config file '{name}' not found; pass a path to a config file or one of "
-                      f"the presets in configs/: {known}")
+    file = pathlib.Path(name)
+    if "/" not in name and "\\" not in name and not file.suffix:
+        return _preset_path(name)
+    if file.is_dir():
+        saved = file / "config.json"
+        hint = f", e.g. its run's config: --config {saved}" if saved.is_file() else ""
+        raise JaxcnnError(f"config '{name}' is a folder; pass a config file (.py or a run's config.json){hint}")
+    if file.suffix not in CONFIG_SUFFIXES:
+        raise JaxcnnError(f"config '{name}': expected a Python config file (.py), a run's config.json "
+                          "(.json) or a preset name such as mnist_cnn")
+    if not file.exists():
+        where = "" if file.is_absolute() else f" (relative to {pathlib.Path.cwd()})"
+        preset = f"; the preset '{file.stem}' is --config {file.stem}" if file.stem in list_presets() else ""
+        raise JaxcnnError(f"config file '{name}' not found{where}{preset}")
+    return file
+
+
+def _preset_path(name: str) -> pathlib.Path:
+    presets = list_presets()
+    if name in presets:
+        return CONFIGS_DIR / f"{name}.py"
+    close = difflib.get_close_matches(name, presets, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    local = next((f"./{c}" for c in (name, f"{name}.py", f"{name}/config.json") if pathlib.Path(c).is_file()), None)
+    there = f"; to use the file in the current folder, pass --config {local}" if local else ""
+    raise JaxcnnError(f"config '{name}' is not a preset{hint}; pass a path to a config file (.py or a run's "
+                      f"config.json) or one of the presets: {', '.join(presets) or 'none found'}{there}")
+
+
+def config_name(path: str | None) -> str:
+    """A short name for the config `--config` names (default workdirs are `runs/NAME-DATE`): the
+    file's stem, or for a run's `config.json` its run folder's name."""
+    file = resolve_config_path(path)
+    return (file.resolve().parent.name or "config") if file.name == "config.json" else file.stem
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a config file (default `configs/digits_cnn.py`), applies overrides, validates it."""
+    """Loads a config (default: the preset `digits_cnn`; see `resolve_config_path`), applies
+    overrides, validates it. Python config files are trusted code: they run as they are."""
     file = resolve_config_path(path)
-    spec = importlib.util.spec_from_file_location(f"jaxcnn_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except JaxcnnError:
-        raise
-    except Exception as e:  # a broken config file is the user's to fix
-        raise JaxcnnError(f"{file}: could not be loaded: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
-        raise JaxcnnError(f"{file}: has no get_config() function returning a ConfigDict")
-    config = module.get_config()
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise JaxcnnError(f"{file}: get_config() must return an ml_collections.ConfigDict, "
-                          f"got {type(config).__name__}")
+    config = config_from_json_file(file) if file.suffix == ".json" else run_config_file(file)
     config.lock()
     apply_overrides(config, overrides)
     validate_config(config)
     return config
 
 
+def run_config_file(file: pathlib.Path) -> ml_collections.ConfigDict:
+    """`get_config()` of the Python config file `file`. An exception raised while importing it or
+    inside `get_config()` becomes one line naming the file, the line and the message."""
+    try:
+        spec = importlib.util.spec_from_file_location(f"jaxcnn_config_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file is the user's to fix
+        raise JaxcnnError(_failure(file, e, "loading it")) from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise JaxcnnError(f"{file}: has no get_config() function returning a ConfigDict")
+    try:
+        config = get_config()
+    except Exception as e:
+        raise JaxcnnError(_failure(file, e, "get_config()")) from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise JaxcnnError(f"{file}: get_config() must return an ml_collections.ConfigDict, "
+                          f"got {type(config).__name__}")
+    return config
+
+
+def _failure(file: pathlib.Path, error: Exception, during: str) -> str:
+    """`FILE:LINE: during raised Type: message` on one line, LINE from the innermost frame of the
+    error's traceback inside `file` (a SyntaxError's own line)."""
+    target, line = file.resolve(), None
+    if isinstance(error, SyntaxError) and error.filename and pathlib.Path(error.filename).resolve() == target:
+        line = error.lineno
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        if pathlib.Path(frame.f_code.co_filename).resolve() == target:
+            line = lineno
+    where = f"{file}:{line}" if line else str(file)
+    message = " ".join(str(error.msg if isinstance(error, SyntaxError) else error).split())
+    if isinstance(error, JaxcnnError):
+        return f"{where}: {message}"
+    return f"{where}: {during} raised {type(error).__name__}" + (f": {message}" if message else "")
+
+
+def config_from_json_file(file: pathlib.Path) -> ml_collections.ConfigDict:
+    """A run's `config.json` (what `config_to_json` wrote): exactly that config. Keys it lacks
+    take the defaults of its model and dataset; keys jaxcnn does not know are refused."""
+    from jaxcnn import data  # data imports heavy optional pieces lazily
+
+    try:
+        loaded = config_from_json(file.read_text())
+    except (OSError, ValueError, JaxcnnError) as e:  # ValueError: bad JSON or not UTF-8
+        raise JaxcnnError(f"{file}: cannot be read as a JSON config: {' '.join(str(e).split())}") from e
+    sections = [key for key in ("model", "dataset") if not isinstance(loaded.get(key), ml_collections.ConfigDict)]
+    if sections:
+        raise JaxcnnError(f"{file}: not a jaxcnn config (no '{sections[0]}' section); expected a run's "
+                          "config.json as `jaxcnn train` writes it")
+    _check_name("model.name", loaded.model.get("name"), models.list_models())
+    data.check_dataset_name(loaded.dataset.get("name"))
+    config = base_config(loaded.model.name, loaded.dataset.name)
+    _merge(config, loaded, file)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, loaded: ml_collections.ConfigDict, file: pathlib.Path,
+           prefix: str = "") -> None:
+    """Sets every key of `loaded` in `config`, which must already have it (as a section or a value)."""
+    for key, value in loaded.items():
+        name = f"{prefix}{key}"
+        if key not in config:
+            close = difflib.get_close_matches(key, list(config.keys()), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise JaxcnnError(f"{file}: unknown config key '{name}'{hint}")
+        is_section = isinstance(config[key], ml_collections.ConfigDict)
+        if is_section != isinstance(value, ml_collections.ConfigDict):
+            expected = "a section (a JSON object)" if is_section else "a value, not a section"
+            raise JaxcnnError(f"{file}: config key '{name}' must be {expected}")
+        if is_section:
+            _merge(config[key], value, file, f"{name}.")
+        else:
+            config[key] = value
+
+
 def config_from_json(text: str) -> ml_collections.ConfigDict:
     """The config of a finished run, as written to its `config.json`, locked."""
-    return ml_collections.ConfigDict(_lists_to_tuples(json.loads(text)), type_safe=False).lock()
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise JaxcnnError(f"a config in JSON must be an object, got a JSON {type(value).__name__}")
+    return ml_collections.ConfigDict(_lists_to_tuples(value), type_safe=False).lock()
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -235,6 +342,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     from jaxcnn import data  # data imports heavy optional pieces lazily
     from jaxcnn.build import build  # build reads configs through this module
 
+    check_finite(config)
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise JaxcnnError(f"seed must be a non-negative integer, got {config.seed!r}")
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
@@ -259,7 +367,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_name("model.name", config.model.name, models.list_models())
     if not isinstance(config.loss.l2, (int, float)) or config.loss.l2 < 0:
         raise JaxcnnError(f"loss.l2 must be >= 0, got {config.loss.l2!r}")
-    build(config, num_classes=2, steps_per_epoch=1)  # every name and option of model, optimizer and loss
+    parts = build(config, num_classes=2, steps_per_epoch=1)  # every name and option of model, optimizer and loss
+    input_shape = data.expected_input_shape(config.dataset)
+    if input_shape is not None:  # else checked once the data is loaded (loop.load_data)
+        models.check_input_shape(parts.model, input_shape)
     stopping = config.early_stopping
     if stopping.monitor not in EARLY_STOPPING_MONITORS:
         raise JaxcnnError(f"early_stopping.monitor must be one of {', '.join(EARLY_STOPPING_MONITORS)}, "
@@ -268,6 +379,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"early_stopping.patience must be a positive integer, got {stopping.patience!r}")
     if stopping.enabled and config.dataset.val_fraction == 0:
         raise JaxcnnError("early_stopping.enabled needs a validation split; set dataset.val_fraction > 0")
+
+
+def check_finite(config: ml_collections.ConfigDict) -> None:
+    """Refuses NaN and infinite numbers anywhere in the config (`1e999` parses as infinity)."""
+    for key, value in _leaves(config):
+        if isinstance(value, numbers.Real) and not math.isfinite(value):
+            raise JaxcnnError(f"config key '{key}' is {value}; every number in a config must be finite")
+
+
+def _leaves(value: Any, key: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every value in a config, inside tuples and lists too."""
+    if isinstance(value, ml_collections.ConfigDict):
+        for name, item in value.items():
+            yield from _leaves(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item, key)
+    else:
+        yield key, value
 
 
 def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:

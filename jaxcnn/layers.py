@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax import lax
 
 from jaxcnn import im2col
 from jaxcnn.errors import JaxcnnError
@@ -126,12 +127,26 @@ def check_sizes(value: Any, key: str) -> None:
         raise JaxcnnError(f"invalid sizes {value!r} ({key}); expected a tuple of ints >= 1, e.g. (64, 128)")
 
 
-def _check_not_empty(x: jax.Array, y: jax.Array, what: str) -> None:
-    if 0 in y.shape[1:-1]:
-        raise JaxcnnError(
-            f"{what} turns spatial size {x.shape[1:-1]} into {y.shape[1:-1]}; use a larger input, "
-            "more padding or fewer blocks (model.blocks)"
-        )
+def _size(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_window_fits(layer: str, spatial: Sequence[int], window: Sequence[int], strides: Sequence[int],
+                      padding: Padding, what: str) -> None:
+    """Raise unless `window` (a dilated kernel or a pool window) fits at least once into the input of
+    spatial size `spatial` padded by `padding`: otherwise the output would be empty, or the shifted
+    slices of `jaxcnn.im2col` negative. Checked before the layer runs, for every conv_impl."""
+    spatial, window = tuple(spatial), tuple(window)
+    pads = (lax.padtype_to_pads(spatial, window, tuple(strides), padding) if isinstance(padding, str)
+            else padding)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
+    if all(p >= w for p, w in zip(padded, window)):
+        return
+    shown = _size(spatial) + (f" (padded to {_size(padded)})" if padded != spatial else "")
+    raise JaxcnnError(
+        f"model layer {layer}: input spatial size {shown} is smaller than its {what}; use a larger "
+        "input (dataset), more padding, a smaller kernel or window, or fewer blocks (model.blocks)"
+    )
 
 
 def conv(
@@ -160,21 +175,27 @@ def conv(
             f"groups {groups!r} (model.groups) must be an int >= 1 dividing both the input channels "
             f"({in_channels}) and the conv features ({features}); choose a common divisor, e.g. 1"
         )
-    y = nn.Conv(
+    kernel = to_tuple(kernel_size, "model.kernel_size", ndim)
+    stride = to_tuple(strides, "model.strides", ndim)
+    pads = to_padding(padding, "model.padding", ndim)
+    dilated = to_tuple(dilation, "model.dilation", ndim)
+    module = nn.Conv(
         features=features,
-        kernel_size=to_tuple(kernel_size, "model.kernel_size", ndim),
-        strides=to_tuple(strides, "model.strides", ndim),
-        padding=to_padding(padding, "model.padding", ndim),
-        kernel_dilation=to_tuple(dilation, "model.dilation", ndim),
+        kernel_size=kernel,
+        strides=stride,
+        padding=pads,
+        kernel_dilation=dilated,
         feature_group_count=groups,
         use_bias=use_bias,
         dtype=dtype,
         name=name,
         conv_general_dilated=im2col.IMPLEMENTATIONS[
             im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups)],
-    )(x)
-    _check_not_empty(x, y, f"a convolution with kernel_size {kernel_size!r}")
-    return y
+    )
+    window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilated))
+    what = f"{_size(kernel)} kernel" + (f" dilated to {_size(window)}" if window != kernel else "")
+    check_window_fits("/".join(module.path), x.shape[1:-1], window, stride, pads, what)
+    return module(x)
 
 
 def pool(
@@ -183,19 +204,19 @@ def pool(
     window: int | Sequence[int],
     stride: int | Sequence[int] | None = None,
     padding: Any = "VALID",
+    layer: str = "pool",
 ) -> jax.Array:
-    """Max or average pooling over NHWC `x`; `stride` defaults to `window` (non-overlapping)."""
+    """Max or average pooling over NHWC `x`; `stride` defaults to `window` (non-overlapping).
+    `layer` names the pool in errors (pools are functions, not modules with a path)."""
     pool_fn = get_pool(kind)
     ndim = x.ndim - 2
     window = to_tuple(window, "model.pool_window", ndim)
     stride = window if stride is None else to_tuple(stride, "model.pool_stride", ndim)
     padding = to_padding(padding, "model.pool_padding", ndim)
-    if window == stride and padding == "VALID" and all(n >= w for n, w in zip(x.shape[1:-1], window)):
-        y = _tiled_pool(x, kind, window)
-    else:
-        y = pool_fn(x, window, stride, padding)
-    _check_not_empty(x, y, f"a {kind} pool with window {window}")
-    return y
+    check_window_fits(layer, x.shape[1:-1], window, stride, padding, f"{kind} pool window {_size(window)}")
+    if window == stride and padding == "VALID":
+        return _tiled_pool(x, kind, window)
+    return pool_fn(x, window, stride, padding)
 
 
 def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:

@@ -164,6 +164,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
+    models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
                              config.loss.name, TOP_K)
     state = executor.put(parts.init_state(config, dataset.input_shape))

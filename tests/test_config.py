@@ -1,13 +1,19 @@
 """Config files, command-line overrides and validation."""
 
 import json
+import pathlib
 
 import pytest
 
-from jaxcnn.config import CONFIGS_DIR, config_from_json, config_to_json, load_config
+import jaxcnn
+from conftest import REPO
+from jaxcnn import checkpoint
+from jaxcnn.data.normalization import record_mean_std
+from jaxcnn.config import (CONFIGS_DIR, base_config, config_from_json, config_name, config_to_json, list_presets,
+                           load_config, validate_config)
 from jaxcnn.errors import JaxcnnError
 
-PRESETS = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+PRESETS = list_presets()
 
 
 def test_presets_required_by_the_docs_exist():
@@ -77,3 +83,95 @@ def test_config_round_trips_through_json():
     restored = config_from_json(config_to_json(config))
     assert restored.to_dict() == config.to_dict()
     assert json.loads(config_to_json(restored)) == json.loads(config_to_json(config))
+
+
+LOCAL_CONFIG = "from jaxcnn.config import base_config\n\n\ndef get_config():\n" \
+               "    config = base_config(model='mlp', dataset='digits')\n    config.num_epochs = 7\n    return config.lock()\n"
+
+
+def test_presets_ship_inside_the_package():
+    assert CONFIGS_DIR == pathlib.Path(jaxcnn.__file__).parent / "configs"
+    assert (CONFIGS_DIR / "__init__.py").is_file() and "__init__" not in PRESETS
+
+
+def test_every_preset_has_a_mirror_in_the_top_level_configs_folder_that_loads_the_same_config():
+    mirrors = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
+    assert mirrors == PRESETS
+    for name in PRESETS:
+        assert load_config(str(REPO / "configs" / f"{name}.py")).to_dict() == load_config(name).to_dict()
+
+
+def test_a_file_named_like_a_preset_in_the_current_folder_never_shadows_the_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    for planted in ("mnist_cnn.py", "configs/mnist_cnn.py", "mnist_cnn"):
+        (tmp_path / planted).write_text(LOCAL_CONFIG)
+    config = load_config("mnist_cnn")
+    assert (config.model.name, config.num_epochs) == ("cnn", 10)
+
+
+@pytest.mark.parametrize("path", ["./mnist_cnn.py", "mnist_cnn.py", "configs/mnist_cnn.py"])
+def test_a_file_in_the_current_folder_is_used_when_given_as_a_path(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / path).write_text(LOCAL_CONFIG)
+    config = load_config(path)
+    assert (config.model.name, config.num_epochs) == ("mlp", 7)
+
+
+def test_a_config_path_not_ending_in_py_or_json_says_what_is_accepted(tmp_path):
+    (tmp_path / "config.yaml").write_text("num_epochs: 1\n")
+    with pytest.raises(JaxcnnError, match=r"expected a Python config file \(\.py\), a run's config\.json"):
+        load_config(str(tmp_path / "config.yaml"))
+
+
+def test_a_runs_config_json_loads_exactly_that_config(tmp_path):
+    # As the loop records it: the per-channel statistics measured on the training split, as tuples.
+    config = record_mean_std(load_config("cifar10_vgg"), (0.5, 0.25, 0.125), (0.2, 0.3, 0.4))
+    (tmp_path / "config.json").write_text(config_to_json(config) + "\n")
+    loaded = load_config(str(tmp_path / "config.json"))
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.dataset.mean == (0.5, 0.25, 0.125)  # a tuple again, as in the Python config
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert checkpoint.config_differences(saved, json.loads(config_to_json(loaded))) == []
+    assert config_name(str(tmp_path / "config.json")) == tmp_path.name
+
+
+def test_a_json_config_takes_overrides_and_the_defaults_of_the_keys_it_lacks(tmp_path):
+    (tmp_path / "partial.json").write_text('{"model": {"name": "mlp", "hidden": [32]}, "dataset": {"name": "digits"}}')
+    config = load_config(str(tmp_path / "partial.json"), ["num_epochs=2"])
+    expected = base_config("mlp", "digits")
+    expected.model.hidden, expected.num_epochs = (32,), 2
+    assert config.to_dict() == expected.to_dict()
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("optimizer.learning_rate=1e999", "optimizer.learning_rate", "inf"),
+    ("optimizer.learning_rate=-1e999", "optimizer.learning_rate", "-inf"),
+    ("schedule.warmup_epochs=1e999", "schedule.warmup_epochs", "inf"),
+    ("loss.label_smoothing=1e999", "loss.label_smoothing", "inf"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(override, key, value):
+    with pytest.raises(JaxcnnError, match=f"config key '{key}' is {value}; every number in a config must be finite"):
+        load_config("digits_cnn", [override])
+
+
+def test_a_nan_inside_a_tuple_is_refused_naming_the_key():
+    config = load_config("cifar10_vgg")
+    with config.unlocked():
+        config.dataset.mean = (0.5, float("nan"), 0.5)
+    with pytest.raises(JaxcnnError, match="config key 'dataset.mean' is nan"):
+        validate_config(config)
+
+
+def test_an_exception_in_get_config_names_the_file_and_line(tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config():\n    values = {}\n    return values['missing']\n")
+    with pytest.raises(JaxcnnError) as error:
+        load_config(str(tmp_path / "broken.py"))
+    assert str(error.value) == f"{tmp_path / 'broken.py'}:3: get_config() raised KeyError: 'missing'"
+
+
+def test_the_shape_of_a_built_in_dataset_is_checked_against_the_model_when_the_config_loads():
+    with pytest.raises(JaxcnnError, match="input shape 8x8x1: model layer Conv_1"):
+        load_config("digits_cnn", ["model.name=lenet5"])
+    load_config("mnist_lenet5")  # 28x28 fits

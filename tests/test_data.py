@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcnn.data import Split, list_datasets, load_dataset, resolve_data_dir, train_val_split
+from conftest import real_data_dir, requires_mnist
+from jaxcnn.data import Split, expected_input_shape, list_datasets, load_dataset, resolve_data_dir, train_val_split
 from jaxcnn.data.idx import load_idx_dataset, read_idx
 from jaxcnn.errors import JaxcnnError
 
@@ -402,3 +403,32 @@ def test_real_fashion_mnist_is_balanced(real):
 def test_real_mnist_val_split_is_carved_from_train(real):
     train, val = train_val_split(real["mnist"].train, 0.1, seed=0)
     assert (len(train), len(val)) == (54000, 6000)
+
+
+@pytest.mark.parametrize("section, shape", [
+    ({"name": "mnist"}, (28, 28, 1)),
+    ({"name": "fashion_mnist"}, (28, 28, 1)),
+    ({"name": "digits"}, (8, 8, 1)),
+    ({"name": "cifar10"}, (32, 32, 3)),
+    ({"name": "cifar100"}, (32, 32, 3)),
+    ({"name": "synthetic", "image_shape": (5, 6, 2)}, (5, 6, 2)),
+    ({"name": "tfds:mnist"}, None),
+])
+def test_expected_input_shape_is_known_before_loading_for_the_built_in_datasets(section, shape):
+    assert expected_input_shape(section) == shape
+
+
+def test_expected_input_shape_is_the_shape_the_loaded_data_has():
+    assert load_dataset("digits").input_shape == expected_input_shape({"name": "digits"})
+    synthetic = {"name": "synthetic", "image_shape": (5, 6, 2)}
+    assert load_dataset("synthetic", image_shape=(5, 6, 2), num_train=20).input_shape == expected_input_shape(synthetic)
+
+
+@requires_mnist
+def test_expected_input_shape_of_mnist_is_the_shape_of_real_mnist():
+    assert load_dataset("mnist", data_dir=real_data_dir()).input_shape == expected_input_shape({"name": "mnist"})
+
+
+def test_expected_input_shape_refuses_a_bad_synthetic_image_shape():
+    with pytest.raises(JaxcnnError, match="dataset.image_shape"):
+        expected_input_shape({"name": "synthetic", "image_shape": (4, 4)})

@@ -226,6 +226,60 @@ def test_input_too_small_for_the_model_fails_clearly():
         abstract_init(models.create_model("lenet5", 10), (8, 8, 1))
 
 
+@pytest.mark.parametrize("conv_impl", ["auto", "xla", "shift", "im2col", "hybrid"])
+def test_check_input_shape_names_the_layer_and_sizes_of_a_dilated_kernel_larger_than_its_input(conv_impl):
+    model = models.create_model("cnn", 10, padding="VALID", dilation=3, conv_impl=conv_impl)
+    with pytest.raises(JaxcnnError) as error:
+        models.check_input_shape(model, (4, 4, 1))
+    assert str(error.value).startswith("input shape 4x4x1: model layer Conv_0: input spatial size 4x4 is "
+                                       "smaller than its 3x3 kernel dilated to 7x7;")
+
+
+@pytest.mark.parametrize("conv_impl", ["auto", "xla", "shift", "im2col", "hybrid"])
+def test_a_dilated_kernel_that_just_fits_is_accepted_and_computes(conv_impl):
+    model = models.create_model("cnn", 10, padding="VALID", dilation=3, conv_impl=conv_impl, blocks=((4,),),
+                                pool_window=1)
+    models.check_input_shape(model, (7, 7, 1))  # the 7x7 dilated kernel fits once
+    logits, _ = model.init_with_output(jax.random.key(0), jnp.ones((2, 7, 7, 1)))
+    assert logits.shape == (2, 10) and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("name, options, shape, layer", [
+    ("lenet5", {}, (8, 8, 1), "Conv_1: input spatial size 4x4 is smaller than its 5x5 kernel"),
+    ("tiny_cnn", {}, (2, 2, 1), "Conv_0: input spatial size 2x2 is smaller than its 3x3 kernel"),
+    ("cnn", {"kernel_size": 5, "padding": 1}, (2, 2, 1), "Conv_0: input spatial size 2x2 (padded to 4x4)"),
+    ("cnn", {"pool_window": 8}, (4, 4, 1), "pool of block 1 (after Conv_0): input spatial size 4x4"),
+    ("cnn", {"padding": "VALID"}, (6, 6, 1), "Conv_1: input spatial size 2x2 is smaller than its 3x3 kernel"),
+])
+def test_check_input_shape_names_the_first_layer_that_cannot_fit(name, options, shape, layer):
+    with pytest.raises(JaxcnnError) as error:
+        models.check_input_shape(models.create_model(name, 10, **options), shape)
+    assert f"model layer {layer}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+# The smallest input each model takes: a pool of window 2 per block, VALID convolutions.
+SMALLEST_INPUT = {"mlp": 1, "cnn": 4, "vgg": 8, "resnet20": 1, "resnet18": 1, "tiny_cnn": 4, "lenet5": 12}
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_check_input_shape_accepts_every_model_down_to_its_smallest_input(name):
+    model = models.create_model(name, 10)
+    channels = models.default_input_shape(name)[-1]
+    models.check_input_shape(model, models.default_input_shape(name))
+    size = SMALLEST_INPUT[name]
+    models.check_input_shape(model, (size, size, channels))
+    if size > 1:
+        with pytest.raises(JaxcnnError, match="model layer"):
+            models.check_input_shape(model, (size - 1, size - 1, channels))
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (0, 28, 1), (28.0, 28, 1), "28x28x1"])
+def test_check_input_shape_refuses_what_is_not_a_shape(shape):
+    with pytest.raises(JaxcnnError, match="input shape"):
+        models.check_input_shape(models.create_model("mlp", 10), shape)
+
+
 @pytest.mark.parametrize("num_classes", [0, 2.5, True])
 def test_bad_num_classes_raises(num_classes):
     with pytest.raises(JaxcnnError, match="classes"):

@@ -10,11 +10,11 @@ import dataclasses
 import numbers
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from jaxcnn.data import download, synthetic, tfds
+from jaxcnn.data import cifar, digits, download, mnist, synthetic, tfds
 from jaxcnn.data.cifar import load_cifar10, load_cifar100
 from jaxcnn.data.digits import load_digits
 from jaxcnn.data.mnist import load_fashion_mnist, load_mnist
@@ -22,7 +22,7 @@ from jaxcnn.data.splits import Split, check_val_fraction, train_val_split
 from jaxcnn.errors import JaxcnnError
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name",
-           "list_datasets", "load_dataset", "resolve_data_dir", "train_val_split"]
+           "expected_input_shape", "list_datasets", "load_dataset", "resolve_data_dir", "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
 
@@ -47,11 +47,13 @@ class Dataset:
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
     """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names);
-    `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`)."""
+    `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`);
+    `image_shape` is the (H, W, C) of its images when it is fixed (None: set by its options)."""
 
     load: Callable[..., tuple[Split, Split, tuple[str, ...]]]
     options: tuple[str, ...] = ()
     fetch: Callable[[str | os.PathLike | None], None] | None = None
+    image_shape: tuple[int, int, int] | None = None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -70,14 +72,14 @@ def _downloader(name: str) -> Callable[[str | os.PathLike | None], None]:
 
 DATASETS = MappingProxyType({
     "cifar10": DatasetSource(lambda data_dir, seed: load_cifar10(resolve_data_dir(data_dir)),
-                             fetch=_downloader("cifar10")),
+                             fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
-                              fetch=_downloader("cifar100")),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits()),
+                              fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
-                                   fetch=_downloader("fashion_mnist")),
+                                   fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
-                           fetch=_downloader("mnist")),
+                           fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
                                options=synthetic.OPTIONS),
 })
@@ -95,6 +97,18 @@ def check_dataset_name(name: object) -> None:
     raise JaxcnnError(
         f"dataset.name: unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}, "
         f"or {tfds.PREFIX}NAME for a TensorFlow-Datasets dataset; pick one of those")
+
+
+def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """The (H, W, C) of the images the dataset of config section `section` (`config.dataset`) will
+    have, known before loading it: fixed for the built-in datasets, `image_shape` for synthetic;
+    None where only loading tells (`tfds:NAME`). Lets the model's shapes be checked before any data
+    loads (`models.check_input_shape`)."""
+    name = section["name"]
+    check_dataset_name(name)
+    if name == "synthetic":
+        return synthetic.check_image_shape(section["image_shape"])
+    return DATASETS[name].image_shape if name in DATASETS else None
 
 
 def _source(name: str) -> DatasetSource:

@@ -26,6 +26,7 @@ import numpy as np
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
 
+IMAGE_SHAPE = (32, 32, 3)
 PIXEL_BYTES = 32 * 32 * 3
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                        "dog", "frog", "horse", "ship", "truck")

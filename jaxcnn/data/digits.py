@@ -7,6 +7,7 @@ import numpy as np
 from jaxcnn.data.splits import Split, stratified_holdout
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
+IMAGE_SHAPE = (8, 8, 1)
 TEST_FRACTION = 0.2
 # Fixed, not the run seed: every run must be scored on the same test split.
 TEST_SEED = 0

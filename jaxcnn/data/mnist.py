@@ -7,6 +7,7 @@ from pathlib import Path
 from jaxcnn.data.idx import load_idx_dataset
 from jaxcnn.data.splits import Split
 
+IMAGE_SHAPE = (28, 28, 1)  # both datasets
 MNIST_CLASS_NAMES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

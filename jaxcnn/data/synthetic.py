@@ -21,7 +21,7 @@ NOISE_STD = 48.0
 def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
                    num_train: int = 1024, num_test: int = 256) -> tuple[Split, Split, tuple[str, ...]]:
     """(train, test, class_names), all drawn from `np.random.default_rng(seed)`; classes are balanced."""
-    shape = _check_image_shape(image_shape)
+    shape = check_image_shape(image_shape)
     for key, value in (("num_classes", num_classes), ("num_train", num_train), ("num_test", num_test)):
         _check_positive_int(key, value)
     rng = np.random.default_rng(seed)
@@ -41,7 +41,7 @@ def _check_positive_int(key: str, value: object) -> None:
         raise JaxcnnError(f"dataset.{key}: expected a positive integer, got {value!r}; set e.g. dataset.{key}=10")
 
 
-def _check_image_shape(value: object) -> tuple[int, int, int]:
+def check_image_shape(value: object) -> tuple[int, int, int]:
     ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
           and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value))
     if not ok:

@@ -5,6 +5,8 @@ are the family's fields, so `config.model = {"name": name, **model_defaults(name
 """
 
 import dataclasses
+from numbers import Integral
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -98,3 +100,22 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_
 def count_params(params: Any) -> int:
     """The number of scalars in a params pytree."""
     return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Raise one `JaxcnnError` line unless `model` can take images of `input_shape` (H, W, C).
+
+    Every layer is traced over the shape (`jax.eval_shape` of `init`: nothing computed or
+    allocated), so a kernel, dilated kernel or pool window larger than its layer's input is named
+    with its layer and sizes (`layers.check_window_fits`) before any data loads or step compiles,
+    whatever `conv_impl` computes the convolutions.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise JaxcnnError(f"invalid input shape {input_shape!r}; expected 3 positive ints (height, width, "
+                          "channels)")
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    try:
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    except JaxcnnError as e:
+        raise JaxcnnError(f"input shape {'x'.join(map(str, shape))}: {e}") from e

@@ -74,7 +74,8 @@ class ConvNet(nn.Module):
         act = layers.get_activation(self.activation, self.negative_slope)
         pad = self.input_padding
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        for block in self.blocks:
+        convs = 0
+        for number, block in enumerate(self.blocks, start=1):
             for features in block:
                 x = layers.conv(
                     x, features, self.kernel_size, strides=self.strides, padding=self.padding,
@@ -84,7 +85,10 @@ class ConvNet(nn.Module):
                 if self.batch_norm:
                     x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)
                 x = act(x)
-            x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding)
+                convs += 1
+            after = f" (after Conv_{convs - 1})" if convs else ""
+            x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding,
+                            layer=f"pool of block {number}{after}")
         x = x.reshape((x.shape[0], -1))
         for features in self.hidden:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
