@@ -7,7 +7,7 @@ build through here, so they cannot disagree on what a config means.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from jaxcnn.config import model_options
 from jaxcnn.data.device import normalize
 from jaxcnn.data.normalization import Stat
 from jaxcnn.executor import Prepare
+from jaxcnn.members import sweep_of
 from jaxcnn.state import TrainState, create_train_state
 
 
@@ -31,9 +32,12 @@ class Parts:
     tx: optax.GradientTransformation
     loss_fn: Callable
 
-    def init_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> TrainState:
-        """The initial state (parameters from `config.seed`) for inputs of `input_shape` (H, W, C)."""
-        return create_train_state(self.model, self.tx, self.loss_fn, input_shape, config.seed, config.loss.l2)
+    def init_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
+                   seed: Any = None) -> TrainState:
+        """The initial state (parameters from `config.seed`, or `seed`: a member's, possibly traced)
+        for inputs of `input_shape` (H, W, C)."""
+        return create_train_state(self.model, self.tx, self.loss_fn, input_shape,
+                                  config.seed if seed is None else seed, config.loss.l2)
 
     def abstract_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> TrainState:
         """The state's shapes and dtypes only (nothing computed), e.g. to restore a checkpoint into."""
@@ -46,9 +50,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     `bn_axis_name`: BatchNorm's cross-device axis, under pmap (`Executor.bn_axis_name`)."""
     model = models.create_model(config.model.name, num_classes, dtype=precision.compute_dtype(config.dtype),
                                 bn_axis_name=bn_axis_name, **model_options(config))
+    swept = sweep_of(config)  # swept values become arrays inside the step (jaxcnn.members)
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
-                                config.grad_accum_steps)
-    loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing)
+                                config.grad_accum_steps, sweep_weight_decay="optimizer.weight_decay" in swept)
+    loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing,
+                                              sweep_label_smoothing="loss.label_smoothing" in swept)
     return Parts(model, tx, loss_fn)
 
 

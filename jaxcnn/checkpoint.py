@@ -199,6 +199,12 @@ def read_arrays(manager: ocp.CheckpointManager, step: int, like: dict[str, Any])
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like))))["state"]
 
 
+def _members_text(members: list[dict] | None) -> str:
+    if not members:
+        return "a single run"
+    return f"{len(members)} members (seeds {', '.join(str(m['seed']) for m in members[:8])}{', ...' * (len(members) > 8)})"
+
+
 class Checkpointer:
     """The training loop's side of checkpointing: save, restore the latest good step, stop on signal.
 
@@ -260,8 +266,10 @@ class Checkpointer:
             state=ocp.args.StandardSave({"train_state": state, "totals": totals}),
             meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
 
-    def restore_latest(self, state: Any, totals: dict[str, Any]) -> tuple[Any, dict[str, Any], LoopState] | None:
+    def restore_latest(self, state: Any, totals: dict[str, Any], loop_from_json: Callable[[dict], Any] = LoopState.from_json
+                       ) -> tuple[Any, dict[str, Any], LoopState] | None:
         """The newest readable step as (state, totals, loop), or None when there is none.
+        `loop_from_json` reads the loop's record (a run of members keeps one per member).
 
         An unreadable step (truncated or corrupted files) is reported on stderr and the step
         before it is tried; once a good step is found, the unreadable newer ones are moved to
@@ -273,7 +281,7 @@ class Checkpointer:
             try:
                 meta = read_meta(self.manager, step)
                 restored = read_arrays(self.manager, step, {"train_state": state, "totals": totals})
-                loop = LoopState.from_json(meta["loop"])
+                loop = loop_from_json(meta["loop"])
             except Exception as e:  # any failure to read a step means that step is unusable
                 print(f"jaxcnn: warning: checkpoint step {step} cannot be read ({type(e).__name__}: "
                       f"{str(e)[:200]}); trying the step before it", file=sys.stderr, flush=True)
@@ -283,6 +291,10 @@ class Checkpointer:
                 raise JaxcnnError(f"checkpoint step {step} in {self.manager.directory} is for input shape "
                                   f"{tuple(meta['input_shape'])}, the dataset gives "
                                   f"{tuple(self.static_meta['input_shape'])}; pass --fresh to start a new run")
+            if meta.get("members") != self.static_meta.get("members"):
+                raise JaxcnnError(f"checkpoint step {step} in {self.manager.directory} is for "
+                                  f"{_members_text(meta.get('members'))}, this config trains "
+                                  f"{_members_text(self.static_meta.get('members'))}; pass --fresh to start a new run")
             for bad_step, _ in unreadable:
                 self._set_aside(bad_step)
             self.best_step = meta["best_step"]

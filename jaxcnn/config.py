@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import augment, checkpoint, models, optim
+from jaxcnn import augment, checkpoint, members, models, optim
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import PARALLEL
@@ -61,6 +61,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     """
     config = ml_collections.ConfigDict(type_safe=False)
     config.seed = 0
+    config.seeds = None  # N or (s0, s1, ...): one member per seed in one program (jaxcnn/members.py)
     config.batch_size = 128
     config.eval_batch_size = 1000
     config.num_epochs = 10
@@ -83,6 +84,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
         {"enabled": False, "monitor": "val_loss", "patience": 3, "min_delta": 0.0,
          "restore_best": True}, type_safe=False)
     config.checkpoint = ml_collections.ConfigDict(checkpoint.default_checkpoint_config(), type_safe=False)
+    config.sweep = members.sweep_section()  # sweep.KEY=(v0, v1, ...): members per value (jaxcnn/members.py)
     return config
 
 
@@ -276,6 +278,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
                     config.dataset = dataset_section(name, **keep)
                 config.lock()
             continue
+        if key.startswith("sweep.") and key[len("sweep."):] not in members.SWEEPABLE:
+            raise JaxcnnError(members.not_sweepable(key[len("sweep."):]))
         parent, leaf = _lookup_parent(config, key)
         if isinstance(parent[leaf], ml_collections.ConfigDict):
             raise JaxcnnError(f"config key '{key}' is a section; set one of its keys, e.g. "
@@ -379,6 +383,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise JaxcnnError(f"early_stopping.patience must be a positive integer, got {stopping.patience!r}")
     if stopping.enabled and config.dataset.val_fraction == 0:
         raise JaxcnnError("early_stopping.enabled needs a validation split; set dataset.val_fraction > 0")
+    members.members_of(config)  # seeds and sweep values
 
 
 def check_finite(config: ml_collections.ConfigDict) -> None:

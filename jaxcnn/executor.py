@@ -149,6 +149,26 @@ def predict_body(prepare: Prepare, loss_name: str, top_k: int, constrain: Callab
     return call
 
 
+def over_members(body: Callable) -> Callable:
+    """`body` (`train_body`, `eval_body`, `predict_body`) for a stack of independent members
+    (`jaxcnn.members`): `jax.vmap` over the leading axis of its state (and totals) and of every
+    input but the shared split (`WHOLE_KEYS`); the call's start and step count are shared. An
+    `active` input (one flag per member) keeps a stopped member's state and totals as they were."""
+
+    def call(*args, num_steps):
+        *own, inputs, start = args
+        inputs = dict(inputs)
+        active = inputs.pop("active", None)
+        axes = {key: None if key in WHOLE_KEYS else 0 for key in inputs}
+        out = jax.vmap(lambda *a: body(*a, start, num_steps), in_axes=(*[0] * len(own), axes))(*own, inputs)
+        if active is None:
+            return out
+        keep = lambda new, old: jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
+        return jax.tree.map(keep, out, tuple(own))
+
+    return call
+
+
 @dataclasses.dataclass(frozen=True)
 class Calls:
     """The compiled calls of one run (`Executor.compile`); `programs` holds the jitted functions
@@ -270,17 +290,23 @@ class Executor:
     # ------------------------------------------------------------------------ compiling the calls
 
     def compile(self, prepare_train: Prepare, prepare_eval: Prepare, loss_name: str, top_k: int,
-                unroll: bool | int | None = None) -> Calls:
-        """The run's three compiled calls; the parallel mapping applied here and nowhere else."""
+                unroll: bool | int | None = None, members: bool = False) -> Calls:
+        """The run's three compiled calls; the parallel mapping applied here and nowhere else.
+        `members`: the state is a stack of members, each call vmapped over them (`over_members`)."""
         axis = AXIS if self.per_device else None
         # Under jit the batch is global: keep it split along the examples like its inputs.
         rows = NamedSharding(self.mesh, P(AXIS))
         constrain = ((lambda batch: batch) if self.per_device or self.num_devices == 1
                      else (lambda batch: lax.with_sharding_constraint(batch, rows)))
+        if members and self.num_devices > 1:
+            raise JaxcnnError(f"seeds and sweeps run their members on one device; set parallel=none "
+                              f"(this run has {self.num_devices} devices, parallel={self.name})")
+        mapped = over_members if members else (lambda body: body)
         programs = {
-            "train": self._jit(train_body(prepare_train, axis, constrain, unroll), (0, 1), 2, "state"),
-            "evaluate": self._jit(eval_body(prepare_eval, axis, constrain, unroll), (1,), 2, "totals"),
-            "predict": self._jit(predict_body(prepare_eval, loss_name, top_k, constrain, unroll), (), 1, "outputs"),
+            "train": self._jit(mapped(train_body(prepare_train, axis, constrain, unroll)), (0, 1), 2, "state"),
+            "evaluate": self._jit(mapped(eval_body(prepare_eval, axis, constrain, unroll)), (1,), 2, "totals"),
+            "predict": self._jit(mapped(predict_body(prepare_eval, loss_name, top_k, constrain, unroll)), (), 1,
+                                 "outputs"),
         }
         return Calls(programs, self.wait)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcnn import checkpoint, data, models, optim
+from jaxcnn import checkpoint, data, members, models, optim
 from jaxcnn.build import build, make_prepare
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
@@ -50,6 +50,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     several processes: at the next logging or saving step, all processes together) and raise
     `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
     """
+    if members.is_multi(config):  # seeds or a sweep: members in one program (jaxcnn/members_loop.py)
+        from jaxcnn.members_loop import train_members
+        return train_members(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh)
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh)
     try:
         while loop.epoch <= run.config.num_epochs and not loop.stopped_early:

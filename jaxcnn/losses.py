@@ -70,14 +70,19 @@ def _check_loss_name(name: str) -> None:
 
 
 def make_classification_loss(
-    name: str, num_classes: int, label_smoothing: float = 0.0
+    name: str, num_classes: int, label_smoothing: float = 0.0, sweep_label_smoothing: bool = False
 ) -> ClassificationLoss:
     """The per-example training loss `(logits, int_labels) -> (batch,)` for integer class labels.
 
     `mse` and `l1` compare softmax probabilities with one-hot targets (Keras' softmax output
     layer); `binary_cross_entropy` treats each class as an independent sigmoid.
+    `sweep_label_smoothing`: the loss takes the smoothing as a third argument, an array (one value
+    per member of a sweep, `jaxcnn.members`); cross-entropy only.
     """
     _check_loss_name(name)
+    if sweep_label_smoothing:
+        return lambda logits, labels, smoothing: optax.softmax_cross_entropy(
+            logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing))
     if not 0.0 <= label_smoothing < 1.0:
         raise JaxcnnError(
             f"loss.label_smoothing must be in [0, 1), got {label_smoothing}; "

@@ -183,16 +183,19 @@ def _kernels_only(params):
 
 
 def _make_factory(opt: dict):
-    """The inner factory for `inject_hyperparams`; all settings but the lr hyperparams are fixed."""
-    name, momentum, wd = opt["name"], opt["momentum"], opt["weight_decay"]
+    """The inner factory for `inject_hyperparams`; all settings but the lr hyperparams are fixed
+    (and the weight decay, when it is given as a hyperparameter: a swept one, `jaxcnn.members`)."""
+    name, momentum = opt["name"], opt["momentum"]
 
-    def factory(learning_rate: jax.Array, lr_scale: jax.Array) -> optax.GradientTransformation:
+    def factory(learning_rate: jax.Array, lr_scale: jax.Array,
+                weight_decay: jax.Array | None = None) -> optax.GradientTransformation:
         lr = learning_rate * lr_scale
+        wd = opt["weight_decay"] if weight_decay is None else weight_decay
         clip = (
             [optax.clip_by_global_norm(opt["grad_clip_norm"])] if opt["grad_clip_norm"] > 0 else []
         )
         # Decoupled decay: added after the preconditioner, so it is scaled by the lr only.
-        decay = [optax.add_decayed_weights(wd, mask=_kernels_only)] if wd > 0 else []
+        decay = [optax.add_decayed_weights(wd, mask=_kernels_only)] if weight_decay is not None or wd > 0 else []
         trace = [optax.trace(momentum, nesterov=opt["nesterov"])] if momentum > 0 else []
         if name == "sgd":
             parts = [*trace, *decay, optax.scale_by_learning_rate(lr)]
@@ -224,6 +227,7 @@ def create_optimizer(
     steps_per_epoch: int,
     num_epochs: int,
     grad_accum_steps: int = 1,
+    sweep_weight_decay: bool = False,
 ) -> optax.GradientTransformation:
     """Validate both sections, then build the optimizer with the scheduled lr and `lr_scale` = 1.
 
@@ -245,7 +249,8 @@ def create_optimizer(
         raise JaxcnnError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
     updates_per_epoch = max(1, round(steps_per_epoch / grad_accum_steps))
     schedule = _make_schedule(opt["learning_rate"], sched, updates_per_epoch, num_epochs)
-    tx = optax.inject_hyperparams(_make_factory(opt))(learning_rate=schedule, lr_scale=1.0)
+    swept = {"weight_decay": opt["weight_decay"]} if sweep_weight_decay else {}
+    tx = optax.inject_hyperparams(_make_factory(opt))(learning_rate=schedule, lr_scale=1.0, **swept)
     if grad_accum_steps > 1:
         # learning_rate_in_effect / set_lr_scale find the hyperparams inside MultiSteps' inner state.
         tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps).gradient_transformation()
@@ -269,6 +274,13 @@ def set_lr_scale(opt_state, scale: float):
     """A copy of `opt_state` whose next updates use lr = schedule(step) * scale."""
     hyperparams = _hyperparams(opt_state)
     new = {**hyperparams, "lr_scale": jnp.asarray(scale, hyperparams["lr_scale"].dtype)}
+    return optax.tree_utils.tree_set(opt_state, hyperparams=new)
+
+
+def set_hyperparam(opt_state, name: str, value):
+    """A copy of `opt_state` with the injected numeric hyperparameter `name` set to `value`."""
+    hyperparams = _hyperparams(opt_state)
+    new = {**hyperparams, name: jnp.asarray(value, hyperparams[name].dtype)}
     return optax.tree_utils.tree_set(opt_state, hyperparams=new)
 
 

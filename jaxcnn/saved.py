@@ -101,6 +101,10 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
         if not manager.all_steps():
             raise JaxcnnError(f"{directory} holds no committed checkpoint; train longer or resume the run first")
         latest_meta = _read(checkpoint.read_meta, manager, manager.latest_step(), directory)
+        if latest_meta.get("members"):
+            raise JaxcnnError(f"workdir '{workdir}' trained {len(latest_meta['members'])} members in one program "
+                              "(seeds or a sweep); eval, predict and export read a single run: each member's test "
+                              "numbers are in its summary.json (members)")
         config = config_from_json(json.dumps(latest_meta["config"]))
         chosen = _choose_step(manager, step, latest_meta, config, directory)
         meta = _read(checkpoint.read_meta, manager, chosen, directory)

@@ -36,6 +36,24 @@ class TrainState(struct.PyTreeNode):
         return variables
 
 
+class SweptTrainState(TrainState):
+    """The state of a member of a sweep of loss values (`jaxcnn.members`): `hyper` holds them,
+    arrays inside the step ("label_smoothing", "l2"). A single run's `TrainState` has none, so its
+    pytree (and its checkpoints) are as they were."""
+
+    hyper: dict[str, jax.Array] = struct.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, state: TrainState, hyper: dict[str, jax.Array]) -> SweptTrainState:
+        fields = {name: getattr(state, name) for name in state.__dataclass_fields__}
+        return cls(**{**fields, "hyper": {**fields.get("hyper", {}), **hyper}})
+
+
+def hyper_of(state: TrainState) -> dict[str, jax.Array]:
+    """The swept loss values of a state (`SweptTrainState.hyper`); none for a `TrainState`."""
+    return getattr(state, "hyper", {})
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,

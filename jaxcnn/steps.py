@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcnn import losses, optim
-from jaxcnn.state import TrainState
+from jaxcnn.state import TrainState, hyper_of
 
 Metrics = dict[str, jax.Array]
 
@@ -33,8 +33,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
         outputs, updates = state.apply_fn(
             state.variables(params), batch["image"], train=True,
             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        loss = state.loss_fn(outputs, batch["label"]).mean()
-        penalty = state.l2 * losses.l2_penalty(params) if state.l2 else 0.0
+        loss = loss_of(state)(outputs, batch["label"]).mean()
+        hyper = hyper_of(state)
+        l2 = hyper.get("l2", state.l2)
+        penalty = l2 * losses.l2_penalty(params) if "l2" in hyper or state.l2 else 0.0
         return loss + penalty, (loss, outputs, updates.get("batch_stats", {}))
 
     grads, (loss, logits, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
@@ -55,6 +57,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
     return new_state, metrics
+
+
+def loss_of(state: TrainState):
+    """The state's per-example loss `(logits, labels)`; with a swept label smoothing, the member's."""
+    smoothing = hyper_of(state).get("label_smoothing")
+    if smoothing is None:
+        return state.loss_fn
+    return lambda logits, labels: state.loss_fn(logits, labels, smoothing)
 
 
 def zero_train_totals() -> Metrics:
@@ -79,7 +89,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
-        "loss_sum": jnp.sum(state.loss_fn(logits, batch["label"]) * mask),
+        "loss_sum": jnp.sum(loss_of(state)(logits, batch["label"]) * mask),
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }

@@ -50,12 +50,20 @@ def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split
     With no validation examples, `split` itself is the train part (no copy: it may be memory-mapped).
     """
     check_val_fraction(val_fraction)
-    n = len(split)
+    train, val = train_val_indices(len(split), val_fraction, seed)
+    if len(val) == 0:
+        return split, split.take(val)
+    return split.take(train), split.take(val)
+
+
+def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int32 indices (train, validation) of `train_val_split` for a split of `n` examples:
+    the same examples, as indices (several seeds' splits of one pool cost only these arrays)."""
     n_val = min(round(n * val_fraction), max(n - 1, 0))
     if n_val == 0:
-        return split, split.take(np.arange(0))
+        return np.arange(n, dtype=np.int32), np.arange(0, dtype=np.int32)
     order = np.random.default_rng(seed).permutation(n)
-    return split.take(np.sort(order[n_val:])), split.take(np.sort(order[:n_val]))
+    return np.sort(order[n_val:]).astype(np.int32), np.sort(order[:n_val]).astype(np.int32)
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,98 @@
+"""Seeds in one program (`config.seeds`, jaxcnn/members.py): each member is the single run of its
+seed (within the tolerance vmap's batched matmuls allow), bitwise repeatable, resumable."""
+
+import json
+import os
+import pathlib
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxcnn import checkpoint, writers
+from jaxcnn.config import load_config
+from jaxcnn.loop import train_and_evaluate
+from jaxcnn.saved import load_saved_model
+from jaxcnn.writers import read_jsonl, without_timing
+
+# mnist_mlp's model and optimizer (Dense 512, RMSprop 1e-3) on the bundled digits: 40 steps per epoch.
+MLP = ["model.name=mlp", "model.hidden=(512,)", "optimizer.name=rmsprop", "optimizer.learning_rate=0.001",
+       "schedule.name=constant", "num_epochs=1", "log_every_steps=15"]
+SEEDS = (0, 3, 7)
+
+
+def member_params(workdir):
+    """Each member's parameters (stacked) from the run's latest checkpoint, as NumPy arrays."""
+    manager = checkpoint.open_manager(pathlib.Path(workdir) / checkpoint.CHECKPOINT_DIR, read_only=True)
+    try:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    return jax.tree.map(np.asarray, restored["state"]["train_state"]["state"]["params"])
+
+
+def records(workdir):
+    return [without_timing(r) for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("members") / "run"
+    return workdir, train_and_evaluate(load_config("digits_cnn", MLP + [f"seeds={SEEDS}"]), workdir, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    runs = {}
+    for seed in SEEDS:
+        workdir = tmp_path_factory.mktemp(f"single{seed}") / "run"
+        runs[seed] = workdir, train_and_evaluate(load_config("digits_cnn", MLP + [f"seed={seed}"]), workdir, quiet=True)
+    return runs
+
+
+def test_each_member_matches_the_single_run_of_its_seed_within_1e_4_after_one_epoch(seeds_run, single_runs):
+    workdir, summary = seeds_run
+    stacked = member_params(workdir)
+    assert [m["seed"] for m in summary["members"]] == list(SEEDS)
+    for index, seed in enumerate(SEEDS):
+        single_dir, single = single_runs[seed]
+        member = summary["members"][index]
+        assert abs(member["test_accuracy"] - single["test_accuracy"]) <= 0.001
+        assert abs(member["best_val_accuracy"] - single["best_val_accuracy"]) <= 0.001
+        solo = jax.tree.map(np.asarray, load_saved_model(single_dir, "latest").state.params)
+        mine = jax.tree.map(lambda leaf: leaf[index], stacked)
+        differences = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), mine, solo))
+        assert max(differences) < 1e-4
+    assert summary["num_val"] == single_runs[0][1]["num_val"] and summary["num_train"] == single_runs[0][1]["num_train"]
+
+
+def test_members_records_carry_their_member_and_follow_the_single_runs(seeds_run, single_runs):
+    mine = records(seeds_run[0])
+    for index, seed in enumerate(SEEDS):
+        solo = records(single_runs[seed][0])
+        own = [{k: v for k, v in r.items() if k != "member"} for r in mine if r["member"] == index]
+        assert [(r["event"], r["step"]) for r in own] == [(r["event"], r["step"]) for r in solo]
+        for a, b in zip(own, solo):
+            assert a.keys() == b.keys()
+            assert all(abs(a[k] - b[k]) < 1e-3 for k in a if isinstance(a[k], float))
+
+
+def test_a_run_of_members_repeats_bitwise(seeds_run, tmp_path):
+    train_and_evaluate(load_config("digits_cnn", MLP + [f"seeds={SEEDS}"]), tmp_path / "again", quiet=True)
+    assert records(tmp_path / "again") == records(seeds_run[0])
+    first, again = member_params(seeds_run[0]), member_params(tmp_path / "again")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
+
+
+def test_the_summary_aggregates_the_members_over_the_seeds(seeds_run):
+    summary = seeds_run[1]
+    (group,) = summary["aggregate"]
+    accuracies = [m["test_accuracy"] for m in summary["members"]]
+    stats = group["metrics"]["test_accuracy"]
+    assert group["seeds"] == list(SEEDS) and stats["n"] == 3
+    assert stats["mean"] == pytest.approx(np.mean(accuracies)) and summary["test_accuracy"] == stats["mean"]
+    assert stats["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert stats["min"] == min(accuracies) and stats["max"] == max(accuracies)
+    assert stats["ci95"][0] < stats["mean"] < stats["ci95"][1]
