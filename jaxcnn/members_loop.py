@@ -178,7 +178,8 @@ def log(run: MembersRun, state: Any, loop: MembersLoop) -> None:
     config, active = run.config, loop.active()
     fetched = jax.device_get(run.totals)
     rate = run.clock.log_rate(loop.step, config.batch_size * run.num_members)
-    loss, accuracy = fetched["loss"] / fetched["steps"], fetched["accuracy"] / fetched["steps"]
+    steps = np.maximum(fetched["steps"], 1)  # a stopped member's sums stay 0
+    loss, accuracy = fetched["loss"] / steps, fetched["accuracy"] / steps
     if due(loop.step, config.log_every_steps):
         rates = np.asarray(jax.device_get(optim.learning_rate_in_effect(state.opt_state)))
         for m in np.flatnonzero(active):

@@ -46,19 +46,19 @@ def finish(run: Any, state: Any, loop: MembersLoop) -> dict[str, Any]:
                           "test_loss": float(test["loss"][m]), "test_accuracy": float(test["accuracy"][m]), **extra,
                           "wall_time_s": run.clock.wall()})
         summaries.append(member_summary(member, member_loop, run.has_val, float(test["loss"][m]),
-                                        float(test["accuracy"][m]), extra))
+                                        float(test["accuracy"][m]), extra, config.num_epochs))
     summary = summarize(run, state, loop, summaries, int(test["count"][0]))
     run.writer.write_json("summary.json", summary)
     return summary
 
 
 def member_summary(member: Member, loop: Any, has_val: bool, test_loss: float, test_accuracy: float,
-                   extra: dict[str, float]) -> dict[str, Any]:
+                   extra: dict[str, float], num_epochs: int) -> dict[str, Any]:
     return {**member.to_json(), "test_accuracy": test_accuracy, "test_loss": test_loss, **extra,
             "best_val_accuracy": loop.best_val_accuracy if has_val else None,
             "best_val_loss": loop.best_val_loss if has_val else None,
             "best_epoch": loop.stopping.best_epoch if has_val else None,
-            "epochs_run": loop.epochs_run, "stopped_early": loop.stopped_early, "steps": loop.step}
+            "epochs_run": loop.epochs_run, "stopped_early": loop.epochs_run < num_epochs, "steps": loop.step}
 
 
 def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

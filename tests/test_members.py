@@ -96,3 +96,55 @@ def test_the_summary_aggregates_the_members_over_the_seeds(seeds_run):
     assert stats["std"] == pytest.approx(np.std(accuracies, ddof=1))
     assert stats["min"] == min(accuracies) and stats["max"] == max(accuracies)
     assert stats["ci95"][0] < stats["mean"] < stats["ci95"][1]
+
+
+# Early stopping (patience 1 on val_accuracy, min_delta 0.02) and plateau decay (patience 1) both
+# per member: with tiny hidden layers the seeds stop at different epochs.
+STOPPING = ["model.name=mlp", "model.hidden=(16,)", "num_epochs=6", "schedule.name=plateau",
+            "schedule.plateau_patience=1", "schedule.plateau_factor=0.5", "early_stopping.enabled=true",
+            "early_stopping.monitor=val_accuracy", "early_stopping.patience=1", "early_stopping.min_delta=0.02"]
+
+
+def test_each_member_stops_early_and_decays_on_plateau_as_the_single_run_of_its_seed(tmp_path):
+    seeds = (0, 1, 2)
+    summary = train_and_evaluate(load_config("digits_cnn", STOPPING + [f"seeds={seeds}"]), tmp_path / "m", quiet=True)
+    mine = records(tmp_path / "m")
+    for index, seed in enumerate(seeds):
+        single = train_and_evaluate(load_config("digits_cnn", STOPPING + [f"seed={seed}"]), tmp_path / f"s{seed}",
+                                    quiet=True)
+        member = summary["members"][index]
+        assert (member["epochs_run"], member["stopped_early"], member["best_epoch"]) == \
+            (single["epochs_run"], single["stopped_early"], single["best_epoch"])
+        assert abs(member["test_accuracy"] - single["test_accuracy"]) <= 0.001
+        epochs = [r for r in records(tmp_path / f"s{seed}") if r["event"] == "epoch"]
+        own = [r for r in mine if r["event"] == "epoch" and r["member"] == index]
+        assert [r["learning_rate"] for r in own] == pytest.approx([r["learning_rate"] for r in epochs], rel=1e-6)
+    assert len({m["epochs_run"] for m in summary["members"]}) > 1  # the members stopped at different epochs
+
+
+def test_a_run_of_members_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    """SIGTERM during a call: the run saves the stacked state after it; resuming (with another
+    steps_per_call) finishes bitwise like the straight run. Dropout: each member's keys resume too."""
+    overrides = MLP + ["model.hidden=(32,)", "model.dropout=0.1", "num_epochs=2", f"seeds={SEEDS}"]
+    train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "straight", quiet=True)
+    original, seen = writers.Progress.step, []
+
+    def step_and_signal(self, epoch, num_steps=1):
+        original(self, epoch, num_steps)
+        seen.append(num_steps)
+        if sum(seen) >= 50 and not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    with pytest.raises(checkpoint.TrainingInterrupted) as stopped:
+        train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=4"]), tmp_path / "run", quiet=True)
+    assert 50 <= stopped.value.step < 54
+    monkeypatch.setattr(writers.Progress, "step", original)
+    summary = train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=5"]), tmp_path / "run",
+                                 quiet=True)
+    assert summary["steps"] == 80
+    assert records(tmp_path / "run") == records(tmp_path / "straight")
+    straight, resumed = member_params(tmp_path / "straight"), member_params(tmp_path / "run")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["members"] == summary["members"]
