@@ -229,7 +229,10 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except TrainingInterrupted as stop:
         print(f"jaxcnn: {stop}", file=sys.stderr)
         return 0
-    if is_main_process():
+    if is_main_process() and "members" in summary:  # seeds or a sweep (jaxcnn/members.py)
+        from jaxcnn.members_summary import summary_lines
+        print("\n".join(summary_lines(summary, workdir)))
+    elif is_main_process():
         print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
               f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
               f"{summary['wall_time_s']:.1f} s)  workdir {workdir}")

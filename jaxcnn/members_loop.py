@@ -32,7 +32,8 @@ from jaxcnn.executor import Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.loop import Clock, Run, interrupt
 from jaxcnn.loop_state import due
-from jaxcnn.members_feed import make_member_feeds
+from jaxcnn.members_feed import MembersFeed, make_member_feeds
+from jaxcnn.members_memory import available_bytes, check_fits, member_bytes
 from jaxcnn.members_state import MembersLoop, keep_best, stacked_zeros
 from jaxcnn.metrics import TOP_K
 from jaxcnn.steps import zero_eval_sums, zero_train_totals
@@ -99,12 +100,12 @@ def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, se
 
 def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
                       quiet: bool, fresh: bool) -> tuple[MembersRun, Any, MembersLoop]:
-    """`loop.build_run` for members: the stacked state, vmapped calls, one tracker per member."""
+    """`loop.build_run` for members: the stacked state, vmapped calls, one tracker per member.
+    A run that would not fit in memory is refused before the workdir is touched."""
     validate_config(config)
     member_list = members.members_of(config)
     executor = Executor("none" if config.parallel == "auto" else config.parallel)
     workdir, resuming = choose_workdir(workdir, config, fresh)
-    workdir = prepare_workdir(workdir)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
     keep_freed_host_memory()
@@ -115,32 +116,56 @@ def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.
     models.check_input_shape(parts.model, dataset.input_shape)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
                              config.loss.name, TOP_K, members=True)
-    init_one = lambda seed: parts.init_state(config, dataset.input_shape, seed=seed)
-    state = executor.put(members.init_members(init_one, member_list, config.optimizer.learning_rate))
-    totals = executor.put(stacked_zeros(zero_train_totals(), len(member_list)))
-    loop = MembersLoop.start(config, len(member_list))
-    saver = checkpoint.Checkpointer(workdir, config, {
+    init = lambda member_list: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
+                                                    member_list, config.optimizer.learning_rate)
+    tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
+    if len(member_list) > 1:
+        check_memory(calls, feeds, executor.put(init(member_list[:1])), len(member_list), config.batch_size,
+                     tracks_best)
+    saver = checkpoint.Checkpointer(prepare_workdir(workdir), config, {
         "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch,
         "members": [m.to_json() for m in member_list]}, watch_signals=True)
-    tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
-    best = executor.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats))) if tracks_best else None
-    writer_args = dict(tensorboard=config.logging.tensorboard, quiet=quiet,
-                       total_steps=steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs)
-    run = MembersRun(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, None, clock, totals,
-                     best, member_list)
-    restored = saver.restore_latest(run.saved(state), totals, MembersLoop.from_json) if resuming else None
+    run = MembersRun(config, saver.workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, None, clock,
+                     executor.put(stacked_zeros(zero_train_totals(), len(member_list))), None, member_list)
+    state, loop = start_or_resume(run, executor.put(init(member_list)), resuming, tracks_best, quiet)
+    return run, state, loop
+
+
+def check_memory(calls: Any, feeds: dict[str, MembersFeed], one_state: Any, num_members: int, batch_size: int,
+                 tracks_best: bool) -> None:
+    """Refuses (one line) a run whose members would not fit: one member measured (`members_memory`)."""
+    train = feeds["train"]
+    one = MembersFeed(train.arrays, train.indices[:1], train.seeds[:1], train.executor)
+    inputs, start = next(iter(one.train_calls(1, batch_size, [(0, 1)])))
+    totals = train.executor.put(stacked_zeros(zero_train_totals(), 1))
+    arguments = (one_state, totals, {**inputs, "active": train.executor.put(np.ones(1, bool))}, start)
+    shared = sum(x.nbytes for feed in (train, feeds["test"]) for x in jax.tree.leaves(feed.arrays))
+    check_fits(num_members, member_bytes(calls.programs["train"], arguments, tracks_best), shared,
+               available_bytes(train.executor.devices[0]))
+
+
+def start_or_resume(run: MembersRun, state: Any, resuming: bool, tracks_best: bool, quiet: bool
+                    ) -> tuple[Any, MembersLoop]:
+    """The initial (or restored) stacked state and trackers; the writer; the first lines."""
+    config, workdir = run.config, run.workdir
+    loop = MembersLoop.start(config, run.num_members)
+    if tracks_best:
+        run.best_variables = run.executor.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+    restored = run.saver.restore_latest(run.saved(state), run.totals, MembersLoop.from_json) if resuming else None
     if restored is not None:
-        (saved, run.totals, loop), state = restored, restored[0]["state"]
-        run.best_variables = saved.get("best")
-    run.writer = RunWriter(workdir, metrics_bytes=loop.metrics_bytes if restored is not None else None, **writer_args)
+        saved, run.totals, loop = restored
+        state, run.best_variables = saved["state"], saved.get("best")
+    run.writer = RunWriter(workdir, tensorboard=config.logging.tensorboard, quiet=quiet,
+                           total_steps=run.steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
+                           metrics_bytes=loop.metrics_bytes if restored is not None else None)
     run.writer.write_text("config.json", config_to_json(config) + "\n")
-    run.writer.line(f"training {len(member_list)} members in one program: "
-                    f"{', '.join(m.label for m in member_list[:4])}{', ...' * (len(member_list) > 4)}")
+    run.writer.line(f"training {run.num_members} members in one program: "
+                    f"{', '.join(m.label for m in run.members[:4])}{', ...' * (run.num_members > 4)}")
     if restored is not None:
         run.writer.progress.bar.update(loop.step)
         run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
-    return run, state, loop
+    return state, loop
 
 
 # ---------------------------------------------------------------------------- one epoch

@@ -114,3 +114,16 @@ def summarize(run: Any, state: Any, loop: MembersLoop, summaries: list[dict[str,
         "members": summaries,
         "aggregate": groups,
     }
+
+
+def summary_lines(summary: dict[str, Any], workdir: Any) -> list[str]:
+    """What `jaxcnn train` prints at the end of a run of members: one line per sweep value."""
+    lines = []
+    for group in summary["aggregate"]:
+        accuracy, loss = group["metrics"]["test_accuracy"], group["metrics"]["test_loss"]
+        spread = lambda d: f"{d['mean']:.4f}" + (f" ± {d['std']:.4f}" if d["std"] is not None else "")
+        swept = " ".join(f"{key.split('.')[-1]}={value:g}" for key, value in group["sweep"].items())
+        lines.append(f"{swept + '  ' if swept else ''}test_accuracy {spread(accuracy)} (min {accuracy['min']:.4f}, "
+                     f"max {accuracy['max']:.4f})  test_loss {spread(loss)}  over {accuracy['n']} seeds")
+    return lines + [f"({summary['num_members']} members, {summary['test_examples']} test examples, "
+                    f"{summary['epochs_run']} epochs, {summary['wall_time_s']:.1f} s)  workdir {workdir}"]

@@ -148,3 +148,35 @@ def test_a_run_of_members_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tm
     straight, resumed = member_params(tmp_path / "straight"), member_params(tmp_path / "run")
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["members"] == summary["members"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seeds=(1, 2, 1)", "seeds repeats 1 (seeds (1, 2, 1)); each member needs its own seed"),
+    ("seeds=()", "seeds is an empty list"),
+    ("seeds=-2", "seeds must be a number of seeds >= 1 or a tuple of seeds, got -2"),
+    ("sweep.optimizer.learning_rate=()", "sweep.optimizer.learning_rate is an empty list"),
+    ("sweep.optimizer.learning_rate=(0.1, 0.1)", "sweep.optimizer.learning_rate repeats a value"),
+    ("sweep.loss.label_smoothing=(0.1, 1.5)", "sweep.loss.label_smoothing values must be in [0, 1), got 1.5"),
+    ("sweep.model.hidden=((32,), (64,))", "sweep.model.hidden cannot be swept in one program (only values that are "
+     "arrays inside the training step can); sweepable: optimizer.learning_rate, optimizer.weight_decay, "
+     "loss.label_smoothing, loss.l2"),
+    ("sweep.batch_size=(32, 64)", "sweep.batch_size cannot be swept in one program"),
+])
+def test_bad_seeds_and_sweeps_are_one_line_and_exit_2(override, message, tmp_path, capsys):
+    from jaxcnn.cli import main
+
+    assert main(["train", "--workdir", str(tmp_path / "run"), f"--config.{override}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxcnn: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_members_than_memory_allows_are_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
+    from jaxcnn.cli import main
+
+    monkeypatch.setenv("JAXCNN_MEMORY_LIMIT_MB", "2")
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--config.model.name=mlp", "--config.seeds=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcnn: error: 64 members need about ") and err.count("\n") == 1
+    assert "more than the 2 MiB available; use at most " in err
+    assert not (tmp_path / "run").exists()
