@@ -175,6 +175,9 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--data-dir", metavar="DIR", help="for a real --dataset; default: $JAXCNN_DATA_DIR")
     bench.add_argument("--conv-impl", default=defaults.conv_impl,
                        help="model.conv_impl of the step and fused modes: auto (default), xla, shift, im2col, hybrid")
+    bench.add_argument("--seeds", type=int, metavar="N",
+                       help="instead of the modes: N members (seeds) in one compiled program against N single "
+                            "runs one after another, in member-images per second (README, Seeds and sweeps)")
     bench.add_argument("--compilation-cache-dir", metavar="DIR",
                        help="persistent compilation cache (default: a fresh temporary folder, so the "
                             "first compilation is cold)")
@@ -329,9 +332,15 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
         fingerprint_steps=args.fingerprint_steps, num_test=args.num_test, dataset=args.dataset,
         data_dir=args.data_dir, conv_impl=args.conv_impl)
-    report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
-    outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
-    print(format_table(outcome["results"]))
+    if args.seeds is not None:
+        from jaxcnn.bench_seeds import format_seeds_row, format_seeds_table, run_seeds_benchmark
+        report = lambda row: print("  ".join(format_seeds_row(row)), file=sys.stderr, flush=True)
+        outcome = run_seeds_benchmark(settings, args.seeds, cache_dir=args.compilation_cache_dir, report=report)
+        print(format_seeds_table(outcome["results"]))
+    else:
+        report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
+        outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
+        print(format_table(outcome["results"]))
     if args.json:
         write_json(pathlib.Path(args.json), outcome, sort_keys=False)
     return 0
