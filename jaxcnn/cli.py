@@ -78,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: WORKDIR/plots for one workdir, ./report for several)")
     report.set_defaults(func=run_report)
 
+    compare = commands.add_parser(
+        "compare", help="paired comparison of two runs over the same seeds (mean difference, CI, p-value)",
+        description="Pair the members of two runs by seed (and by sweep value when both swept the same keys) "
+                    "and, for each metric, print the mean difference A - B with its 95%% confidence interval, "
+                    "the paired t-test's p-value, and how many seeds a paired t-test would need to detect "
+                    "the observed difference (power 0.8, level 0.05). Reads only their summary.json.")
+    compare.add_argument("a", metavar="A", help="workdir of a run (or a run of seeds)")
+    compare.add_argument("b", metavar="B", help="workdir of the run to compare it with")
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    compare.set_defaults(func=run_compare)
+
     models = commands.add_parser("models", help="list the registered models with parameter counts",
                                  description="List every registered model with its default input "
                                              "shape and parameter count (10 classes).")
@@ -248,6 +259,15 @@ def run_report(args: argparse.Namespace, overrides: list[str]) -> int:
     report = write_report(args.workdirs, args.out)
     figures = sorted(report.parent.rglob("*.png"))
     print(f"wrote {report} and {len(figures)} figures in {report.parent}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.compare import compare, format_comparison
+    from jaxcnn.writers import dumps_json
+
+    result = compare(args.a, args.b)
+    print(dumps_json(result) if args.json else format_comparison(result))
     return 0
 
 

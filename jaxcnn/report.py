@@ -290,6 +290,8 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
     loss_names = set()
     for run in runs:
         val = [r for r in run.events("epoch") if "val_loss" in r]
+        if any("member" in r for r in val):  # a run of members: the mean over its members
+            val = _member_means(val)
         if not val:
             continue
         loss_names.add(run.loss_name)
@@ -311,6 +313,13 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
             ax.legend(fontsize=8)
     fig.suptitle(f"Validation curves of {len(runs)} runs")
     return _save(plt, fig, path)
+
+
+def _member_means(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch records of several members as one record per epoch: the means of their validation numbers."""
+    epochs = sorted({r["epoch"] for r in records})
+    return [{"epoch": e, **{key: float(np.mean([r[key] for r in records if r["epoch"] == e and r[key] is not None]))
+                            for key in ("val_loss", "val_accuracy")}} for e in epochs]
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -435,19 +444,28 @@ def write_report(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
         raise JaxcnnError(f"--out '{out}' cannot be created: {e.strerror}; pass a writable directory") from e
     lines = ["# jaxcnn report", ""]
     if len(runs) == 1:
-        figures, notes = run_figures(runs[0], out)
         lines += ["## Summary", "", comparison_table(runs), ""]
-        lines += _run_section(runs[0], figures, notes, out, "##")
+        lines += _section(runs[0], out, out)
     else:
         compare = plot_validation_comparison(runs, out / "compare_validation.png")
         lines += ["## Comparison", "", comparison_table(runs), "",
                   f"![Validation curves of every run]({compare.name})", ""]
         for run in runs:
-            figures, notes = run_figures(run, out / run.name)
-            lines += _run_section(run, figures, notes, out, "##")
+            lines += _section(run, out / run.name, out)
     report = out / "report.md"
     write_text_atomic(report, "\n".join(lines))
     return report
+
+
+def _section(run: Run, figures_dir: pathlib.Path, report_dir: pathlib.Path) -> list[str]:
+    """A run's figures in `figures_dir` and its section of report.md; a run of members (seeds and
+    sweeps) gets its own (`jaxcnn.report_members`)."""
+    from jaxcnn.report_members import is_members_run, members_section
+
+    if is_members_run(run):
+        return members_section(run, figures_dir, report_dir, "##")
+    figures, notes = run_figures(run, figures_dir)
+    return _run_section(run, figures, notes, report_dir, "##")
 
 
 def _unique_names(runs: Sequence[Run]) -> None:
