@@ -6,11 +6,16 @@ single run with one seed, the members with the seeds `seed`, ..., `seed + N - 1`
 epoch order (`executor.over_members`). Throughput is member-images per second: images trained per
 second summed over the members. N single runs one after another train one member at a time, so
 their member-images per second is the single run's images per second (each run's compilation
-excluded, as it is from the members' rate; both compile times are reported).
+excluded, as it is from the members' rate; both compile times are reported). The two programs are
+timed in alternation (`--repeats` pairs of at least `--min-time` seconds each) and the speedup is
+the median of the pairs' ratios, so that the load of a shared machine weighs on both alike (its
+1-minute load average is recorded with each row).
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,9 +40,10 @@ from jaxcnn.state import create_train_state
 from jaxcnn.steps import zero_train_totals
 
 
-def _rate(work: Workload, settings: BenchSettings, num_members: int | None) -> dict[str, Any]:
-    """Member-images/s and compile time of one program: a single run (`num_members` None) or a
-    stack of `num_members` members."""
+def _program(work: Workload, settings: BenchSettings, num_members: int | None) -> dict[str, Any]:
+    """The compiled training call of a single run (`num_members` None) or of a stack of
+    `num_members` members, warmed up: `train_some` (one call; returns the member-images it trained),
+    `sync` (waits for the state) and the cold `compile_s`."""
     tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
                                 {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
     loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
@@ -45,7 +51,6 @@ def _rate(work: Workload, settings: BenchSettings, num_members: int | None) -> d
     executor = Executor("none")
     prepare = prepare_fn(work.mean, work.std)
     calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K, members=num_members is not None)
-    arrays = DeviceFeed(work.train, executor).arrays
     init = lambda seed: create_train_state(model, tx, loss_fn, shape, seed)
     if num_members is None:
         state, totals = executor.put(init(settings.seed)), executor.put(zero_train_totals())
@@ -56,11 +61,11 @@ def _rate(work: Workload, settings: BenchSettings, num_members: int | None) -> d
         totals = executor.put(stacked_zeros(zero_train_totals(), num_members))
         order = np.stack([np.asarray(epoch_order(m.seed, 1, len(work.train.labels), work.batch_size)) for m in group])
         count = num_members
-    inputs = {**arrays, "order": executor.put(order)}
+    inputs = {**DeviceFeed(work.train, executor).arrays, "order": executor.put(order)}
     k = settings.steps_per_call
     start = time.perf_counter()
     compiled = calls.programs["train"].lower(state, totals, inputs, executor.index(0), num_steps=k).compile()
-    cold = time.perf_counter() - start
+    compile_s = time.perf_counter() - start
     starts = [executor.index(s) for s, n in chunks(len(work.order), k) if n == k]
     cursor = [0]
 
@@ -71,8 +76,22 @@ def _rate(work: Workload, settings: BenchSettings, num_members: int | None) -> d
         return work.batch_size * k * count
 
     train_some()
-    rate = timed_rate(train_some, lambda: jax.block_until_ready(state), settings.min_time, settings.repeats)
-    return {"images_per_s": rate, "compile_s": cold}
+    return {"train_some": train_some, "sync": lambda: jax.block_until_ready(state), "compile_s": compile_s}
+
+
+def _rates(work: Workload, settings: BenchSettings, num_members: int) -> dict[str, Any]:
+    """Both programs, timed in alternation (`repeats` times each), so that the load of a shared
+    machine weighs on both alike: the medians of their rates and of the ratio of each pair."""
+    single, stacked = _program(work, settings, None), _program(work, settings, num_members)
+    pairs = []
+    for _ in range(settings.repeats):
+        one = timed_rate(single["train_some"], single["sync"], settings.min_time, 1)
+        many = timed_rate(stacked["train_some"], stacked["sync"], settings.min_time, 1)
+        pairs.append((one, many))
+    return {"sequential_member_images_per_s": statistics.median(p[0] for p in pairs),
+            "members_member_images_per_s": statistics.median(p[1] for p in pairs),
+            "speedup_vs_sequential": statistics.median(p[1] / p[0] for p in pairs),
+            "single_compile_s": single["compile_s"], "members_compile_s": stacked["compile_s"]}
 
 
 def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: str | None = None,
@@ -89,12 +108,8 @@ def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: st
             for batch_size in settings.batch_sizes:
                 for dtype in settings.dtypes:
                     work = _workload(name, batch_size, dtype, settings)
-                    single, stacked = _rate(work, settings, None), _rate(work, settings, num_members)
                     row = {"model": name, "batch_size": batch_size, "dtype": dtype, "members": num_members,
-                           "sequential_member_images_per_s": single["images_per_s"],
-                           "members_member_images_per_s": stacked["images_per_s"],
-                           "speedup_vs_sequential": stacked["images_per_s"] / single["images_per_s"],
-                           "single_compile_s": single["compile_s"], "members_compile_s": stacked["compile_s"]}
+                           **_rates(work, settings, num_members), "load": os.getloadavg()[0]}
                     results.append(row)
                     if report:
                         report(row)
@@ -107,6 +122,7 @@ SEEDS_COLUMNS = (
     ("one program member-img/s", "members_member_images_per_s", "{:,.0f}"),
     ("× sequential", "speedup_vs_sequential", "{:.2f}"),
     ("single compile s", "single_compile_s", "{:.2f}"), ("members compile s", "members_compile_s", "{:.2f}"),
+    ("load", "load", "{:.1f}"),
 )
 
 

@@ -153,7 +153,8 @@ def over_members(body: Callable) -> Callable:
     """`body` (`train_body`, `eval_body`, `predict_body`) for a stack of independent members
     (`jaxcnn.members`): `jax.vmap` over the leading axis of its state (and totals) and of every
     input but the shared split (`WHOLE_KEYS`); the call's start and step count are shared. An
-    `active` input (one flag per member) keeps a stopped member's state and totals as they were."""
+    `active` input (one flag per member) keeps a stopped member's state and totals as they were
+    (a select over the whole state, skipped while every member trains)."""
 
     def call(*args, num_steps):
         *own, inputs, start = args
@@ -164,7 +165,7 @@ def over_members(body: Callable) -> Callable:
         if active is None:
             return out
         keep = lambda new, old: jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
-        return jax.tree.map(keep, out, tuple(own))
+        return lax.cond(jnp.all(active), lambda: out, lambda: jax.tree.map(keep, out, tuple(own)))
 
     return call
 

@@ -139,7 +139,7 @@ def check_memory(calls: Any, feeds: dict[str, MembersFeed], one_state: Any, num_
     one = MembersFeed(train.arrays, train.indices[:1], train.seeds[:1], train.executor)
     inputs, start = next(iter(one.train_calls(1, batch_size, [(0, 1)])))
     totals = train.executor.put(stacked_zeros(zero_train_totals(), 1))
-    arguments = (one_state, totals, {**inputs, "active": train.executor.put(np.ones(1, bool))}, start)
+    arguments = (one_state, totals, inputs, start)
     shared = sum(x.nbytes for feed in (train, feeds["test"]) for x in jax.tree.leaves(feed.arrays))
     check_fits(num_members, member_bytes(calls.programs["train"], arguments, tracks_best), shared,
                available_bytes(train.executor.devices[0]))
@@ -177,10 +177,11 @@ def train_epoch(run: MembersRun, state: Any, loop: MembersLoop) -> Any:
     plan = plan_calls(loop.position, run.steps_per_epoch, loop.step, config.steps_per_call,
                       (config.log_every_steps, saver.every_steps))
     inputs = run.feeds["train"].train_calls(loop.epoch, config.batch_size, plan)
-    active = run.executor.put(loop.active())
+    # Only early stopping stops members: without it the calls keep every member (no select).
+    active = {"active": run.executor.put(loop.active())} if config.early_stopping.enabled else {}
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
-        state, run.totals = run.calls.train(state, run.totals, {**call_inputs, "active": active}, start, num_steps)
+        state, run.totals = run.calls.train(state, run.totals, {**call_inputs, **active}, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
         run.clock.after_call(run.totals, loop.step, num_steps)

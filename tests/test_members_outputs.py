@@ -68,3 +68,18 @@ def test_compare_refuses_runs_without_a_common_seed_in_one_line(runs, tmp_path, 
     assert main(["compare", str(runs[0] / "slow"), str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert "share no seed; train both on the same seeds" in err and err.count("\n") == 1
+
+
+def test_bench_seeds_measures_members_against_the_single_run_in_one_run(capsys):
+    from jaxcnn.bench import BenchSettings
+    from jaxcnn.bench_seeds import format_seeds_table, run_seeds_benchmark
+
+    settings = BenchSettings(models=("mlp",), batch_sizes=(16,), min_time=0.05, repeats=2, steps_per_call=2,
+                             fingerprint_steps=2, num_test=16)
+    outcome = run_seeds_benchmark(settings, 3)
+    (row,) = outcome["results"]
+    assert row["members"] == 3 and outcome["env"]["seeds"] == 3
+    assert row["members_member_images_per_s"] > 0 and row["sequential_member_images_per_s"] > 0
+    assert row["speedup_vs_sequential"] > 0 and "× sequential" in format_seeds_table(outcome["results"])
+    assert main(["bench", "--seeds", "0", "--model", "mlp"]) == 2
+    assert "--seeds must be a positive number of members, got 0" in capsys.readouterr().err
