@@ -133,3 +133,13 @@ def format_seeds_row(row: dict[str, Any]) -> list[str]:
 def format_seeds_table(results: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(title for title, _, _ in SEEDS_COLUMNS) + " |", "|" + "---|" * len(SEEDS_COLUMNS)]
     return "\n".join(lines + ["| " + " | ".join(format_seeds_row(row)) + " |" for row in results])
+
+
+def print_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: str | None) -> dict[str, Any]:
+    """`jaxcnn bench --seeds N`: each row on stderr as it is measured, then the table on stdout."""
+    import sys
+
+    report = lambda row: print("  ".join(format_seeds_row(row)), file=sys.stderr, flush=True)
+    outcome = run_seeds_benchmark(settings, num_members, cache_dir=cache_dir, report=report)
+    print(format_seeds_table(outcome["results"]))
+    return outcome

@@ -78,17 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: WORKDIR/plots for one workdir, ./report for several)")
     report.set_defaults(func=run_report)
 
-    compare = commands.add_parser(
-        "compare", help="paired comparison of two runs over the same seeds (mean difference, CI, p-value)",
-        description="Pair the members of two runs by seed (and by sweep value when both swept the same keys) "
-                    "and, for each metric, print the mean difference A - B with its 95%% confidence interval, "
-                    "the paired t-test's p-value, and how many seeds a paired t-test would need to detect "
-                    "the observed difference (power 0.8, level 0.05). Reads only their summary.json.")
-    compare.add_argument("a", metavar="A", help="workdir of a run (or a run of seeds)")
-    compare.add_argument("b", metavar="B", help="workdir of the run to compare it with")
-    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
-    compare.set_defaults(func=run_compare)
-
     models = commands.add_parser("models", help="list the registered models with parameter counts",
                                  description="List every registered model with its default input "
                                              "shape and parameter count (10 classes).")
@@ -129,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
     predict.set_defaults(func=run_predict)
     add_export_parser(commands, step_help)
+    add_compare_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -149,6 +139,18 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
                         help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
     export.set_defaults(func=run_export)
+
+
+def add_compare_parser(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare", help="paired comparison of two runs over the same seeds (mean difference, CI, p-value)",
+        description="Pair two runs' members by seed (and sweep value) and print, per metric, the mean "
+                    "difference A - B, its 95%% CI, the paired t-test's p-value and the seeds a paired t-test "
+                    "needs to detect it (power 0.8, level 0.05). Reads only their summary.json.")
+    compare.add_argument("a", metavar="A", help="workdir of a run (or a run of seeds)")
+    compare.add_argument("b", metavar="B", help="workdir of the run to compare it with")
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    compare.set_defaults(func=run_compare)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -187,8 +189,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--conv-impl", default=defaults.conv_impl,
                        help="model.conv_impl of the step and fused modes: auto (default), xla, shift, im2col, hybrid")
     bench.add_argument("--seeds", type=int, metavar="N",
-                       help="instead of the modes: N members (seeds) in one compiled program against N single "
-                            "runs one after another, in member-images per second (README, Seeds and sweeps)")
+                       help="instead of the modes: N members in one program against N single runs, member-img/s")
     bench.add_argument("--compilation-cache-dir", metavar="DIR",
                        help="persistent compilation cache (default: a fresh temporary folder, so the "
                             "first compilation is cold)")
@@ -263,12 +264,8 @@ def run_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.compare import compare, format_comparison
-    from jaxcnn.writers import dumps_json
-
-    result = compare(args.a, args.b)
-    print(dumps_json(result) if args.json else format_comparison(result))
-    return 0
+    from jaxcnn.compare import print_comparison
+    return print_comparison(args.a, args.b, args.json)
 
 
 def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -352,11 +349,9 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
         fingerprint_steps=args.fingerprint_steps, num_test=args.num_test, dataset=args.dataset,
         data_dir=args.data_dir, conv_impl=args.conv_impl)
-    if args.seeds is not None:
-        from jaxcnn.bench_seeds import format_seeds_row, format_seeds_table, run_seeds_benchmark
-        report = lambda row: print("  ".join(format_seeds_row(row)), file=sys.stderr, flush=True)
-        outcome = run_seeds_benchmark(settings, args.seeds, cache_dir=args.compilation_cache_dir, report=report)
-        print(format_seeds_table(outcome["results"]))
+    if args.seeds is not None:  # members in one program against single runs (jaxcnn/bench_seeds.py)
+        from jaxcnn.bench_seeds import print_seeds_benchmark
+        outcome = print_seeds_benchmark(settings, args.seeds, args.compilation_cache_dir)
     else:
         report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
         outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)

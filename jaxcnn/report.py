@@ -291,7 +291,8 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
     for run in runs:
         val = [r for r in run.events("epoch") if "val_loss" in r]
         if any("member" in r for r in val):  # a run of members: the mean over its members
-            val = _member_means(val)
+            from jaxcnn.report_members import epoch_means
+            val = epoch_means(val)
         if not val:
             continue
         loss_names.add(run.loss_name)
@@ -313,13 +314,6 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
             ax.legend(fontsize=8)
     fig.suptitle(f"Validation curves of {len(runs)} runs")
     return _save(plt, fig, path)
-
-
-def _member_means(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Epoch records of several members as one record per epoch: the means of their validation numbers."""
-    epochs = sorted({r["epoch"] for r in records})
-    return [{"epoch": e, **{key: float(np.mean([r[key] for r in records if r["epoch"] == e and r[key] is not None]))
-                            for key in ("val_loss", "val_accuracy")}} for e in epochs]
 
 
 def _fmt(value: Any, kind: str) -> str:

@@ -47,6 +47,13 @@ def epoch_band(run: Run, members: Sequence[int], key: str) -> tuple[list[int], n
     return epochs, mean, std
 
 
+def epoch_means(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validation epoch records of several members as one record per epoch: their means."""
+    epochs = sorted({r["epoch"] for r in records})
+    return [{"epoch": e, **{key: float(np.mean([r[key] for r in records if r["epoch"] == e and r[key] is not None]))
+                            for key in ("val_loss", "val_accuracy")}} for e in epochs]
+
+
 def plot_member_curves(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Train (dashed) and validation (solid) loss and accuracy by epoch, one colour per sweep value."""
     from matplotlib.ticker import MaxNLocator
