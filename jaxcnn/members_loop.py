@@ -25,6 +25,7 @@ from jaxcnn import checkpoint, data, members, models, optim
 from jaxcnn.build import build, make_prepare
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
+from jaxcnn.data.host import choose_input
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.evaluation import evaluate_sums
@@ -85,8 +86,7 @@ def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, se
     dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=0.0, seed=config.seed, download=config.dataset.download,
                                 **dataset_options(config))
-    if data.host.choose_input(config.dataset.input, (dataset.train, dataset.test),
-                              config.dataset.device_budget_mb) == "host":
+    if choose_input(config.dataset.input, (dataset.train, dataset.test), config.dataset.device_budget_mb) == "host":
         raise JaxcnnError(f"seeds and sweeps read their data on the device; {dataset.name} does not fit "
                           f"dataset.device_budget_mb ({config.dataset.device_budget_mb} MiB) or dataset.input=host; "
                           "raise the budget or set dataset.input=device")
