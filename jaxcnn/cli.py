@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the registered models with parameter counts",
                                  description="List every registered model with its default input "
-                                             "shape and parameter count (10 classes).")
+                                             "shape and parameter count (10 classes); import paths "
+                                             "given (module.path:Class) are listed after them.")
+    models.add_argument("paths", nargs="*", metavar="MODULE:CLASS",
+                        help="your own models by import path (their folder on PYTHONPATH or the current one)")
+    models.add_argument("--input-shape", metavar="H,W,C", default="28,28,1",
+                        help="input of the import-path models (default: 28,28,1)")
     models.set_defaults(func=run_models)
 
     step_help = ("checkpoint to use: best, latest or a step number (default: the parameters the run's "
@@ -100,14 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", help="classify image files with a saved model",
-        description="Classify PNG/JPEG images or .npy pixel arrays (values 0..255, shape (H, W) or "
-                    "(H, W, C)) with a saved model. Images are converted to the model's channels, resized "
-                    "to its input size and normalised as in training; transparency is composited on black.")
+        description="Classify image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy pixel arrays (values "
+                    "0..255, shape (H, W) or (H, W, C)) with a saved model. Images are converted to the model's "
+                    "channels, resized to its input size and normalised as in training; transparency is "
+                    "composited on black.")
     predict.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
     predict.add_argument("--step", metavar="STEP", help=step_help)
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
-    predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
+    predict.add_argument("files", nargs="+", metavar="FILE",
+                         help="image files (.png, .jpg, .bmp, .gif, ...) or .npy arrays")
     predict.set_defaults(func=run_predict)
     add_bench_parser(commands)
     return parser
@@ -222,13 +229,23 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from jaxcnn import models
 
-    print(f"{'model':<10} {'input':<10} {'params':>12}")
-    for name in models.list_models():
-        shape = models.default_input_shape(name)
+    try:
+        input_shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        input_shape = ()
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise JaxcnnError(f"--input-shape: expected three positive integers H,W,C, got {args.input_shape!r}")
+    rows = []
+    for name in [*models.list_models(), *args.paths]:
+        shape = input_shape if models.is_import_path(name) else models.default_input_shape(name)
         model = models.create_model(name, num_classes=10)
         # eval_shape: parameter shapes without computing (or allocating) any parameter.
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-        print(f"{name:<10} {'x'.join(map(str, shape)):<10} {models.count_params(variables['params']):>12,}")
+        rows.append((name, "x".join(map(str, shape)), models.count_params(variables["params"])))
+    width = max(10, *(len(row[0]) for row in rows))
+    print(f"{'model':<{width}} {'input':<10} {'params':>12}")
+    for name, shape, count in rows:
+        print(f"{name:<{width}} {shape:<10} {count:>12,}")
     return 0
 
 

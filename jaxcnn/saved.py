@@ -20,12 +20,11 @@ import numpy as np
 from jaxcnn import checkpoint, data, losses, models, optim
 from jaxcnn.config import config_from_json, dataset_options, model_options
 from jaxcnn.data.device import normalize, put_on_device
+from jaxcnn.data.images import load_image
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.loop import evaluate, make_eval_fn
 from jaxcnn.state import TrainState, create_train_state
 from jaxcnn.steps import zero_train_totals
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclasses.dataclass
@@ -134,54 +133,6 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
 
 
 # ---------------------------------------------------------------------------- predict
-
-
-def _to_pixels(array: np.ndarray, path: pathlib.Path, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """A (H, W) or (H, W, C) array of pixel values 0..255 -> uint8 of `input_shape`, resized
-    bilinearly and converted to grey or RGB as the model expects."""
-    from PIL import Image
-
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise JaxcnnError(f"{path}: expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                          f"got {array.shape}")
-    if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
-        raise JaxcnnError(f"{path}: expected pixel values 0..255, got {array.dtype} in "
-                          f"[{array.min()}, {array.max()}]; scale the array to 0..255")
-    image = Image.fromarray(np.rint(array).astype(np.uint8))
-    height, width, channels = input_shape
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
-    pixels = np.asarray(image, np.uint8)
-    return pixels[..., None] if channels == 1 else pixels
-
-
-def load_image(path: str | pathlib.Path, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """A PNG/JPEG (through Pillow) or `.npy` pixel array as uint8 (H, W, C) of `input_shape`."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = pathlib.Path(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix in IMAGE_SUFFIXES:
-            with Image.open(path) as image:
-                if "A" in image.getbands() or image.mode == "P":
-                    mode = "RGBA"
-                else:
-                    mode = "L" if len(image.getbands()) == 1 else "RGB"
-                array = np.asarray(image.convert(mode))
-        else:
-            raise JaxcnnError(f"{path}: unsupported file type '{suffix}'; pass .png, .jpg, .jpeg or .npy files")
-    except (OSError, ValueError, UnidentifiedImageError) as e:
-        raise JaxcnnError(f"{path}: cannot be read as an image: {e}") from e
-    if array.ndim == 3 and array.shape[-1] == 4:  # transparency over a black background, as MNIST's
-        array = array[..., :3] * (array[..., 3:] / 255.0)
-    return _to_pixels(array, path, input_shape)
 
 
 def predict(saved: SavedModel, files: Sequence[str | pathlib.Path], top: int = 3) -> list[dict[str, Any]]:
