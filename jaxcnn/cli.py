@@ -18,7 +18,9 @@ OVERRIDE_HELP = """\
 config overrides:
   --config.KEY=VALUE    set any key of the config, e.g. --config.num_epochs=3,
                         --config.optimizer.learning_rate=0.01, --config.model.hidden="(256, 128)",
-                        --config.model.name=mlp (rebuilds the model section with mlp's options).
+                        --config.model.name=mlp (rebuilds the model section with mlp's options),
+                        --config.model.name=my_pkg.nets:MyNet --config.model.options="{'width': 64}"
+                        (your own Flax linen or NNX module, by import path).
                         An unknown key fails with a suggestion; `jaxcnn train --show-config`
                         prints every key with its value.
 """
@@ -79,15 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: WORKDIR/plots for one workdir, ./report for several)")
     report.set_defaults(func=run_report)
 
-    models = commands.add_parser("models", help="list the registered models with parameter counts",
-                                 description="List every registered model with its default input "
-                                             "shape and parameter count (10 classes); import paths "
-                                             "given (module.path:Class) are listed after them.")
-    models.add_argument("paths", nargs="*", metavar="MODULE:CLASS",
-                        help="your own models by import path (their folder on PYTHONPATH or the current one)")
-    models.add_argument("--input-shape", metavar="H,W,C", default="28,28,1",
-                        help="input of the import-path models (default: 28,28,1)")
-    models.set_defaults(func=run_models)
+    add_models_parser(commands)
 
     step_help = ("checkpoint to use: best, latest or a step number (default: the parameters the run's "
                  "final test used: best with early_stopping.restore_best, else latest)")
@@ -118,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=run_predict)
     add_bench_parser(commands)
     return parser
+
+
+def add_models_parser(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="list the registered models with parameter counts",
+                                 description="List every registered model with its default input "
+                                             "shape and parameter count (10 classes); import paths "
+                                             "given (module.path:Class) are listed after them.")
+    models.add_argument("paths", nargs="*", metavar="MODULE:CLASS",
+                        help="your own models by import path (their folder on PYTHONPATH or the current one)")
+    models.add_argument("--input-shape", metavar="H,W,C", default="28,28,1",
+                        help="input of the import-path models (default: 28,28,1)")
+    models.set_defaults(func=run_models)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:

@@ -89,7 +89,7 @@ def test_register_dataset_adds_a_name_with_its_options_to_configs(registry):
     assert dataset_section("my_blobs").count == 60
     config = load_config("digits_cnn", ["dataset.name=my_blobs", "dataset.size=4"])
     dataset = load_dataset(config.dataset.name, seed=1, size=config.dataset.size, count=config.dataset.count)
-    assert dataset.input_shape == (4, 4, 1) and dataset.name == "arrays"
+    assert dataset.input_shape == (4, 4, 1) and dataset.name == "my_blobs"
 
     with pytest.raises(JaxcnnError, match="already registered"):
         jaxcnn.register_dataset("my_blobs", loader)

@@ -67,14 +67,17 @@ def test_three_classes_of_generated_pngs_train_to_95_percent_and_the_second_run_
 
 def test_the_cache_is_rebuilt_when_a_file_changes_and_the_old_one_removed(tmp_path):
     root = make_folder(tmp_path / "shapes", per_class=5)
+    caches = lambda: sorted(p.name for p in (root / image_folder.CACHE_DIR).iterdir())
     first = load(root)
-    caches = list((root / image_folder.CACHE_DIR).iterdir())
-    assert len(caches) == 1
+    load(root, image_size=(8, 8))  # a second size: a cache of its own
+    before = caches()
+    assert len(before) == 2
     quadrant_image(0, np.random.default_rng(9)).save(root / CLASSES[0] / "new.png")
     second = load(root)
     assert len(first.train) + len(first.test) == 15 and len(second.train) + len(second.test) == 16
-    assert [p.name for p in (root / image_folder.CACHE_DIR).iterdir()] != [p.name for p in caches]
-    assert len(list((root / image_folder.CACHE_DIR).iterdir())) == 1
+    after = caches()
+    native, resized = (next(name for name in before if name.startswith(tag)) for tag in ("native-", "8x8-"))
+    assert len(after) == 2 and native not in after and resized in after  # the native-size one replaced
 
 
 def test_train_and_test_subfolders_are_the_splits_and_one_rgb_image_makes_all_rgb(tmp_path):

@@ -221,6 +221,8 @@ def test_register_model_adds_a_model_to_configs_and_the_models_list(user_module,
     jaxcnn.register_model("small", small, replace=True)
     with pytest.raises(JaxcnnError, match="'depth' is not a keyword argument"):
         jaxcnn.register_model("smaller", small, {"depth": 2})
+    with pytest.raises(JaxcnnError, match="not a plain value"):
+        jaxcnn.register_model("smaller", small, {"table": {"a": 1}})
     with pytest.raises(JaxcnnError, match="invalid name"):
         jaxcnn.register_model("my:net", small)
     with pytest.raises(JaxcnnError, match="not a Flax module"):

@@ -62,13 +62,14 @@ def _empty(split: Split) -> Split:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names);
+    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names) or
+    a `Dataset`; `options` are the names it takes, `defaults` their values in a new `config.dataset`;
     `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`)."""
 
     load: Callable[..., tuple[Split, Split, tuple[str, ...]] | Dataset]
     options: tuple[str, ...] = ()
     fetch: Callable[[str | os.PathLike | None], None] | None = None
-    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # options in a new `config.dataset`
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -132,7 +133,7 @@ def register_dataset(name: str, loader: Callable[..., Dataset], defaults: Mappin
         if not isinstance(dataset, Dataset):
             raise JaxcnnError(f"dataset {name!r}: its loader returned a {type(dataset).__name__}, not a "
                               "jaxcnn.Dataset; return e.g. Dataset.from_arrays(x_train, y_train, x_test, y_test)")
-        return dataset
+        return dataclasses.replace(dataset, name=name)
 
     _DATASETS[name] = DatasetSource(load, options=tuple(defaults), defaults=MappingProxyType(defaults))
 

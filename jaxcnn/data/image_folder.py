@@ -125,11 +125,14 @@ def scan(root: pathlib.Path) -> tuple[list[pathlib.Path], np.ndarray, tuple[str,
 
 def _cache_key(root: pathlib.Path, files: list[pathlib.Path], labels: np.ndarray, num_train: int,
                size: tuple[int, int] | None, skip_bad_images: bool) -> str:
-    digest = hashlib.sha256(json.dumps([CACHE_VERSION, size, skip_bad_images, num_train]).encode())
+    """`SIZE-HASH`: one cache per image size (and skip setting), the hash of the files' paths, labels,
+    sizes and modification times; a newer hash for the same SIZE replaces the older one."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, num_train]).encode())
     for file, label in zip(files, labels.tolist()):
         stat = file.stat()
         digest.update(f"{file.relative_to(root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:24]
+    tag = f"{size[0]}x{size[1]}" if size else "native"
+    return f"{tag}{'-skip' if skip_bad_images else ''}-{digest.hexdigest()[:24]}"
 
 
 def _cache_parents(root: pathlib.Path) -> list[pathlib.Path]:
@@ -194,8 +197,10 @@ def _commit(staging: pathlib.Path, parent: pathlib.Path, key: str) -> None:
     except OSError:
         if not (parent / key).is_dir():  # else another process wrote the same cache first
             raise
+    prefix = key.rpartition("-")[0] + "-"
     for old in parent.iterdir():
-        if old.name != key and old.is_dir() and ".tmp-" not in old.name:
+        stale = old.name.startswith(prefix) and old.name.count("-") == key.count("-")
+        if stale and old.name != key and old.is_dir() and ".tmp-" not in old.name:
             shutil.rmtree(old, ignore_errors=True)
 
 

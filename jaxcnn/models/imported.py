@@ -117,9 +117,14 @@ def options_dict(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in value):
         raise JaxcnnError(f"model.options: expected a dict of keyword arguments, got {value!r}; "
                           "set e.g. --config.model.options=\"{'features': 32}\"")
-    from jaxcnn.models.registry import to_tuples
-
     return {k: to_tuples(v) for k, v in value.items()}
+
+
+def to_tuples(value: Any) -> Any:
+    """Lists (as ml_collections may give) to tuples, recursively: module fields must be hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(to_tuples(v) for v in value)
+    return value
 
 
 def _name(factory: Any) -> str:

@@ -17,6 +17,7 @@ import flax.linen as nn
 
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.models import imported
+from jaxcnn.models.imported import to_tuples
 
 DEFAULT_INPUT_SHAPE = (28, 28, 1)
 # Factory arguments that are not options: set by create_model's arguments or by Flax itself.
@@ -57,6 +58,10 @@ def register_model(name: str, factory: Callable[..., Any], defaults: Mapping[str
     if bad is not None:
         raise JaxcnnError(f"register_model({name!r}): default {bad!r} is not a keyword argument "
                           f"{getattr(factory, '__name__', factory)} accepts as an option")
+    odd = next((k for k, v in options.items() if not _is_plain(v)), None)
+    if odd is not None:
+        raise JaxcnnError(f"register_model({name!r}): default {odd}={options[odd]!r} is not a plain value (number, "
+                          "string, bool, None or a tuple of them), which a config can hold")
     _MODELS[name] = ModelEntry(factory, {k: to_tuples(v) for k, v in options.items()}, tuple(input_shape))
 
 
@@ -101,13 +106,6 @@ def _is_plain(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_is_plain(v) for v in value)
     return value is None or isinstance(value, (bool, int, float, str))
-
-
-def to_tuples(value: Any) -> Any:
-    """Lists (as ml_collections may give) to tuples, recursively: module fields must be hashable."""
-    if isinstance(value, (list, tuple)):
-        return tuple(to_tuples(v) for v in value)
-    return value
 
 
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_name: str | None = None,
