@@ -166,7 +166,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
                     config.model = model_section(name)
                 config.lock()
             continue
-        if models.is_import_path(config.model.name) and key.startswith("model.options"):
+        if models.is_import_path(config.model.name) and (key + ".").startswith("model.options."):
             _set_model_options(config, key, raw)
             continue
         if key == "dataset.name":
@@ -187,7 +187,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 def _set_model_options(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
     """`model.options={...}` replaces the import-path model's keyword arguments; `model.options.K=V`
     sets one (new keys allowed: they are the user's model's own)."""
-    options = config.model.options.to_dict()
+    options = getattr(config.model.options, "to_dict", dict)()
     if key == "model.options":
         parsed = _coerce(key, {}, raw)
         if not isinstance(parsed, dict):

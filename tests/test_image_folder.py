@@ -121,7 +121,7 @@ def test_skip_bad_images_leaves_out_unreadable_files_with_one_warning(tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["no images", "one class", "mixed sizes", "corrupt", "truncated", "missing",
-                                  "unset", "train without test", "bad image_size", "a file"])
+                                  "unset", "train without test", "empty test", "bad image_size", "a file"])
 def test_a_bad_image_folder_is_one_line_and_exit_2(tmp_path, capsys, case):
     root = tmp_path / "data"
     root.mkdir()
@@ -155,6 +155,10 @@ def test_a_bad_image_folder_is_one_line_and_exit_2(tmp_path, capsys, case):
     elif case == "train without test":
         make_folder(root / "train", per_class=2)
         fragments = ["has train/ but no test/"]
+    elif case == "empty test":
+        make_folder(root / "train", per_class=2)
+        (root / "test" / CLASSES[0]).mkdir(parents=True)
+        fragments = ["the test split has no readable images"]
     elif case == "bad image_size":
         make_folder(root, per_class=2)
         extra, fragments = ["--config.dataset.image_size=(0, 8)"], ["dataset.image_size"]

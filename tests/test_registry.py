@@ -106,6 +106,7 @@ def user_module(tmp_path, monkeypatch):
     """The user's module on sys.path, under a name of its own; the registry restored afterwards."""
     (tmp_path / f"{MODULE}.py").write_text(USER_MODULE)
     (tmp_path / "jaxcnn_test_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "jaxcnn_test_needs_dep.py").write_text("import jaxcnn_no_such_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
     return MODULE
@@ -247,6 +248,8 @@ def test_model_options_are_set_as_a_dict_or_key_by_key(user_module):
     (["--config.model.name=MODULE:returns_int"], ["returned a int, not a Flax module"]),
     (["--config.model.name=MODULE:NeedsTrain"], ["train without a default"]),
     (["--config.model.name=jaxcnn_test_broken:Net"], ["importing 'jaxcnn_test_broken' failed", "broken on purpose"]),
+    (["--config.model.name=jaxcnn_test_needs_dep:Net"],
+     ["importing 'jaxcnn_test_needs_dep' failed", "No module named 'jaxcnn_no_such_dependency'"]),
     (["--config.model.name=MODULE:Net", "--config.model.options={'width': 3}"], ["'width'", "model.options"]),
     (["--config.model.name=MODULE:"], ["expected an import path"]),
     (["--config.model.name=mine"], ["unknown name 'mine'", "import path"]),

@@ -50,14 +50,15 @@ def load_image_folder(seed: int, path: str = "", image_size: Any = None, test_fr
                           "subfolder of images per class")
     files, labels, class_names, num_train = scan(root)
     images, labels, num_train = cached_pixels(root, files, labels, num_train, size, skip_bad_images)
-    if num_train < len(labels):  # train/ and test/ folders
+    given = (root / "test").is_dir()  # train/ and test/ folders give the split
+    if given:
         train, test = Split(images[:num_train], labels[:num_train]), Split(images[num_train:], labels[num_train:])
     else:
         kept, held = stratified_holdout(labels, test_fraction, seed)
         train, test = Split(images[kept], labels[kept]), Split(images[held], labels[held])
     if len(test) == 0 or len(train) == 0:
-        raise JaxcnnError(f"dataset.path: {root}: the {'test' if len(train) else 'train'} split has no images; "
-                          "add images or raise dataset.test_fraction")
+        raise JaxcnnError(f"dataset.path: {root}: the {'test' if len(train) else 'train'} split has no readable "
+                          f"images; add images{'' if given else ' or raise dataset.test_fraction'}")
     return train, test, class_names
 
 
@@ -239,6 +240,7 @@ def decode_into(folder: pathlib.Path, root: pathlib.Path, files: list[pathlib.Pa
     if errors and (not skip_bad_images or len(errors) == len(good)):
         raise JaxcnnError(errors[min(errors)] + "; fix or remove it, or set dataset.skip_bad_images=true")
     kept = np.asarray([i for i in good if i not in errors], np.int64)
+    images.flush()
     if errors:
         _drop_rows(folder / "images.npy", images, [row for row, i in enumerate(good) if i not in errors])
     del images

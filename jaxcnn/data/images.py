@@ -59,7 +59,7 @@ def load_image(path: str | pathlib.Path, input_shape: tuple[int, int, int]) -> n
             raise JaxcnnError(f"{path}: unsupported file type '{suffix}'; pass image files "
                               f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
-        raise JaxcnnError(f"{path}: cannot be read as an image: {e}") from e
+        raise JaxcnnError(f"{path}: cannot be read as an image: {_reason(e)}") from e
     if array.ndim == 3 and array.shape[-1] == 4:  # transparency over a black background, as MNIST's
         array = array[..., :3] * (array[..., 3:] / 255.0)
     return to_pixels(array, path, input_shape)
@@ -74,4 +74,10 @@ def read_header(path: pathlib.Path) -> tuple[int, int, bool]:
             width, height = image.size
             return height, width, image.mode in GRAY_MODES
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
-        raise JaxcnnError(f"{path}: cannot be read as an image: {e}") from e
+        raise JaxcnnError(f"{path}: cannot be read as an image: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """The first line of Pillow's message (the user sees one line)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

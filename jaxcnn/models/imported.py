@@ -42,23 +42,29 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def _is_missing(error: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether `module_name` itself (or a package above it) is what could not be found."""
+    return error.name is not None and (module_name + ".").startswith(error.name + ".")
+
+
 def _import(module_name: str, path: str) -> Any:
-    """The module, looked up on sys.path and then in the current directory (as `python -m` does)."""
-    for attempt in range(2):
+    """The module, looked up on sys.path and then in the current folder (as `python -m` would)."""
+    here = os.getcwd()
+    try:
         try:
             return importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            missing_is_ours = e.name is not None and (module_name + ".").startswith(e.name + ".")
-            if not missing_is_ours:
-                raise JaxcnnError(f"model.name {path!r}: importing {module_name!r} failed: {_first_line(e)}") from e
-            if attempt == 0 and os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.append(os.getcwd())
-                continue
+            if not _is_missing(e, module_name) or here in sys.path or "" in sys.path:
+                raise
+            sys.path.append(here)
+            return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if _is_missing(e, module_name):
             raise JaxcnnError(f"model.name {path!r}: no module named {e.name!r}; put the folder holding it on "
                               "PYTHONPATH (or run from that folder)") from e
-        except Exception as e:  # the user's module raised while being imported
-            raise JaxcnnError(f"model.name {path!r}: importing {module_name!r} failed: {_first_line(e)}") from e
-    raise AssertionError("unreachable")
+        raise JaxcnnError(f"model.name {path!r}: importing {module_name!r} failed: {_first_line(e)}") from e
+    except Exception as e:  # the user's module raised while being imported
+        raise JaxcnnError(f"model.name {path!r}: importing {module_name!r} failed: {_first_line(e)}") from e
 
 
 @functools.lru_cache(maxsize=None)
