@@ -42,15 +42,17 @@ NUM_MISTAKES_KEPT = 25
 
 @checkpoint.restores_signal_handlers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       data_dir: str | None = None, quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
+                       data_dir: str | None = None, quiet: bool = False, fresh: bool = False,
+                       dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Trains `config`'s model on its dataset, evaluates it on the test split, writes the workdir.
 
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
     run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (with
     several processes: at the next logging or saving step, all processes together) and raise
-    `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
+    `checkpoint.TrainingInterrupted`. `dataset`: an already built dataset (`Dataset.from_arrays`)
+    instead of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
     """
-    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh)
+    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
         while loop.epoch <= run.config.num_epochs and not loop.stopped_early:
             state = train_epoch(run, state, loop)
@@ -134,9 +136,11 @@ class Run:
         self.saver.close()
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor):
-    """The dataset, its feeds, the steps per epoch, and the config with the normalisation it uses."""
-    dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
+              dataset: data.Dataset | None = None):
+    """The dataset (`dataset` if given, else the config's), its feeds, the steps per epoch, and the
+    config with the normalisation it uses."""
+    dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=config.dataset.val_fraction, seed=config.seed,
                                 download=config.dataset.download, **dataset_options(config))
     if config.batch_size > len(dataset.train):
@@ -149,7 +153,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor:
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
-              quiet: bool, fresh: bool) -> tuple[Run, TrainState, LoopState]:
+              quiet: bool, fresh: bool, dataset: data.Dataset | None = None) -> tuple[Run, TrainState, LoopState]:
     """Data, model, compiled calls, checkpoints and writers; resumed from the workdir's last
     checkpoint when it holds an unfinished run."""
     validate_config(config)
@@ -162,7 +166,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
         enable_compilation_cache(config.compilation_cache_dir)
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
-    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
+    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
     models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
