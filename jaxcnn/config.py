@@ -73,6 +73,8 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/executor.py
     config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
     config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
+    config.max_steps = 0  # > 0: stop training after that many steps (a quick run), then test and summarise
+    config.limit_eval_batches = 0  # > 0: validate and test on at most that many eval batches (a quick run)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
     config.dataset = dataset_section(dataset)
@@ -386,6 +388,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
                 "steps_per_call"):
         _check_positive_int(config, key)
+    for key in ("max_steps", "limit_eval_batches"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise JaxcnnError(f"{key} must be a whole number >= 0 (0: off), got {value!r}")
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
     _check_name("parallel", config.parallel, PARALLEL)

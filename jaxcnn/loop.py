@@ -40,7 +40,6 @@ from jaxcnn.writers import RunWriter
 NUM_MISTAKES_KEPT = 25
 
 
-@checkpoint.restores_signal_handlers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        data_dir: str | None = None, quiet: bool = False, fresh: bool = False,
                        dataset: data.Dataset | None = None) -> dict[str, Any]:
@@ -52,12 +51,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     `checkpoint.TrainingInterrupted`. `dataset`: an already built dataset (`Dataset.from_arrays`)
     instead of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
     """
+    return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a finished training run leaves in memory: its summary and the state its test used."""
+
+    summary: dict[str, Any]
+    state: TrainState
+    config: ml_collections.ConfigDict  # as written to config.json (normalisation included)
+    workdir: pathlib.Path
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+@checkpoint.restores_signal_handlers
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
+        quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None) -> Trained:
+    """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
-        while loop.epoch <= run.config.num_epochs and not loop.stopped_early:
+        while loop.epoch <= run.config.num_epochs and not loop.stopped_early and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
-        return finish(run, state, loop)
+        summary, state = finish(run, state, loop)
+        return Trained(summary, state, run.config, run.workdir, run.dataset.input_shape, run.dataset.class_names)
     finally:
         run.close()
 
@@ -129,7 +148,18 @@ class Run:
         return len(self.feeds["val"]) > 0
 
     def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
-        return evaluate(self.calls, state, self.feeds[split], self.config.eval_batch_size, self.config.steps_per_call)
+        config = self.config
+        return evaluate(self.calls, state, self.feeds[split], config.eval_batch_size, config.steps_per_call,
+                        config.limit_eval_batches)
+
+    def epoch_end(self, loop: LoopState) -> int:
+        """The epoch position training stops at in `loop`'s epoch: its end, or where `max_steps` is."""
+        if not self.config.max_steps:
+            return self.steps_per_epoch
+        return min(self.steps_per_epoch, loop.position + max(self.config.max_steps - loop.step, 0))
+
+    def out_of_steps(self, loop: LoopState) -> bool:
+        return 0 < self.config.max_steps <= loop.step
 
     def close(self) -> None:
         self.writer.close()
@@ -201,8 +231,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
 def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     """Trains from where `loop` stands to the end of its epoch, logging and saving on the way."""
     config, saver = run.config, run.saver
-    plan = plan_calls(loop.position, run.steps_per_epoch, loop.step, config.steps_per_call,
-                      (config.log_every_steps, saver.every_steps))
+    end = run.epoch_end(loop)
+    plan = plan_calls(loop.position, end, loop.step, config.steps_per_call, (config.log_every_steps, saver.every_steps))
     inputs = run.feeds["train"].train_calls(config.seed, loop.epoch, config.batch_size, plan)
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
@@ -210,7 +240,7 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
         run.clock.after_call(run.totals, loop.step, num_steps)
-        epoch_end = loop.position == run.steps_per_epoch
+        epoch_end = loop.position == end
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:  # the epoch's end validates, then saves and stops (end_epoch)
@@ -251,14 +281,14 @@ def end_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     improved = None  # None: no validation split
     if run.has_val:
         state, improved = validate(run, state, loop, record)
-    record.update(epoch_time_s=epoch_s, images_per_s=run.steps_per_epoch * config.batch_size / max(epoch_s, 1e-9),
+    record.update(epoch_time_s=epoch_s, images_per_s=loop.epoch_sums["steps"] * config.batch_size / max(epoch_s, 1e-9),
                   wall_time_s=run.clock.wall())
     run.writer.write(record)
     run.writer.line(epoch_line(record, config.num_epochs))
     loop.stopped_early = config.early_stopping.enabled and run.has_val and loop.stopping.should_stop
     loop.start_epoch()
     stop = run.saver.stop_agreed(True)
-    last = loop.epoch > config.num_epochs or loop.stopped_early
+    last = loop.epoch > config.num_epochs or loop.stopped_early or run.out_of_steps(loop)
     if run.saver.due_at_epoch_end(loop.step, bool(improved), last, stop):
         save(run, state, loop, stop, improved, record.get(loop.stopping.monitor))
     elif stop:
@@ -302,14 +332,16 @@ def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
 # ---------------------------------------------------------------------------- the end
 
 
-def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
-    """Tests the final (or the best) parameters, writes predictions, the test record and the summary."""
+def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any], TrainState]:
+    """Tests the final (or the best) parameters, writes predictions, the test record and the summary;
+    returns the summary and the state tested."""
     config, dataset = run.config, run.dataset
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
-    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size, config.steps_per_call)
-    labels = dataset.test.labels
+    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size, config.steps_per_call,
+                          config.limit_eval_batches)
+    labels = dataset.test.labels[:len(predictions["predicted"])]
     test_metrics = classification_metrics(labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
     mistakes = most_confident_mistakes(labels, predictions["predicted"], predictions["confidence"],
@@ -322,7 +354,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
                       "wall_time_s": run.clock.wall()})
     summary = summarize(run, state, loop, test, test_metrics)
     run.writer.write_json("summary.json", summary)
-    return summary
+    return summary, state
 
 
 def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_metrics: dict) -> dict[str, Any]:

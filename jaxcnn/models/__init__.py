@@ -60,3 +60,7 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
         jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     except JaxcnnError as e:
         raise JaxcnnError(f"input shape {'x'.join(map(str, shape))}: {e}") from e
+    except (ValueError, TypeError) as e:  # a user's model (import path) that cannot take this input
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise JaxcnnError(f"input shape {'x'.join(map(str, shape))}: the model cannot take it "
+                          f"({type(e).__name__}: {first}); check the model's options against the data") from e
