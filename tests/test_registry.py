@@ -232,8 +232,8 @@ def test_register_model_adds_a_model_to_configs_and_the_models_list(user_module,
 
 def test_model_options_are_set_as_a_dict_or_key_by_key(user_module):
     name = f"model.name={user_module}:NNXNet"
-    config = load_config("digits_cnn", [name, "model.options={'features': 4}", "model.options.size=8"])
-    assert config.model.options.to_dict() == {"features": 4, "size": 8}
+    config = load_config("digits_cnn", [name, "model.options={'features': 4}", "model.options.channels=1"])
+    assert config.model.options.to_dict() == {"features": 4, "channels": 1}
     with pytest.raises(JaxcnnError, match="input shape 8x8x1: the model cannot take it"):
         load_config("digits_cnn", [name, "model.options.channels=3"])  # digits are grey
     with pytest.raises(JaxcnnError, match="expects a dict"):
