@@ -50,12 +50,6 @@ SAVE_DELAY_ENV = "JAXCNN_CHECKPOINT_SAVE_DELAY_S"
 VERSIONED_PACKAGES = ("jaxcnn", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 
 
-def default_checkpoint_config() -> dict[str, Any]:
-    """`config.checkpoint`: when to save and what to keep."""
-    return {"enabled": True, "every_steps": 0, "on_epoch_end": True, "keep": 2, "keep_best": 1,
-            "async_save": True}
-
-
 class TrainingInterrupted(Exception):
     """Raised by the loop after SIGTERM/SIGINT once the checkpoint is committed (exit status 0)."""
 
@@ -68,17 +62,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved in "
                          f"{workdir / CHECKPOINT_DIR}; resume with the same command: "
                          f"jaxcnn train --workdir {workdir} (and the same --config options)")
-
-
-def validate_checkpoint_config(section: ml_collections.ConfigDict) -> None:
-    for key in ("enabled", "on_epoch_end", "async_save"):
-        if not isinstance(section[key], bool):
-            raise JaxcnnError(f"checkpoint.{key} must be true or false, got {section[key]!r}")
-    # keep_best >= 1: the best step holds the parameters of restore_best and `eval --step best`.
-    for key, minimum in (("every_steps", 0), ("keep", 1), ("keep_best", 1)):
-        value = section[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise JaxcnnError(f"checkpoint.{key} must be an integer >= {minimum}, got {value!r}")
 
 
 def library_versions() -> dict[str, str]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import ml_collections
 
-from jaxcnn.checkpoint import CHECKPOINT_DIR, validate_checkpoint_config
+from jaxcnn.checkpoint import CHECKPOINT_DIR
+from jaxcnn.spec import CheckpointSpec
 from jaxcnn.errors import JaxcnnError
 
 # Config keys that may differ when a run is resumed; any other difference is refused.
@@ -75,7 +76,7 @@ def choose_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
     Writes nothing: every refusal (a finished run, a different config, checkpointing off) leaves
     the workdir exactly as it was.
     """
-    validate_checkpoint_config(config.checkpoint)
+    CheckpointSpec.parse(config.checkpoint)
     path = pathlib.Path(workdir)
     if not path.is_dir() or not holds_run(path):
         return path, False
