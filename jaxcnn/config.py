@@ -22,6 +22,7 @@ import ml_collections
 
 from jaxcnn import augment, checkpoint, models, optim
 from jaxcnn.data import host, normalization, tfds
+from jaxcnn.divergence import ON_NONFINITE
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import PARALLEL
 
@@ -71,6 +72,7 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
+    config.on_nonfinite = "stop"  # a non-finite training loss: stop (exit status 3) or continue (jaxcnn/divergence.py)
     config.dataset = dataset_section(dataset)
     config.augment = ml_collections.ConfigDict(
         {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
@@ -351,6 +353,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
     _check_name("parallel", config.parallel, PARALLEL)
+    _check_name("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
     data.check_dataset_name(config.dataset.name)
     fraction = config.dataset.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:

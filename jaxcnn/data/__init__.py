@@ -22,7 +22,8 @@ from jaxcnn.data.splits import Split, check_val_fraction, train_val_split
 from jaxcnn.errors import JaxcnnError
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name",
-           "expected_input_shape", "list_datasets", "load_dataset", "resolve_data_dir", "train_val_split"]
+           "expected_input_shape", "list_datasets", "load_dataset", "reads_files", "resolve_data_dir",
+           "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
 
@@ -54,6 +55,7 @@ class DatasetSource:
     options: tuple[str, ...] = ()
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
+    reads_files: bool = True  # False: made in memory, the data directory plays no part
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -75,13 +77,13 @@ DATASETS = MappingProxyType({
                              fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
                               fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE, reads_files=False),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
                                    fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
                            fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
-                               options=synthetic.OPTIONS),
+                               options=synthetic.OPTIONS, reads_files=False),
 })
 
 
@@ -109,6 +111,11 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     if name == "synthetic":
         return synthetic.check_image_shape(section["image_shape"])
     return DATASETS[name].image_shape if name in DATASETS else None
+
+
+def reads_files(name: str) -> bool:
+    """Whether dataset `name` is read from the data directory (a run records that directory)."""
+    return _source(name).reads_files
 
 
 def _source(name: str) -> DatasetSource:
