@@ -9,8 +9,10 @@ import argparse
 import datetime
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
+from jaxcnn import stop
+from jaxcnn.orbax_logs import ignore_closed_event_loop_callbacks
 from jaxcnn.errors import JaxcnnError
 
 OVERRIDE_HELP = """\
@@ -223,6 +225,7 @@ def default_workdir(config_name: str) -> pathlib.Path:
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
     from jaxcnn.config import config_name, config_to_json, load_config
+    from jaxcnn.divergence import TrainingDiverged
     from jaxcnn.loop import train_and_evaluate
     from jaxcnn.distributed import initialize_distributed, is_main_process
 
@@ -230,6 +233,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                            auto_detect=args.distributed, timeout_s=args.init_timeout)
     config = load_config(args.config, overrides + ["dataset.download=true"] * args.download)
+    stop.check_startup()  # a Ctrl-C while the libraries loaded
     if args.show_config:
         print(config_to_json(config))
         return 0
@@ -239,9 +243,12 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         summary = train_and_evaluate(config, workdir, data_dir=args.data_dir, quiet=args.quiet,
                                      fresh=args.fresh)
-    except TrainingInterrupted as stop:
-        print(f"jaxcnn: {stop}", file=sys.stderr)
+    except TrainingInterrupted as stopped:
+        print(f"jaxcnn: {stopped}", file=sys.stderr)
         return 0
+    except TrainingDiverged as diverged:
+        print(f"jaxcnn: {diverged}", file=sys.stderr)
+        return diverged.exit_status
     if is_main_process():
         print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
               f"({summary['test_examples']} test examples, {summary['epochs_run']} epochs, "
@@ -357,25 +364,16 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def ignore_closed_event_loop_callbacks() -> None:
-    """After a failed Orbax read (a damaged checkpoint), tensorstore finishes the cancelled reads on
-    its own threads and calls back into the asyncio loop Orbax has already closed; Python would print
-    each such `RuntimeError: Event loop is closed` as a traceback. They say nothing the one-line
-    error has not, so they are dropped; every other unraisable exception is printed as before."""
-    previous = sys.unraisablehook
-    if getattr(previous, "ignores_closed_event_loop", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.ignores_closed_event_loop = True
-    sys.unraisablehook = hook
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # SIGINT/SIGTERM are a flag from here on, before JAX is imported (jaxcnn.stop)
+        with stop.watching_from_the_start():
+            return run_command(argv)
+    return run_command(argv)
+
+
+def run_command(argv: list[str]) -> int:
+    """Parses `argv` and runs its command; a user error is one line on stderr and exit status 2."""
     ignore_closed_event_loop_callbacks()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -387,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxcnnError as e:
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
+    except stop.StartupInterrupted as e:  # a stop signal before training began
+        print(f"jaxcnn: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:  # before training installed its handler, or a second Ctrl-C
         print("jaxcnn: interrupted", file=sys.stderr)
         return 130

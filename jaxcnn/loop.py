@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcnn import checkpoint, data, models, optim
+from jaxcnn import checkpoint, data, divergence, models, optim, stop
 from jaxcnn.build import build, make_prepare
+from jaxcnn.clock import Clock
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
 from jaxcnn.data.feed import Feed, make_feeds
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
-from jaxcnn.distributed import barrier
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.evaluation import evaluate, predict
 from jaxcnn.executor import Calls, Executor, plan_calls
@@ -33,7 +32,7 @@ from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
-from jaxcnn.workdir import choose_workdir, prepare_workdir
+from jaxcnn.workdir import Claim, claim_workdir, record_data_dir
 from jaxcnn.writers import RunWriter
 
 # How many of the most confidently wrong test images `predictions.npz` keeps for the report.
@@ -48,8 +47,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
     run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (with
     several processes: at the next logging or saving step, all processes together) and raise
-    `checkpoint.TrainingInterrupted`. `dataset`: an already built dataset (`Dataset.from_arrays`)
-    instead of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
+    `checkpoint.TrainingInterrupted`; one received during start-up stops before training
+    (`stop.StartupInterrupted`). A non-finite loss stops the run (`divergence.TrainingDiverged`,
+    with `on_nonfinite=stop`). `dataset`: an already built dataset (`Dataset.from_arrays`) instead
+    of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
     """
     return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
 
@@ -72,6 +73,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
+        stop.check_startup(agree=True)  # the loop's first check: a signal during start-up stops here
         while loop.epoch <= run.config.num_epochs and not loop.stopped_early and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
@@ -82,48 +84,6 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
 
 
 # ---------------------------------------------------------------------------- the run
-
-
-@dataclasses.dataclass
-class Clock:
-    """Wall-clock bookkeeping: the first call's compile time, training time, images per second."""
-
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-    compile_s: float = 0.0
-    train_s: float = 0.0
-    timed_steps: int = 0
-    compiled: bool = False
-    epoch_start: float = 0.0
-    log_start: float = 0.0
-    log_step: int = 0
-
-    def start_epoch(self, step: int) -> None:
-        self.epoch_start = self.log_start = time.perf_counter()
-        self.log_step = step
-
-    def after_call(self, totals: Any, step: int, num_steps: int) -> None:
-        """The first call compiles: its time is the compile time, not training time."""
-        if self.compiled:
-            self.timed_steps += num_steps
-            return
-        jax.block_until_ready(totals)
-        self.compile_s, self.compiled = time.perf_counter() - self.epoch_start, True
-        self.start_epoch(step)
-
-    def log_rate(self, step: int, batch_size: int) -> float:
-        """Images per second since the previous log; starts the next interval."""
-        now = time.perf_counter()
-        rate = (step - self.log_step) * batch_size / max(now - self.log_start, 1e-9)
-        self.log_start, self.log_step = now, step
-        return rate
-
-    def end_epoch(self) -> float:
-        epoch_s = time.perf_counter() - self.epoch_start
-        self.train_s += epoch_s
-        return epoch_s
-
-    def wall(self) -> float:
-        return time.perf_counter() - self.start
 
 
 @dataclasses.dataclass
@@ -142,6 +102,8 @@ class Run:
     clock: Clock
     totals: Any  # the on-device sums of the current logging interval
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
+    watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
+    claim: Claim | None = None  # the workdir's lock, released on close
 
     @property
     def has_val(self) -> bool:
@@ -162,8 +124,12 @@ class Run:
         return 0 < self.config.max_steps <= loop.step
 
     def close(self) -> None:
-        self.writer.close()
-        self.saver.close()
+        try:
+            self.writer.close()
+            self.saver.close()
+        finally:
+            if self.claim is not None:
+                self.claim.release()
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
@@ -177,6 +143,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor:
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({len(dataset.train)} examples of {dataset.name}); lower batch_size")
     config = record_mean_std(config, *mean_std_for(config.dataset, dataset.train))  # config.json holds them
+    config = record_data_dir(config, data_dir or config.dataset.data_dir or None)  # eval and resume use it
     splits = (dataset.train, dataset.val, dataset.test)
     feeds = make_feeds(splits, config.dataset.input, config.dataset.device_budget_mb, executor)
     return config, dataset, dict(zip(("train", "val", "test"), feeds)), len(dataset.train) // config.batch_size
@@ -189,9 +156,15 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     validate_config(config)
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
-    workdir, resuming = choose_workdir(workdir, config, fresh)
-    barrier("jaxcnn-workdir-chosen")  # every process chose before any of them writes
-    workdir = prepare_workdir(workdir)
+    claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
+    with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
+        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset)
+
+
+def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
+                 quiet: bool, dataset: data.Dataset | None = None) -> tuple[Run, TrainState, LoopState]:
+    """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
+    workdir, resuming = claim.path, claim.resuming
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
@@ -206,6 +179,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     stopping = config.early_stopping
     loop = LoopState(EarlyStopping(stopping.monitor, stopping.patience, stopping.min_delta),
                      optim.make_plateau_scheduler(config.schedule))
+    stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
     saver = checkpoint.Checkpointer(workdir, config, {
         "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch}, watch_signals=True)
@@ -216,7 +190,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
                        total_steps=steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
                        metrics_bytes=loop.metrics_bytes if resuming else None)
     writer.write_text("config.json", config_to_json(config) + "\n")
-    run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals)
+    run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals,
+              watch=divergence.Watch(config.on_nonfinite, loop.step, saver), claim=claim)
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
@@ -260,6 +235,7 @@ def log(run: Run, state: TrainState, loop: LoopState) -> None:
     fetched = jax.device_get(run.totals)
     images_per_s = run.clock.log_rate(loop.step, config.batch_size)
     loss, accuracy = float(fetched["loss"] / fetched["steps"]), float(fetched["accuracy"] / fetched["steps"])
+    run.watch.check_loss(loss, loop.step, state)  # a non-finite loss stops here, before it is written
     if due(loop.step, config.log_every_steps):
         run.writer.write({"event": "train", "epoch": loop.epoch, "step": loop.step, "loss": loss,
                           "accuracy": accuracy,
@@ -319,6 +295,7 @@ def save(run: Run, state: TrainState, loop: LoopState, stop: bool, improved: boo
          value: float | None = None) -> None:
     """Saves where the loop stands (asynchronously); after a stop request, waits and stops."""
     loop.metrics_bytes = run.writer.size()
+    run.watch.check_state(state, loop.step)  # no checkpoint of a diverged state
     run.saver.save(state, run.totals, loop, improved=improved, monitor=loop.stopping.monitor, value=value)
     if stop:
         interrupt(run, loop, saved=True)
@@ -326,7 +303,8 @@ def save(run: Run, state: TrainState, loop: LoopState, stop: bool, improved: boo
 
 def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
     run.saver.wait()
-    raise checkpoint.TrainingInterrupted(run.saver.stop_reason, loop.step, run.workdir, saved)
+    raise checkpoint.TrainingInterrupted(run.saver.stop_reason, loop.step, run.workdir, saved,
+                                         run.config.dataset.data_dir)
 
 
 # ---------------------------------------------------------------------------- the end
@@ -353,6 +331,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any]
                          ("top5_accuracy", "expected_calibration_error", "macro_f1") if key in test_metrics},
                       "wall_time_s": run.clock.wall()})
     summary = summarize(run, state, loop, test, test_metrics)
+    run.saver.wait()  # the last save committed (or its failure reported) before the run is marked finished
     run.writer.write_json("summary.json", summary)
     return summary, state
 

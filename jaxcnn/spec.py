@@ -279,6 +279,7 @@ class RunSpec(Section):
     limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
     dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
     compilation_cache_dir: str = key("", string)  # persistent compilation cache; '' = off
+    on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)
     model: ModelSpec = section(ModelSpec)

@@ -22,7 +22,7 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import DATASET_COMMON_KEYS, is_int
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name", "dataset_defaults",
-           "expected_input_shape", "list_datasets", "load_dataset", "register_dataset", "resolve_data_dir",
+           "expected_input_shape", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
            "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
@@ -73,6 +73,7 @@ class DatasetSource:
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reads_files: bool = True  # False: made in memory, the data directory plays no part
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -94,13 +95,13 @@ _DATASETS: dict[str, DatasetSource] = {
                              fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
                               fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE, reads_files=False),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
                                    fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
                            fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
-                               options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS),
+                               options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
                                   options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS),
     "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
@@ -171,6 +172,11 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     if name == "synthetic":
         return synthetic.check_image_shape(section["image_shape"])
     return DATASETS[name].image_shape if name in DATASETS else None
+
+
+def reads_files(name: str) -> bool:
+    """Whether dataset `name` is read from the data directory (a run records that directory)."""
+    return _source(name).reads_files
 
 
 def _source(name: str) -> DatasetSource:
