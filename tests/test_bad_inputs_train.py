@@ -152,7 +152,7 @@ CASES = [
     ("train-diverges", [W, "{root}/diverged", *DIVERGES],
      "training diverged in steps 11-15: the training loss is inf (last finite loss", {"status": 3, "new": "diverged"}),
     ("train-bad-on-nonfinite", [W, "{root}/new", "--config.on_nonfinite=ignore"],
-     "unknown name 'ignore' for on_nonfinite", {}),
+     "unknown action 'ignore' (on_nonfinite)", {}),
     # The config.json of a run edited by hand: its checkpoint's config is the truth.
     ("train-config-json-edited-by-hand", [W, "{root}/edited", "--config", "{root}/edited/config.json"],
      "edited/config.json disagrees with its checkpoint (step 3): seed (0 -> 7)", {}),
