@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
     predict.set_defaults(func=run_predict)
     add_export_parser(commands, step_help)
+    add_verify_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -138,6 +139,29 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
                         help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
     export.set_defaults(func=run_export)
+
+
+def add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify", help="re-run a run from its config.json and check that it reproduces bitwise",
+        description="Train the run in WORKDIR again from its config.json, in a temporary folder (or only "
+                    "its first N steps), and compare: `bitwise` when the parameters and metrics.jsonl (without "
+                    "timing fields) are identical, else `differs` with the largest parameter difference in "
+                    "ulps and the first metrics.jsonl record that differs. Warns when this environment "
+                    "differs from the run's certificate.json. Exit status 0 bitwise, 1 differs, 2 bad input.")
+    verify.add_argument("workdir", metavar="WORKDIR", help="the workdir of a `jaxcnn train` run")
+    verify.add_argument("--steps", type=int, metavar="N",
+                        help="re-run only the first N training steps and compare up to there (parameters "
+                             "where the run kept a checkpoint of step N)")
+    verify.add_argument("--data-dir", metavar="DIR",
+                        help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")
+    verify.set_defaults(func=run_verify)
+
+
+def run_verify(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.verify import verify
+
+    return verify(args.workdir, args.steps, args.data_dir)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -209,14 +233,17 @@ def default_workdir(config_name: str) -> pathlib.Path:
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
-    from jaxcnn.config import config_name, config_to_json, load_config
+    from jaxcnn import determinism
+    from jaxcnn.config import config_name, config_to_json, read_config, validate_config
     from jaxcnn.loop import train_and_evaluate
     from jaxcnn.distributed import initialize_distributed, is_main_process
 
     # Before anything touches a device: JAX's distributed runtime must start first.
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                            auto_detect=args.distributed, timeout_s=args.init_timeout)
-    config = load_config(args.config, overrides + ["dataset.download=true"] * args.download)
+    config = read_config(args.config, overrides + ["dataset.download=true"] * args.download)
+    determinism.apply(config)  # before anything starts JAX's backend (validating builds the model)
+    validate_config(config)
     if args.show_config:
         print(config_to_json(config))
         return 0

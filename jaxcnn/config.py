@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from jaxcnn import augment, checkpoint, models, optim
+from jaxcnn import augment, checkpoint, models, optim, run_options
 from jaxcnn.data import host, normalization, tfds
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import PARALLEL
@@ -71,6 +71,9 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
+    config.deterministic = False  # GPU: XLA's deterministic ops (jaxcnn/determinism.py); recorded everywhere
+    config.max_steps = 0  # > 0: stop after that many training steps (then test and summarise); 0 = off
+    config.profile_steps = ()  # (FIRST, LAST): a jax.profiler trace of those steps in WORKDIR/profile/
     config.dataset = dataset_section(dataset)
     config.augment = ml_collections.ConfigDict(
         {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
@@ -138,11 +141,18 @@ def config_name(path: str | None) -> str:
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Loads a config (default: the preset `digits_cnn`; see `resolve_config_path`), applies
     overrides, validates it. Python config files are trusted code: they run as they are."""
+    config = read_config(path, overrides)
+    validate_config(config)
+    return config
+
+
+def read_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """`load_config` without the validation, which builds the model and so starts JAX's backend:
+    for what must happen before it starts (`jaxcnn.determinism.apply`)."""
     file = resolve_config_path(path)
     config = config_from_json_file(file) if file.suffix == ".json" else run_config_file(file)
     config.lock()
     apply_overrides(config, overrides)
-    validate_config(config)
     return config
 
 
@@ -348,6 +358,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
                 "steps_per_call"):
         _check_positive_int(config, key)
+    run_options.check_run_options(config)
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
     _check_name("parallel", config.parallel, PARALLEL)

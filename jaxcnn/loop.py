@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcnn import checkpoint, data, models, optim
+from jaxcnn import certificate, checkpoint, data, determinism, models, optim, profiling
 from jaxcnn.build import build, make_prepare
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
@@ -31,6 +31,7 @@ from jaxcnn.executor import Calls, Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
+from jaxcnn.run_options import limit_reached
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
 from jaxcnn.workdir import choose_workdir, prepare_workdir
@@ -52,7 +53,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh)
     try:
-        while loop.epoch <= run.config.num_epochs and not loop.stopped_early:
+        while (loop.epoch <= run.config.num_epochs and not loop.stopped_early
+               and not limit_reached(loop.step, run.config.max_steps)):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
         return finish(run, state, loop)
@@ -121,6 +123,7 @@ class Run:
     clock: Clock
     totals: Any  # the on-device sums of the current logging interval
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
+    profiler: Any = None  # the trace of config.profile_steps (jaxcnn.profiling)
 
     @property
     def has_val(self) -> bool:
@@ -153,6 +156,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     """Data, model, compiled calls, checkpoints and writers; resumed from the workdir's last
     checkpoint when it holds an unfinished run."""
     validate_config(config)
+    determinism.apply(config)  # a GPU backend started without the deterministic flag: refused
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
     workdir, resuming = choose_workdir(workdir, config, fresh)
@@ -163,6 +167,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
+    profiler = profiling.Profiler(config, workdir, steps_per_epoch)  # a range beyond the run: refused here
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
     models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -183,6 +188,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
                        metrics_bytes=loop.metrics_bytes if resuming else None)
     writer.write_text("config.json", config_to_json(config) + "\n")
     run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals)
+    run.profiler = profiler
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
@@ -198,15 +204,16 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     """Trains from where `loop` stands to the end of its epoch, logging and saving on the way."""
     config, saver = run.config, run.saver
     plan = plan_calls(loop.position, run.steps_per_epoch, loop.step, config.steps_per_call,
-                      (config.log_every_steps, saver.every_steps))
+                      (config.log_every_steps, saver.every_steps, config.max_steps))
     inputs = run.feeds["train"].train_calls(config.seed, loop.epoch, config.batch_size, plan)
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
+        run.profiler.before_call(loop.step, num_steps, state)
         state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
         run.clock.after_call(run.totals, loop.step, num_steps)
-        epoch_end = loop.position == run.steps_per_epoch
+        epoch_end = loop.position == run.steps_per_epoch or limit_reached(loop.step, config.max_steps)
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:  # the epoch's end validates, then saves and stops (end_epoch)
@@ -254,7 +261,7 @@ def end_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     loop.stopped_early = config.early_stopping.enabled and run.has_val and loop.stopping.should_stop
     loop.start_epoch()
     stop = run.saver.stop_agreed(True)
-    last = loop.epoch > config.num_epochs or loop.stopped_early
+    last = loop.epoch > config.num_epochs or loop.stopped_early or limit_reached(loop.step, config.max_steps)
     if run.saver.due_at_epoch_end(loop.step, bool(improved), last, stop):
         save(run, state, loop, stop, improved, record.get(loop.stopping.monitor))
     elif stop:
@@ -300,7 +307,7 @@ def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
 
 def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
     """Tests the final (or the best) parameters, writes predictions, the test record and the summary."""
-    config, dataset = run.config, run.dataset
+    config, dataset, final = run.config, run.dataset, state
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
@@ -318,6 +325,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
                       "wall_time_s": run.clock.wall()})
     summary = summarize(run, state, loop, test, test_metrics)
     run.writer.write_json("summary.json", summary)
+    certificate.write(run, final, loop.step)
     return summary
 
 
@@ -348,6 +356,7 @@ def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_met
         "wall_time_s": clock.wall(),
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,
+        "memory": profiling.memory_summary(run, state),
     }
 
 
