@@ -123,7 +123,7 @@ class Run:
     clock: Clock
     totals: Any  # the on-device sums of the current logging interval
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
-    profiler: Any = None  # the trace of config.profile_steps (jaxcnn.profiling)
+    profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
 
     @property
     def has_val(self) -> bool:
@@ -133,6 +133,7 @@ class Run:
         return evaluate(self.calls, state, self.feeds[split], self.config.eval_batch_size, self.config.steps_per_call)
 
     def close(self) -> None:
+        self.profiler.stop()  # a trace still running when training stopped early or failed
         self.writer.close()
         self.saver.close()
 

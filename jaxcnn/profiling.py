@@ -62,6 +62,19 @@ class Profiler:
             self.active, self.done = False, True
 
 
+class _Off:
+    """No trace: what a run has before `build_run` gives it its `Profiler`."""
+
+    def before_call(self, step: int, num_steps: int, state: Any) -> None:
+        pass
+
+    def stop(self, state: Any = None) -> None:
+        pass
+
+
+OFF = _Off()
+
+
 def peak_host_rss_bytes() -> int:
     """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -125,8 +125,8 @@ def first_record_difference(original: list[dict], rerun: list[dict]) -> str | No
     for index, (a, b) in enumerate(zip(left, right)):
         if a != b:
             record, other = original[index], rerun[index]
-            keys = sorted(k for k in set(json.loads(a)) | set(json.loads(b))
-                          if json.loads(a).get(k) != json.loads(b).get(k))
+            mine, theirs = json.loads(a), json.loads(b)
+            keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             shown = ", ".join(f"{k} {record.get(k)!r} vs {other.get(k)!r}" for k in keys[:3])
             return (f"record {index + 1} (event {record.get('event')}, epoch {record.get('epoch')}, "
                     f"step {record.get('step')}): {shown}")
@@ -164,8 +164,8 @@ def load_variables(workdir: pathlib.Path, step: str) -> dict[str, Any] | str:
 def measure(original: pathlib.Path, rerun_dir: pathlib.Path, step: str, what: str) -> tuple[bool, str]:
     """Compares checkpoint `step` of the original and the re-run, array by array."""
     left, right = load_variables(original, step), load_variables(rerun_dir, step)
-    if isinstance(left, str):
-        return False, f"{what}: cannot measure the difference ({left})"
+    if isinstance(left, str) or isinstance(right, str):
+        return False, f"{what}: cannot measure the difference ({left if isinstance(left, str) else right})"
     bitwise, line = compare_variables(left, right)
     return bitwise, f"{what}: {line}"
 
@@ -176,8 +176,8 @@ def compare_parameters(original: Original, rerun_dir: pathlib.Path, here: dict[s
     re-run and the original has a certificate, else (or when they differ) by the checkpoints."""
     if steps is not None:
         left, right = load_variables(original.workdir, str(steps)), load_variables(rerun_dir, str(steps))
-        if isinstance(left, str):
-            return None, [f"not compared at step {steps}: {left}"]
+        if isinstance(left, str) or isinstance(right, str):
+            return None, [f"not compared at step {steps}: {left if isinstance(left, str) else right}"]
         bitwise, line = compare_variables(left, right)
         return bitwise, [f"step {steps}: {line}"]
     cert = original.certificate

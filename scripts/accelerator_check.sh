@@ -42,6 +42,7 @@ if [ "$QUICK" = 1 ]; then
          --config.dataset.num_test=256 --config.num_epochs=2 --config.log_every_steps=4)
   BENCH=(--model mlp --mode step --mode fused --min-time 0.05 --repeats 1 --num-test 256
          --fingerprint-steps 2 --steps-per-call 4)
+  VERIFY=()
 else
   if [ -z "$DATA_DIR" ]; then
     echo "accelerator_check.sh: MNIST needed: pass --data-dir DIR or set JAXCNN_DATA_DIR (or use --quick)" >&2
@@ -49,6 +50,7 @@ else
   fi
   TRAIN=(--config mnist_cnn --data-dir "$DATA_DIR")
   BENCH=(--model cnn)
+  VERIFY=(--data-dir "$DATA_DIR")  # a run's config does not hold the data directory
 fi
 
 echo "[1/4] ${TRAIN[*]} -> $OUT/accuracy" >&2
@@ -68,7 +70,7 @@ jaxcnn train "${TRAIN[@]}" --workdir "$OUT/deterministic" --quiet --config.deter
   --config.num_epochs=1 --config.schedule.warmup_epochs=0 > "$OUT/deterministic.log" 2>&1
 for i in 1 2; do
   status=0
-  jaxcnn verify "$OUT/deterministic" > "$OUT/verify-$i.log" 2>&1 || status=$?
+  jaxcnn verify "$OUT/deterministic" ${VERIFY[@]+"${VERIFY[@]}"} > "$OUT/verify-$i.log" 2>&1 || status=$?
   echo "$status" > "$OUT/verify-$i.status"
 done
 
