@@ -28,7 +28,8 @@ def default_workdir(config_name: str) -> pathlib.Path:
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.checkpoint import TrainingInterrupted
-    from jaxcnn.config import config_name, config_to_json, load_config
+    from jaxcnn import determinism
+    from jaxcnn.config import config_name, config_to_json, read_config, validate_config
     from jaxcnn.divergence import TrainingDiverged
     from jaxcnn.loop import train_and_evaluate
     from jaxcnn.distributed import initialize_distributed, is_main_process
@@ -36,8 +37,10 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     # Before anything touches a device: JAX's distributed runtime must start first.
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                            auto_detect=args.distributed, timeout_s=args.init_timeout)
-    config = load_config(args.config, overrides + ["dataset.download=true"] * args.download)
+    config = read_config(args.config, overrides + ["dataset.download=true"] * args.download)
     stop.check_startup()  # a Ctrl-C while the libraries loaded
+    determinism.apply(config)  # before anything starts JAX's backend (validating builds the model)
+    validate_config(config)
     if args.show_config:
         print(config_to_json(config))
         return 0
@@ -168,8 +171,14 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def run_verify(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.verify import verify
+
+    return verify(args.workdir, args.steps, args.data_dir)
+
+
 COMMANDS = {"train": run_train, "report": run_report, "models": run_models, "eval": run_eval, "predict": run_predict,
-            "export": run_export, "bench": run_bench}
+            "export": run_export, "verify": run_verify, "bench": run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     add_predict_parser(commands)
     add_export_parser(commands, STEP_HELP)
+    add_verify_parser(commands)
     add_bench_parser(commands)
     return parser
 
@@ -206,3 +207,19 @@ def split_overrides(rest: Sequence[str], parser: argparse.ArgumentParser) -> lis
             body = f"{body}={items.pop(0)}"
         overrides.append(body)
     return overrides
+
+
+def add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify", help="re-run a run from its config.json and check that it reproduces bitwise",
+        description="Train the run in WORKDIR again from its config.json, in a temporary folder (or only "
+                    "its first N steps), and compare: `bitwise` when the parameters and metrics.jsonl (without "
+                    "timing fields) are identical, else `differs` with the largest parameter difference in "
+                    "ulps and the first metrics.jsonl record that differs. Warns when this environment "
+                    "differs from the run's certificate.json. Exit status 0 bitwise, 1 differs, 2 bad input.")
+    verify.add_argument("workdir", metavar="WORKDIR", help="the workdir of a `jaxcnn train` run")
+    verify.add_argument("--steps", type=int, metavar="N",
+                        help="re-run only the first N training steps and compare up to there (parameters "
+                             "where the run kept a checkpoint of step N)")
+    verify.add_argument("--data-dir", metavar="DIR",
+                        help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")

@@ -22,6 +22,7 @@ from jaxcnn import spec
 from jaxcnn.config_files import (CONFIG_SUFFIXES, CONFIGS_DIR, DEFAULT_CONFIG, as_tuple,  # noqa: F401 (re-exported)
                                  config_from_json, config_name, list_presets, read_json_config, resolve_config_path,
                                  run_config_file)
+from jaxcnn import run_options
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import DATASET_COMMON_KEYS  # noqa: F401 (re-exported)
 
@@ -61,13 +62,20 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a config (default: the preset `digits_cnn`; see `config_files.resolve_config_path`),
-    applies overrides, validates it. Python config files are trusted code: they run as they are."""
+    """Loads a config (default: the preset `digits_cnn`; see `resolve_config_path`), applies
+    overrides, validates it. Python config files are trusted code: they run as they are."""
+    config = read_config(path, overrides)
+    validate_config(config)
+    return config
+
+
+def read_config(path: str | None = None, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """`load_config` without the validation, which builds the model and so starts JAX's backend:
+    for what must happen before it starts (`jaxcnn.determinism.apply`)."""
     file = resolve_config_path(path)
     config = config_from_json_file(file) if file.suffix == ".json" else run_config_file(file)
     config.lock()
     apply_overrides(config, overrides)
-    validate_config(config)
     return config
 
 
@@ -226,6 +234,7 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     from jaxcnn.build import build  # build reads configs through this module
 
     run = spec.parse(config)
+    run_options.parse_profile_steps(config.profile_steps)  # its range is checked with the data (profiling)
     data.check_dataset_name(config.dataset.name)
     parts = build(config, num_classes=2, steps_per_epoch=1)
     input_shape = data.expected_input_shape(config.dataset)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcnn import checkpoint, data, divergence, models, optim, stop
+from jaxcnn import certificate, checkpoint, data, determinism, divergence, models, optim, profiling, stop
 from jaxcnn.build import build, make_prepare
 from jaxcnn.clock import Clock
 from jaxcnn.compilation import enable_compilation_cache
@@ -30,6 +30,7 @@ from jaxcnn.executor import Calls, Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
+from jaxcnn.run_options import limit_reached
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
 from jaxcnn.workdir import Claim, claim_workdir, record_data_dir
@@ -104,6 +105,7 @@ class Run:
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
     watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
     claim: Claim | None = None  # the workdir's lock, released on close
+    profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
 
     @property
     def has_val(self) -> bool:
@@ -125,6 +127,7 @@ class Run:
 
     def close(self) -> None:
         try:
+            self.profiler.stop()  # a trace still running when training stopped early or failed
             self.writer.close()
             self.saver.close()
         finally:
@@ -154,6 +157,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     """Data, model, compiled calls, checkpoints and writers; resumed from the workdir's last
     checkpoint when it holds an unfinished run."""
     validate_config(config)
+    determinism.apply(config)  # a GPU backend started without the deterministic flag: refused
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
     claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
@@ -170,6 +174,7 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset)
+    profiler = profiling.Profiler(config, workdir, steps_per_epoch)  # a range beyond the run: refused here
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
     models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -192,6 +197,7 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
     writer.write_text("config.json", config_to_json(config) + "\n")
     run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals,
               watch=divergence.Watch(config.on_nonfinite, loop.step, saver), claim=claim)
+    run.profiler = profiler
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
@@ -211,6 +217,7 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     inputs = run.feeds["train"].train_calls(config.seed, loop.epoch, config.batch_size, plan)
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
+        run.profiler.before_call(loop.step, num_steps, state)
         state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
@@ -311,9 +318,9 @@ def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
 
 
 def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any], TrainState]:
-    """Tests the final (or the best) parameters, writes predictions, the test record and the summary;
-    returns the summary and the state tested."""
-    config, dataset = run.config, run.dataset
+    """Tests the final (or the best) parameters, writes predictions, the test record, the summary and
+    the certificate; returns the summary and the state tested."""
+    config, dataset, final = run.config, run.dataset, state
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
@@ -333,6 +340,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any]
     summary = summarize(run, state, loop, test, test_metrics)
     run.saver.wait()  # the last save committed (or its failure reported) before the run is marked finished
     run.writer.write_json("summary.json", summary)
+    certificate.write(run, final, loop.step)
     return summary, state
 
 
@@ -363,6 +371,7 @@ def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_met
         "wall_time_s": clock.wall(),
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,
+        "memory": profiling.memory_summary(run, state),
     }
 
 

@@ -280,6 +280,8 @@ class RunSpec(Section):
     dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
     compilation_cache_dir: str = key("", string)  # persistent compilation cache; '' = off
     on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
+    deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/determinism.py); recorded always
+    profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)
     model: ModelSpec = section(ModelSpec)

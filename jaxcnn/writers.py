@@ -211,6 +211,8 @@ WORKDIR_OUTPUTS = (
     (PREDICTIONS_FILE, "the test predictions", False),
     ("checkpoints", "the checkpoints", True),
     ("events", "the TensorBoard event files", True),
+    ("certificate.json", "the run's certificate", False),
+    ("profile", "the profiler trace", True),
 )
 
 
