@@ -30,7 +30,6 @@ from jaxcnn.executor import Calls, Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
-from jaxcnn.run_options import limit_reached
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
 from jaxcnn.workdir import Claim, claim_workdir, record_data_dir

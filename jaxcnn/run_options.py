@@ -1,6 +1,6 @@
-"""The config keys that say how a run runs, not what it trains: `deterministic`, `max_steps`,
-`profile_steps`. Checked with the rest of the config (`config.validate_config`); what they do is
-in `jaxcnn.determinism`, `jaxcnn.loop` and `jaxcnn.profiling`."""
+"""The config keys that say how a run runs, not what it trains: `max_steps` (the run's length) and
+`profile_steps` (parsed here; checked with the rest of the config in `config.validate_config`, and
+against the run's length in `jaxcnn.profiling`)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,6 @@ from typing import Any
 import ml_collections
 
 from jaxcnn.errors import JaxcnnError
-
-
-def check_run_options(config: ml_collections.ConfigDict) -> None:
-    """`deterministic`, `max_steps` and the form of `profile_steps` (its range against the run's
-    length is checked once the data is loaded: `jaxcnn.profiling.Profiler`)."""
-    if not isinstance(config.deterministic, bool):
-        raise JaxcnnError(f"deterministic must be true or false, got {config.deterministic!r}")
-    steps = config.max_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise JaxcnnError(f"max_steps must be a non-negative integer (0 = no limit), got {steps!r}")
-    parse_profile_steps(config.profile_steps)
-
-
-def limit_reached(step: int, max_steps: int) -> bool:
-    """Whether a run limited to `max_steps` training steps (0: no limit) has run them all."""
-    return max_steps > 0 and step >= max_steps
 
 
 def run_length(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
