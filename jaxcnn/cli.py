@@ -38,8 +38,8 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                            auto_detect=args.distributed, timeout_s=args.init_timeout)
     config = read_config(args.config, overrides + ["dataset.download=true"] * args.download)
-    stop.check_startup()  # a Ctrl-C while the libraries loaded
     determinism.apply(config)  # before anything starts JAX's backend (validating builds the model)
+    stop.check_startup()  # a Ctrl-C while the libraries loaded
     validate_config(config)
     if args.show_config:
         print(config_to_json(config))
