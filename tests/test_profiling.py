@@ -76,5 +76,5 @@ def test_max_steps_stops_mid_epoch_then_tests_and_summarises(tmp_path):
 
 
 def test_max_steps_must_be_a_non_negative_integer():
-    with pytest.raises(JaxcnnError, match="max_steps must be a non-negative integer"):
+    with pytest.raises(JaxcnnError, match=r"max_steps must be a whole number >= 0 \(0: off\), got -1"):
         load_config("digits_cnn", ["max_steps=-1"])
