@@ -106,6 +106,6 @@ def train_call_memory(run: Any, state: Any) -> dict[str, int] | None:
 def memory_summary(run: Any, state: Any) -> dict[str, Any]:
     """`summary.json`'s `memory`; also ends a trace still running (a range ending with the run)."""
     run.profiler.stop(state)
-    return {"peak_device_bytes": peak_device_bytes(run.executor.devices[0]),
+    return {"peak_device_bytes": peak_device_bytes(jax.local_devices()[0]),  # one of this process's
             "peak_host_rss_bytes": peak_host_rss_bytes(),
             "train_call": train_call_memory(run, state)}
