@@ -70,7 +70,9 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
     config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
-    config.compilation_cache_dir = ""  # persistent compilation cache; '' = off
+    # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
+    # that cannot be written), a folder, or '' = off (jaxcnn/compilation.py).
+    config.compilation_cache_dir = "auto"
     config.dataset = dataset_section(dataset)
     config.augment = ml_collections.ConfigDict(
         {"crop_padding": 0, "flip": False, "cutout": 0}, type_safe=False)
@@ -348,6 +350,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
                 "steps_per_call"):
         _check_positive_int(config, key)
+    if not isinstance(config.compilation_cache_dir, str):
+        raise JaxcnnError(f"compilation_cache_dir must be a folder, 'auto' or '' (off), "
+                          f"got {config.compilation_cache_dir!r}")
     if not isinstance(config.logging.tensorboard, bool):
         raise JaxcnnError(f"logging.tensorboard must be true or false, got {config.logging.tensorboard!r}")
     _check_name("parallel", config.parallel, PARALLEL)

@@ -29,7 +29,7 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.evaluation import evaluate, predict
 from jaxcnn.executor import Calls, Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.loop_state import EarlyStopping, LoopState, due
+from jaxcnn.loop_state import Clock, EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
@@ -64,48 +64,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 @dataclasses.dataclass
-class Clock:
-    """Wall-clock bookkeeping: the first call's compile time, training time, images per second."""
-
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-    compile_s: float = 0.0
-    train_s: float = 0.0
-    timed_steps: int = 0
-    compiled: bool = False
-    epoch_start: float = 0.0
-    log_start: float = 0.0
-    log_step: int = 0
-
-    def start_epoch(self, step: int) -> None:
-        self.epoch_start = self.log_start = time.perf_counter()
-        self.log_step = step
-
-    def after_call(self, totals: Any, step: int, num_steps: int) -> None:
-        """The first call compiles: its time is the compile time, not training time."""
-        if self.compiled:
-            self.timed_steps += num_steps
-            return
-        jax.block_until_ready(totals)
-        self.compile_s, self.compiled = time.perf_counter() - self.epoch_start, True
-        self.start_epoch(step)
-
-    def log_rate(self, step: int, batch_size: int) -> float:
-        """Images per second since the previous log; starts the next interval."""
-        now = time.perf_counter()
-        rate = (step - self.log_step) * batch_size / max(now - self.log_start, 1e-9)
-        self.log_start, self.log_step = now, step
-        return rate
-
-    def end_epoch(self) -> float:
-        epoch_s = time.perf_counter() - self.epoch_start
-        self.train_s += epoch_s
-        return epoch_s
-
-    def wall(self) -> float:
-        return time.perf_counter() - self.start
-
-
-@dataclasses.dataclass
 class Run:
     """Everything one training run is made of, built once by `build_run`."""
 
@@ -121,13 +79,14 @@ class Run:
     clock: Clock
     totals: Any  # the on-device sums of the current logging interval
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
+    cache_dir: pathlib.Path | None = None  # the persistent compilation cache (None: off)
 
     @property
     def has_val(self) -> bool:
         return len(self.feeds["val"]) > 0
 
     def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
-        return evaluate(self.calls, state, self.feeds[split], self.config.eval_batch_size, self.config.steps_per_call)
+        return evaluate(self.calls, state, self.feeds[split], self.config.eval_batch_size)
 
     def close(self) -> None:
         self.writer.close()
@@ -158,8 +117,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     workdir, resuming = choose_workdir(workdir, config, fresh)
     barrier("jaxcnn-workdir-chosen")  # every process chose before any of them writes
     workdir = prepare_workdir(workdir)
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir)
+    cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
@@ -182,13 +140,23 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
                        total_steps=steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
                        metrics_bytes=loop.metrics_bytes if resuming else None)
     writer.write_text("config.json", config_to_json(config) + "\n")
-    run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals)
+    run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals,
+              cache_dir=cache_dir)
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
-        writer.progress.bar.update(loop.step)
+        writer.progress.resume(loop.step)
         writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
+    writer.line(start_line(run, state))
     return run, state, loop
+
+
+def start_line(run: Run, state: TrainState) -> str:
+    """The line printed as training starts, before the first call compiles."""
+    config = run.config
+    return (f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
+            f"{len(run.dataset.train):,} {run.dataset.name} images: {config.num_epochs} epochs of "
+            f"{run.steps_per_epoch} steps of {config.batch_size}; compiling")
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -205,7 +173,9 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
-        run.clock.after_call(run.totals, loop.step, num_steps)
+        if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
+            cached = {True: " (from the compilation cache)", False: "", None: ""}[run.clock.cache_hit]
+            run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
         epoch_end = loop.position == run.steps_per_epoch
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
@@ -246,7 +216,9 @@ def end_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
               "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
     improved = None  # None: no validation split
     if run.has_val:
+        started = time.perf_counter()
         state, improved = validate(run, state, loop, record)
+        run.clock.validation_s += time.perf_counter() - started
     record.update(epoch_time_s=epoch_s, images_per_s=run.steps_per_epoch * config.batch_size / max(epoch_s, 1e-9),
                   wall_time_s=run.clock.wall())
     run.writer.write(record)
@@ -304,7 +276,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
-    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size, config.steps_per_call)
+    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size)
     labels = dataset.test.labels
     test_metrics = classification_metrics(labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
@@ -344,11 +316,22 @@ def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_met
         "input": run.feeds["train"].kind,
         "normalization": {"mean": config.dataset.mean, "std": config.dataset.std},
         "compile_s": clock.compile_s,
-        "train_images_per_s": clock.timed_steps * config.batch_size / clock.train_s if clock.train_s > 0 else None,
+        "compile_cache_hit": clock.cache_hit,  # None: the compilation cache is off
+        "compilation_cache": {"dir": str(run.cache_dir) if run.cache_dir else None, **clock.cache_counts()},
+        # Training alone, between log steps (no compile, validation or epoch ends), and the epochs'
+        # training including log syncs and checkpoint saves; validation's time apart.
+        "steady_train_images_per_s": rate(clock.steady_steps * config.batch_size, clock.steady_s),
+        "train_images_per_s": rate(clock.timed_steps * config.batch_size, clock.train_s),
+        "train_s": clock.train_s,
+        "validation_s": clock.validation_s,
         "wall_time_s": clock.wall(),
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,
     }
+
+
+def rate(images: int, seconds: float) -> float | None:
+    return images / seconds if seconds > 0 and images > 0 else None
 
 
 def epoch_line(record: dict[str, Any], num_epochs: int) -> str:

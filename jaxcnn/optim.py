@@ -16,7 +16,8 @@ import optax
 from jaxcnn.errors import JaxcnnError
 
 OPTIMIZER_NAMES = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULE_NAMES = ("constant", "exponential", "piecewise", "plateau", "warmup_cosine")
+SCHEDULE_NAMES = ("constant", "exponential", "piecewise", "plateau", "warmup_cosine", "warmup_linear")
+WARMUP_SCHEDULES = ("warmup_cosine", "warmup_linear")
 
 
 def default_optimizer_config() -> dict:
@@ -39,8 +40,8 @@ def default_schedule_config() -> dict:
         "name": "constant",
         "boundaries_epochs": (),  # piecewise: lr *= decay_rate at each of these epochs
         "decay_rate": 0.1,  # piecewise (per boundary) and exponential (per epoch)
-        "warmup_epochs": 0.0,  # warmup_cosine: linear warmup from 0
-        "end_learning_rate": 0.0,  # warmup_cosine: the floor reached at the last step
+        "warmup_epochs": 0.0,  # warmup_cosine, warmup_linear: linear warmup from 0
+        "end_learning_rate": 0.0,  # warmup_cosine, warmup_linear: the value reached at the last step
         "plateau_factor": 0.1,
         "plateau_patience": 5,
         "plateau_min_delta": 1e-4,
@@ -108,7 +109,7 @@ def _schedule_values(cfg: Mapping, learning_rate: float, num_epochs: int) -> dic
     _check(0 < rate <= 1, sec, "decay_rate", "in (0, 1]", rate)
     warmup = _number(sec, values, "warmup_epochs")
     # The upper bound only matters where warmup is used; other schedules ignore the key.
-    upper = num_epochs if values["name"] == "warmup_cosine" else float("inf")
+    upper = num_epochs if values["name"] in WARMUP_SCHEDULES else float("inf")
     _check(0 <= warmup < upper, sec, "warmup_epochs", f">= 0 and < num_epochs ({num_epochs})", warmup)
     end_lr = _number(sec, values, "end_learning_rate")
     _check(
@@ -174,7 +175,19 @@ def _make_schedule(lr: float, sched: dict, steps_per_epoch: int, num_epochs: int
             decay_steps=num_epochs * steps_per_epoch,  # counts the warmup too
             end_value=sched["end_learning_rate"],
         )
+    if name == "warmup_linear":
+        return _warmup_linear(lr, round(sched["warmup_epochs"] * steps_per_epoch), num_epochs * steps_per_epoch,
+                              sched["end_learning_rate"])
     return optax.constant_schedule(lr)  # constant, and plateau (scaled through lr_scale)
+
+
+def _warmup_linear(lr: float, warmup_steps: int, total_steps: int, end_lr: float) -> optax.Schedule:
+    """A one-cycle (triangular) schedule: linear from 0 to `lr` over `warmup_steps`, then linear
+    down to `end_lr` at `total_steps` (the warmup counted), constant after."""
+    decay = optax.linear_schedule(lr, end_lr, max(1, total_steps - warmup_steps))
+    if warmup_steps == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
 
 
 def _kernels_only(params):
