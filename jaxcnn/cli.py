@@ -17,7 +17,9 @@ OVERRIDE_HELP = """\
 config overrides:
   --config.KEY=VALUE    set any key of the config, e.g. --config.num_epochs=3,
                         --config.optimizer.learning_rate=0.01, --config.model.hidden="(256, 128)",
-                        --config.model.name=mlp (rebuilds the model section with mlp's options).
+                        --config.model.name=mlp (rebuilds the model section with mlp's options),
+                        --config.model.name=my_pkg.nets:MyNet --config.model.options="{'width': 64}"
+                        (your own Flax linen or NNX module, by import path).
                         An unknown key fails with a suggestion; `jaxcnn train --show-config`
                         prints every key with its value.
 """
@@ -78,10 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: WORKDIR/plots for one workdir, ./report for several)")
     report.set_defaults(func=run_report)
 
-    models = commands.add_parser("models", help="list the registered models with parameter counts",
-                                 description="List every registered model with its default input "
-                                             "shape and parameter count (10 classes).")
-    models.set_defaults(func=run_models)
+    add_models_parser(commands)
 
     step_help = ("checkpoint to use: best, latest or a step number (default: the parameters the run's "
                  "final test used: best with early_stopping.restore_best, else latest)")
@@ -99,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", help="classify image files with a saved model",
-        description="Classify PNG/JPEG images or .npy pixel arrays (values 0..255, shape (H, W) or "
-                    "(H, W, C)) with a saved model. Images are converted to the model's channels, resized "
-                    "to its input size and normalised as in training; transparency is composited on black. "
+        description="Classify image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or .npy pixel arrays (values "
+                    "0..255, shape (H, W) or (H, W, C)) with a saved model. Images are converted to the model's "
+                    "channels, resized to its input size and normalised as in training; transparency is "
+                    "composited on black. "
                     "They should look like the training data (MNIST: a light digit centred on a dark "
                     "background; --invert for dark on light).")
     source = predict.add_mutually_exclusive_group(required=True)
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--invert", action="store_true",
                          help="invert pixel values (255 - x) first: for dark digits on a light background, "
                               "as in photos of handwriting (MNIST digits are light on dark)")
-    predict.add_argument("files", nargs="+", metavar="FILE", help="image files (.png, .jpg, .jpeg, .npy)")
+    predict.add_argument("files", nargs="+", metavar="FILE",
+                         help="image files (.png, .jpg, .bmp, .gif, ...) or .npy arrays")
     predict.set_defaults(func=run_predict)
     add_export_parser(commands, step_help)
     add_bench_parser(commands)
@@ -138,6 +139,18 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
                         help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
     export.set_defaults(func=run_export)
+
+
+def add_models_parser(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="list the registered models with parameter counts",
+                                 description="List every registered model with its default input "
+                                             "shape and parameter count (10 classes); import paths "
+                                             "given (module.path:Class) are listed after them.")
+    models.add_argument("paths", nargs="*", metavar="MODULE:CLASS",
+                        help="your own models by import path (their folder on PYTHONPATH or the current one)")
+    models.add_argument("--input-shape", metavar="H,W,C", default="28,28,1",
+                        help="input of the import-path models (default: 28,28,1)")
+    models.set_defaults(func=run_models)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -255,13 +268,23 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from jaxcnn import models
 
-    print(f"{'model':<10} {'input':<10} {'params':>12}")
-    for name in models.list_models():
-        shape = models.default_input_shape(name)
+    try:
+        input_shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        input_shape = ()
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise JaxcnnError(f"--input-shape: expected three positive integers H,W,C, got {args.input_shape!r}")
+    rows = []
+    for name in [*models.list_models(), *args.paths]:
+        shape = input_shape if models.is_import_path(name) else models.default_input_shape(name)
         model = models.create_model(name, num_classes=10)
         # eval_shape: parameter shapes without computing (or allocating) any parameter.
         variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-        print(f"{name:<10} {'x'.join(map(str, shape)):<10} {models.count_params(variables['params']):>12,}")
+        rows.append((name, "x".join(map(str, shape)), models.count_params(variables["params"])))
+    width = max(10, *(len(row[0]) for row in rows))
+    print(f"{'model':<{width}} {'input':<10} {'params':>12}")
+    for name, shape, count in rows:
+        print(f"{name:<{width}} {shape:<10} {count:>12,}")
     return 0
 
 

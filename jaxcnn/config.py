@@ -42,13 +42,17 @@ def model_section(name: str) -> ml_collections.ConfigDict:
 
 
 def dataset_section(name: str, **fields: Any) -> ml_collections.ConfigDict:
-    """`config.dataset`: common keys, plus the generator options when the dataset is synthetic."""
+    """`config.dataset`: common keys, plus the dataset's own options (synthetic's generator options,
+    image_folder's and arrays' `path`, a registered dataset's defaults, ...)."""
+    from jaxcnn import data
+
     section = {"name": name, "val_fraction": 0.1, "data_dir": "", "mean": 0.0, "std": 1.0,
                "per_channel_stats": False, "download": False, "input": "auto", "device_budget_mb": 4096.0}
     if name == "synthetic":
         section.update(SYNTHETIC_DEFAULTS)
     if name.startswith(tfds.PREFIX):
         section.update(tfds.DEFAULTS)
+    section.update(data.dataset_defaults(name))
     section.update(fields)
     return ml_collections.ConfigDict(section, type_safe=False)
 
@@ -69,6 +73,8 @@ def base_config(model: str = "cnn", dataset: str = "digits") -> ml_collections.C
     config.parallel = "auto"  # none | pmap | sharded | auto (sharded on >1 device): see jaxcnn/executor.py
     config.grad_accum_steps = 1  # > 1: average the gradients of that many batches per update
     config.steps_per_call = 1  # > 1: run up to that many training steps per compiled call (jaxcnn/executor.py)
+    config.max_steps = 0  # > 0: stop training after that many steps (a quick run), then test and summarise
+    config.limit_eval_batches = 0  # > 0: validate and test on at most that many eval batches (a quick run)
     config.dtype = "float32"  # computation dtype: float32 or bfloat16 (params stay float32)
     # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
     # that cannot be written), a folder, or '' = off (jaxcnn/compilation.py).
@@ -265,10 +271,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
         if key == "model.name":
             name = _coerce(key, config.model.name, raw)
             if name != config.model.name:
-                _check_name(key, name, models.list_models())
+                if not models.is_import_path(name):
+                    _check_name(key, name, models.list_models(), models.IMPORT_PATH_HINT)
                 with config.unlocked():
                     config.model = model_section(name)
                 config.lock()
+            continue
+        if models.is_import_path(config.model.name) and (key + ".").startswith("model.options."):
+            _set_model_options(config, key, raw)
             continue
         if key == "dataset.name":
             name = _coerce(key, config.dataset.name, raw)
@@ -283,6 +293,36 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             raise JaxcnnError(f"config key '{key}' is a section; set one of its keys, e.g. "
                               f"--config.{key}.{next(iter(parent[leaf].keys()))}=...")
         parent[leaf] = _coerce(key, parent[leaf], raw)
+
+
+def _set_model_options(config: ml_collections.ConfigDict, key: str, raw: str) -> None:
+    """`model.options={...}` replaces the import-path model's keyword arguments; `model.options.K=V`
+    sets one (new keys allowed: they are the user's model's own)."""
+    options = getattr(config.model.options, "to_dict", dict)()
+    if key == "model.options":
+        parsed = _coerce(key, {}, raw)
+        if not isinstance(parsed, dict):
+            raise JaxcnnError(f"config key 'model.options' expects a dict of keyword arguments, got '{raw}'; "
+                              "e.g. --config.model.options=\"{'features': 32}\"")
+        options = parsed
+    else:
+        leaf = key[len("model.options."):]
+        options[leaf] = _coerce(key, options[leaf], raw) if leaf in options else _literal(raw)
+    with config.unlocked():
+        config.model.options = ml_collections.ConfigDict({k: _as_tuple(v) for k, v in options.items()},
+                                                         type_safe=False)
+    config.lock()
+
+
+def _literal(raw: str) -> Any:
+    """A new option's value: true/false, a Python literal, else the string itself."""
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
 
 
 def _lookup_parent(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
@@ -325,12 +365,12 @@ def _coerce(key: str, current: Any, raw: str) -> Any:
     return _as_tuple(parsed)
 
 
-def _check_name(key: str, name: Any, known: Iterable[str]) -> None:
+def _check_name(key: str, name: Any, known: Iterable[str], alternative: str = "") -> None:
     known = sorted(known)
     if name not in known:
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise JaxcnnError(f"unknown name '{name}' for {key}{hint}; expected one of: {', '.join(known)}")
+        raise JaxcnnError(f"unknown name '{name}' for {key}{hint}; expected one of: {', '.join(known)}{alternative}")
 
 
 def _check_positive_int(config: ml_collections.ConfigDict, key: str) -> None:
@@ -350,6 +390,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "grad_accum_steps",
                 "steps_per_call"):
         _check_positive_int(config, key)
+    for key in ("max_steps", "limit_eval_batches"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise JaxcnnError(f"{key} must be a whole number >= 0 (0: off), got {value!r}")
     if not isinstance(config.compilation_cache_dir, str):
         raise JaxcnnError(f"compilation_cache_dir must be a folder, 'auto' or '' (off), "
                           f"got {config.compilation_cache_dir!r}")
@@ -369,7 +413,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise JaxcnnError(f"dataset.device_budget_mb must be a positive number of MiB, got {budget!r}")
     augment.augment_config(config.augment)
-    _check_name("model.name", config.model.name, models.list_models())
+    if not models.is_import_path(config.model.name):
+        _check_name("model.name", config.model.name, models.list_models(), models.IMPORT_PATH_HINT)
     if not isinstance(config.loss.l2, (int, float)) or config.loss.l2 < 0:
         raise JaxcnnError(f"loss.l2 must be >= 0, got {config.loss.l2!r}")
     parts = build(config, num_classes=2, steps_per_epoch=1)  # every name and option of model, optimizer and loss

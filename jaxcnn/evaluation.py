@@ -19,12 +19,14 @@ from jaxcnn.steps import zero_eval_sums
 BATCHES_PER_CALL = 10
 
 
+
 def evaluate(calls: Calls, state: TrainState, feed: Feed, batch_size: int,
-             steps_per_call: int = BATCHES_PER_CALL) -> dict[str, float]:
+             steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> dict[str, float]:
     """Loss and accuracy over every example of `feed` exactly once (the last batch padded and
-    masked; with several devices the batch is rounded up to a multiple of them)."""
+    masked; with several devices the batch is rounded up to a multiple of them); over the first
+    `max_batches` batches only when that is > 0."""
     totals = feed.executor.put(zero_eval_sums())
-    for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call):
+    for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call, max_batches):
         totals = calls.evaluate(state, totals, inputs, start, num_steps)
     totals = jax.device_get(totals)
     return {"loss": float(totals["loss_sum"] / totals["count"]),
@@ -33,13 +35,15 @@ def evaluate(calls: Calls, state: TrainState, feed: Feed, batch_size: int,
 
 
 def predict(calls: Calls, state: TrainState, feed: Feed, batch_size: int,
-            steps_per_call: int = BATCHES_PER_CALL) -> dict[str, np.ndarray]:
-    """Per-example `predicted`, `confidence`, `in_top_k` for every example of `feed`, in order.
+            steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> dict[str, np.ndarray]:
+    """Per-example `predicted`, `confidence`, `in_top_k` for every example of `feed` (of its first
+    `max_batches` batches when that is > 0), in order.
 
     The outputs stay on the device until the host fetches them all once, at the end; the padding
     of the last batch is cut off.
     """
     outputs = [calls.predict(state, inputs, start, num_steps=num_steps)
-               for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call)]
+               for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call, max_batches)]
     fetched = jax.device_get(outputs)
-    return {key: np.concatenate([o[key].reshape(-1) for o in fetched])[:len(feed)] for key in fetched[0]}
+    count = min(len(feed), sum(int(np.size(o["predicted"])) for o in fetched))
+    return {key: np.concatenate([o[key].reshape(-1) for o in fetched])[:count] for key in fetched[0]}

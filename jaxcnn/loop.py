@@ -40,22 +40,43 @@ from jaxcnn.writers import RunWriter
 NUM_MISTAKES_KEPT = 25
 
 
-@checkpoint.restores_signal_handlers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       data_dir: str | None = None, quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
+                       data_dir: str | None = None, quiet: bool = False, fresh: bool = False,
+                       dataset: data.Dataset | None = None) -> dict[str, Any]:
     """Trains `config`'s model on its dataset, evaluates it on the test split, writes the workdir.
 
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
     run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (with
     several processes: at the next logging or saving step, all processes together) and raise
-    `checkpoint.TrainingInterrupted`. Returns the summary (also written to `workdir/summary.json`).
+    `checkpoint.TrainingInterrupted`. `dataset`: an already built dataset (`Dataset.from_arrays`)
+    instead of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
     """
-    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh)
+    return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a finished training run leaves in memory: its summary and the state its test used."""
+
+    summary: dict[str, Any]
+    state: TrainState
+    config: ml_collections.ConfigDict  # as written to config.json (normalisation included)
+    workdir: pathlib.Path
+    input_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+@checkpoint.restores_signal_handlers
+def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
+        quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None) -> Trained:
+    """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
+    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
-        while loop.epoch <= run.config.num_epochs and not loop.stopped_early:
+        while loop.epoch <= run.config.num_epochs and not loop.stopped_early and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
-        return finish(run, state, loop)
+        summary, state = finish(run, state, loop)
+        return Trained(summary, state, run.config, run.workdir, run.dataset.input_shape, run.dataset.class_names)
     finally:
         run.close()
 
@@ -86,16 +107,29 @@ class Run:
         return len(self.feeds["val"]) > 0
 
     def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
-        return evaluate(self.calls, state, self.feeds[split], self.config.eval_batch_size)
+        config = self.config
+        return evaluate(self.calls, state, self.feeds[split], config.eval_batch_size,
+                        max_batches=config.limit_eval_batches)
+
+    def epoch_end(self, loop: LoopState) -> int:
+        """The epoch position training stops at in `loop`'s epoch: its end, or where `max_steps` is."""
+        if not self.config.max_steps:
+            return self.steps_per_epoch
+        return min(self.steps_per_epoch, loop.position + max(self.config.max_steps - loop.step, 0))
+
+    def out_of_steps(self, loop: LoopState) -> bool:
+        return 0 < self.config.max_steps <= loop.step
 
     def close(self) -> None:
         self.writer.close()
         self.saver.close()
 
 
-def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor):
-    """The dataset, its feeds, the steps per epoch, and the config with the normalisation it uses."""
-    dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
+              dataset: data.Dataset | None = None):
+    """The dataset (`dataset` if given, else the config's), its feeds, the steps per epoch, and the
+    config with the normalisation it uses."""
+    dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=config.dataset.val_fraction, seed=config.seed,
                                 download=config.dataset.download, **dataset_options(config))
     if config.batch_size > len(dataset.train):
@@ -108,7 +142,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor:
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
-              quiet: bool, fresh: bool) -> tuple[Run, TrainState, LoopState]:
+              quiet: bool, fresh: bool, dataset: data.Dataset | None = None) -> tuple[Run, TrainState, LoopState]:
     """Data, model, compiled calls, checkpoints and writers; resumed from the workdir's last
     checkpoint when it holds an unfinished run."""
     validate_config(config)
@@ -120,7 +154,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
-    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
+    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
     models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -165,8 +199,8 @@ def start_line(run: Run, state: TrainState) -> str:
 def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     """Trains from where `loop` stands to the end of its epoch, logging and saving on the way."""
     config, saver = run.config, run.saver
-    plan = plan_calls(loop.position, run.steps_per_epoch, loop.step, config.steps_per_call,
-                      (config.log_every_steps, saver.every_steps))
+    end = run.epoch_end(loop)
+    plan = plan_calls(loop.position, end, loop.step, config.steps_per_call, (config.log_every_steps, saver.every_steps))
     inputs = run.feeds["train"].train_calls(config.seed, loop.epoch, config.batch_size, plan)
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
@@ -176,7 +210,7 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
             cached = {True: " (from the compilation cache)", False: "", None: ""}[run.clock.cache_hit]
             run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
-        epoch_end = loop.position == run.steps_per_epoch
+        epoch_end = loop.position == end
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:  # the epoch's end validates, then saves and stops (end_epoch)
@@ -219,14 +253,14 @@ def end_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         started = time.perf_counter()
         state, improved = validate(run, state, loop, record)
         run.clock.validation_s += time.perf_counter() - started
-    record.update(epoch_time_s=epoch_s, images_per_s=run.steps_per_epoch * config.batch_size / max(epoch_s, 1e-9),
+    record.update(epoch_time_s=epoch_s, images_per_s=loop.epoch_sums["steps"] * config.batch_size / max(epoch_s, 1e-9),
                   wall_time_s=run.clock.wall())
     run.writer.write(record)
     run.writer.line(epoch_line(record, config.num_epochs))
     loop.stopped_early = config.early_stopping.enabled and run.has_val and loop.stopping.should_stop
     loop.start_epoch()
     stop = run.saver.stop_agreed(True)
-    last = loop.epoch > config.num_epochs or loop.stopped_early
+    last = loop.epoch > config.num_epochs or loop.stopped_early or run.out_of_steps(loop)
     if run.saver.due_at_epoch_end(loop.step, bool(improved), last, stop):
         save(run, state, loop, stop, improved, record.get(loop.stopping.monitor))
     elif stop:
@@ -270,14 +304,16 @@ def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
 # ---------------------------------------------------------------------------- the end
 
 
-def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
-    """Tests the final (or the best) parameters, writes predictions, the test record and the summary."""
+def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any], TrainState]:
+    """Tests the final (or the best) parameters, writes predictions, the test record and the summary;
+    returns the summary and the state tested."""
     config, dataset = run.config, run.dataset
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
-    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size)
-    labels = dataset.test.labels
+    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size,
+                          max_batches=config.limit_eval_batches)
+    labels = dataset.test.labels[:len(predictions["predicted"])]
     test_metrics = classification_metrics(labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
     mistakes = most_confident_mistakes(labels, predictions["predicted"], predictions["confidence"],
@@ -290,7 +326,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> dict[str, Any]:
                       "wall_time_s": run.clock.wall()})
     summary = summarize(run, state, loop, test, test_metrics)
     run.writer.write_json("summary.json", summary)
-    return summary
+    return summary, state
 
 
 def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_metrics: dict) -> dict[str, Any]:

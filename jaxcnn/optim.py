@@ -17,7 +17,6 @@ from jaxcnn.errors import JaxcnnError
 
 OPTIMIZER_NAMES = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULE_NAMES = ("constant", "exponential", "piecewise", "plateau", "warmup_cosine", "warmup_linear")
-WARMUP_SCHEDULES = ("warmup_cosine", "warmup_linear")
 
 
 def default_optimizer_config() -> dict:
@@ -108,9 +107,8 @@ def _schedule_values(cfg: Mapping, learning_rate: float, num_epochs: int) -> dic
     rate = _number(sec, values, "decay_rate")
     _check(0 < rate <= 1, sec, "decay_rate", "in (0, 1]", rate)
     warmup = _number(sec, values, "warmup_epochs")
-    # The upper bound only matters where warmup is used; other schedules ignore the key.
-    upper = num_epochs if values["name"] in WARMUP_SCHEDULES else float("inf")
-    _check(0 <= warmup < upper, sec, "warmup_epochs", f">= 0 and < num_epochs ({num_epochs})", warmup)
+    _check(0 <= warmup, sec, "warmup_epochs", ">= 0 (a warm-up as long as the run or longer is clipped to half of it)",
+           warmup)
     end_lr = _number(sec, values, "end_learning_rate")
     _check(
         0 <= end_lr <= learning_rate,
@@ -167,17 +165,20 @@ def _make_schedule(lr: float, sched: dict, steps_per_epoch: int, num_epochs: int
     if name == "exponential":
         # Smooth decay: lr * decay_rate ** (step / steps_per_epoch).
         return optax.exponential_decay(lr, steps_per_epoch, sched["decay_rate"])
+    total = num_epochs * steps_per_epoch
+    warmup = round(sched["warmup_epochs"] * steps_per_epoch)
+    if warmup >= total:  # a short run (a smoke test, max_steps): warm up for half of it, then decay
+        warmup = total // 2
     if name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=lr,
-            warmup_steps=round(sched["warmup_epochs"] * steps_per_epoch),
-            decay_steps=num_epochs * steps_per_epoch,  # counts the warmup too
+            warmup_steps=warmup,
+            decay_steps=total,  # counts the warmup too
             end_value=sched["end_learning_rate"],
         )
     if name == "warmup_linear":
-        return _warmup_linear(lr, round(sched["warmup_epochs"] * steps_per_epoch), num_epochs * steps_per_epoch,
-                              sched["end_learning_rate"])
+        return _warmup_linear(lr, warmup, total, sched["end_learning_rate"])
     return optax.constant_schedule(lr)  # constant, and plateau (scaled through lr_scale)
 
 

@@ -16,7 +16,8 @@ from jaxcnn.checkpoint import CHECKPOINT_DIR, validate_checkpoint_config
 from jaxcnn.errors import JaxcnnError
 
 # Config keys that may differ when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir", "steps_per_call")
+RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir", "steps_per_call",
+                  "max_steps", "limit_eval_batches")
 RESUMABLE_SECTIONS = ("checkpoint.",)
 # Written into config.json from the training split when dataset.per_channel_stats is on.
 MEASURED_KEYS = ("dataset.mean", "dataset.std")

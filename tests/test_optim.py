@@ -355,10 +355,16 @@ def test_bad_schedule_value_names_its_key(key, value):
         make(sched=sched_cfg(**{key: value}), num_epochs=5)
 
 
-def test_warmup_must_end_before_the_last_epoch_only_for_the_warmup_schedules():
-    for name in ("warmup_cosine", "warmup_linear"):
-        with pytest.raises(JaxcnnError, match=r"schedule\.warmup_epochs"):
-            make(sched=sched_cfg(name=name, warmup_epochs=5), num_epochs=5)
+def test_a_warmup_as_long_as_the_run_is_clipped_to_half_of_it_then_decays():
+    """A short run of a preset (1 epoch, a smoke test) trains instead of being refused."""
+    tx = make(sched=sched_cfg(name="warmup_cosine", warmup_epochs=5, end_learning_rate=0.0), num_epochs=5)
+    state = tx.init(PARAMS)
+    rates = []
+    for _ in range(10):  # 5 epochs of 2 steps: warm-up over 5 steps, cosine decay over the other 5
+        _, state = tx.update(jax.tree.map(jnp.ones_like, PARAMS), state, PARAMS)
+        rates.append(float(learning_rate_in_effect(state)))  # the rate of the update just made
+    assert rates[0] == 0.0 and max(rates) == pytest.approx(1e-3, rel=1e-6) and rates.index(max(rates)) == 5
+    assert rates[-1] < rates[6] < rates[5]
     make(sched=sched_cfg(name="constant", warmup_epochs=5), num_epochs=5)
 
 
