@@ -308,7 +308,7 @@ class Progress:
             self.bar.update(num_steps)
             self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
         elif not self.quiet and time.monotonic() - self.printed_at >= self.every_s:
-            self.line(f"epoch {epoch}/{self.num_epochs}  step {self.steps}/{self.total_steps}{self.last}")
+            self.line(f"step {self.steps}/{self.total_steps}  (epoch {epoch}/{self.num_epochs}){self.last}")
 
     def log(self, loss: float, accuracy: float, images_per_s: float) -> None:
         self.last = f"  loss {loss:.4f}  acc {accuracy:.4f}  {images_per_s:.0f} img/s"
