@@ -36,10 +36,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxcnn.compilation import compiler_options
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import PARALLEL, one_of
 from jaxcnn.state import TrainState
 from jaxcnn.steps import add_to_totals, eval_step, predict_step, train_step
 
-PARALLEL = ("auto", "none", "pmap", "sharded")
 AXIS = "data"  # the mesh's one axis; under pmap also the named axis of lax.pmean and BatchNorm
 # Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
 # and split along the batch.
@@ -54,8 +54,7 @@ class Prepare(Protocol):
 
 def resolve(name: str) -> str:
     """`auto` -> `sharded` with more than one device (over all processes), else `none`."""
-    if name not in PARALLEL:
-        raise JaxcnnError(f"unknown parallel strategy {name!r} (parallel); expected one of: {', '.join(PARALLEL)}")
+    one_of("parallel", name, PARALLEL, "parallel strategy")
     if name == "auto":
         return "sharded" if jax.device_count() > 1 else "none"
     return name

@@ -18,22 +18,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxcnn import checkpoint, data, models, optim
+from jaxcnn import checkpoint, data, divergence, models, optim, stop
 from jaxcnn.build import build, make_prepare
+from jaxcnn.clock import Clock
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
 from jaxcnn.data.feed import Feed, make_feeds
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
-from jaxcnn.distributed import barrier
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.evaluation import evaluate, predict
 from jaxcnn.executor import Calls, Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.loop_state import Clock, EarlyStopping, LoopState, due
+from jaxcnn.loop_state import EarlyStopping, LoopState, due
 from jaxcnn.metrics import TOP_K, classification_metrics, most_confident_mistakes
 from jaxcnn.state import TrainState
 from jaxcnn.steps import zero_train_totals
-from jaxcnn.workdir import choose_workdir, prepare_workdir
+from jaxcnn.workdir import Claim, claim_workdir, record_data_dir
 from jaxcnn.writers import RunWriter
 
 # How many of the most confidently wrong test images `predictions.npz` keeps for the report.
@@ -48,8 +48,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     A workdir holding an unfinished run is resumed from its last checkpoint (`fresh`: start a new
     run in a subfolder instead). SIGTERM/SIGINT save a checkpoint after the current call (with
     several processes: at the next logging or saving step, all processes together) and raise
-    `checkpoint.TrainingInterrupted`. `dataset`: an already built dataset (`Dataset.from_arrays`)
-    instead of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
+    `checkpoint.TrainingInterrupted`; one received during start-up stops before training
+    (`stop.StartupInterrupted`). A non-finite loss stops the run (`divergence.TrainingDiverged`,
+    with `on_nonfinite=stop`). `dataset`: an already built dataset (`Dataset.from_arrays`) instead
+    of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
     """
     return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
 
@@ -72,6 +74,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_
     """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
+        stop.check_startup(agree=True)  # the loop's first check: a signal during start-up stops here
         while loop.epoch <= run.config.num_epochs and not loop.stopped_early and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
@@ -100,6 +103,8 @@ class Run:
     clock: Clock
     totals: Any  # the on-device sums of the current logging interval
     best_variables: Any = None  # (params, batch_stats) of the best epoch, for early_stopping.restore_best
+    watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
+    claim: Claim | None = None  # the workdir's lock, released on close
     cache_dir: pathlib.Path | None = None  # the persistent compilation cache (None: off)
 
     @property
@@ -121,8 +126,12 @@ class Run:
         return 0 < self.config.max_steps <= loop.step
 
     def close(self) -> None:
-        self.writer.close()
-        self.saver.close()
+        try:
+            self.writer.close()
+            self.saver.close()
+        finally:
+            if self.claim is not None:
+                self.claim.release()
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
@@ -136,6 +145,7 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor:
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({len(dataset.train)} examples of {dataset.name}); lower batch_size")
     config = record_mean_std(config, *mean_std_for(config.dataset, dataset.train))  # config.json holds them
+    config = record_data_dir(config, data_dir or config.dataset.data_dir or None)  # eval and resume use it
     splits = (dataset.train, dataset.val, dataset.test)
     feeds = make_feeds(splits, config.dataset.input, config.dataset.device_budget_mb, executor)
     return config, dataset, dict(zip(("train", "val", "test"), feeds)), len(dataset.train) // config.batch_size
@@ -148,9 +158,15 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     validate_config(config)
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
-    workdir, resuming = choose_workdir(workdir, config, fresh)
-    barrier("jaxcnn-workdir-chosen")  # every process chose before any of them writes
-    workdir = prepare_workdir(workdir)
+    claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
+    with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
+        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset)
+
+
+def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
+                 quiet: bool, dataset: data.Dataset | None = None) -> tuple[Run, TrainState, LoopState]:
+    """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
+    workdir, resuming = claim.path, claim.resuming
     cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
@@ -164,6 +180,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     stopping = config.early_stopping
     loop = LoopState(EarlyStopping(stopping.monitor, stopping.patience, stopping.min_delta),
                      optim.make_plateau_scheduler(config.schedule))
+    stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
     saver = checkpoint.Checkpointer(workdir, config, {
         "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch}, watch_signals=True)
@@ -175,22 +192,16 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
                        metrics_bytes=loop.metrics_bytes if resuming else None)
     writer.write_text("config.json", config_to_json(config) + "\n")
     run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals,
-              cache_dir=cache_dir)
+              watch=divergence.Watch(config.on_nonfinite, loop.step, saver), claim=claim, cache_dir=cache_dir)
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
         writer.progress.resume(loop.step)
         writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
-    writer.line(start_line(run, state))
+    writer.line(f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
+                f"{len(dataset.train):,} {dataset.name} images: {config.num_epochs} epochs of {steps_per_epoch} "
+                f"steps of {config.batch_size}; compiling")
     return run, state, loop
-
-
-def start_line(run: Run, state: TrainState) -> str:
-    """The line printed as training starts, before the first call compiles."""
-    config = run.config
-    return (f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
-            f"{len(run.dataset.train):,} {run.dataset.name} images: {config.num_epochs} epochs of "
-            f"{run.steps_per_epoch} steps of {config.batch_size}; compiling")
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -208,7 +219,7 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
         if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
-            cached = {True: " (from the compilation cache)", False: "", None: ""}[run.clock.cache_hit]
+            cached = " (from the compilation cache)" if run.clock.cache_hit else ""
             run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
         epoch_end = loop.position == end
         if due(loop.step, config.log_every_steps) or epoch_end:
@@ -230,6 +241,7 @@ def log(run: Run, state: TrainState, loop: LoopState) -> None:
     fetched = jax.device_get(run.totals)
     images_per_s = run.clock.log_rate(loop.step, config.batch_size)
     loss, accuracy = float(fetched["loss"] / fetched["steps"]), float(fetched["accuracy"] / fetched["steps"])
+    run.watch.check_loss(loss, loop.step, state)  # a non-finite loss stops here, before it is written
     if due(loop.step, config.log_every_steps):
         run.writer.write({"event": "train", "epoch": loop.epoch, "step": loop.step, "loss": loss,
                           "accuracy": accuracy,
@@ -291,6 +303,7 @@ def save(run: Run, state: TrainState, loop: LoopState, stop: bool, improved: boo
          value: float | None = None) -> None:
     """Saves where the loop stands (asynchronously); after a stop request, waits and stops."""
     loop.metrics_bytes = run.writer.size()
+    run.watch.check_state(state, loop.step)  # no checkpoint of a diverged state
     run.saver.save(state, run.totals, loop, improved=improved, monitor=loop.stopping.monitor, value=value)
     if stop:
         interrupt(run, loop, saved=True)
@@ -298,7 +311,8 @@ def save(run: Run, state: TrainState, loop: LoopState, stop: bool, improved: boo
 
 def interrupt(run: Run, loop: LoopState, saved: bool) -> None:
     run.saver.wait()
-    raise checkpoint.TrainingInterrupted(run.saver.stop_reason, loop.step, run.workdir, saved)
+    raise checkpoint.TrainingInterrupted(run.saver.stop_reason, loop.step, run.workdir, saved,
+                                         run.config.dataset.data_dir)
 
 
 # ---------------------------------------------------------------------------- the end
@@ -325,6 +339,7 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any]
                          ("top5_accuracy", "expected_calibration_error", "macro_f1") if key in test_metrics},
                       "wall_time_s": run.clock.wall()})
     summary = summarize(run, state, loop, test, test_metrics)
+    run.saver.wait()  # the last save committed (or its failure reported) before the run is marked finished
     run.writer.write_json("summary.json", summary)
     return summary, state
 
@@ -354,20 +369,16 @@ def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_met
         "compile_s": clock.compile_s,
         "compile_cache_hit": clock.cache_hit,  # None: the compilation cache is off
         "compilation_cache": {"dir": str(run.cache_dir) if run.cache_dir else None, **clock.cache_counts()},
-        # Training alone, between log steps (no compile, validation or epoch ends), and the epochs'
-        # training including log syncs and checkpoint saves; validation's time apart.
-        "steady_train_images_per_s": rate(clock.steady_steps * config.batch_size, clock.steady_s),
-        "train_images_per_s": rate(clock.timed_steps * config.batch_size, clock.train_s),
+        # Training between log steps (no compile, validation or epoch ends), and the epochs' training
+        # with log syncs and checkpoint saves; validation's time apart.
+        "steady_train_images_per_s": clock.rate(clock.steady_steps * config.batch_size, clock.steady_s),
+        "train_images_per_s": clock.rate(clock.timed_steps * config.batch_size, clock.train_s),
         "train_s": clock.train_s,
         "validation_s": clock.validation_s,
         "wall_time_s": clock.wall(),
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,
     }
-
-
-def rate(images: int, seconds: float) -> float | None:
-    return images / seconds if seconds > 0 and images > 0 else None
 
 
 def epoch_line(record: dict[str, Any], num_epochs: int) -> str:

@@ -97,11 +97,17 @@ class MetricsWriter:
         self._events = TensorBoardWriter(workdir / "events") if tensorboard and enabled else None
         self.path = workdir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8") if enabled else None
+        self.failed = False
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(dumps_json(record) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(dumps_json(record) + "\n")
+                self._file.flush()
+            except OSError as e:  # a full disk, a lost mount: one line, the checkpoints are kept
+                self.failed = True
+                raise JaxcnnError(f"cannot write '{self.path}': {e.strerror or e}; fix the cause and run the "
+                                  "same command to resume from the last checkpoint") from e
         if self._events is not None:
             self._events.write(record)
 
@@ -111,7 +117,11 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the buffered line that failed to write fails again: reported already
+                if not self.failed:
+                    raise
         if self._events is not None:
             self._events.close()
 

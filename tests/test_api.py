@@ -1,7 +1,6 @@
 """The Python API: `jaxcnn.train`, `jaxcnn.load`, `Model.predict` on arrays; quick runs of every preset."""
 
 import json
-import pathlib
 import re
 
 import numpy as np

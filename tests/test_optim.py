@@ -311,7 +311,7 @@ def test_unknown_optimizer_message():
     with pytest.raises(JaxcnnError) as err:
         make(opt_cfg(name="adm"))
     assert str(err.value) == (
-        "unknown optimizer 'adm' (optimizer.name); expected one of: adam, adamw, rmsprop, sgd"
+        "unknown optimizer 'adm' (optimizer.name); expected one of: adam, adamw, rmsprop, sgd; did you mean 'adam'?"
     )
 
 

@@ -254,7 +254,7 @@ def test_model_options_are_set_as_a_dict_or_key_by_key(user_module):
      ["importing 'jaxcnn_test_needs_dep' failed", "No module named 'jaxcnn_no_such_dependency'"]),
     (["--config.model.name=MODULE:Net", "--config.model.options={'width': 3}"], ["'width'", "model.options"]),
     (["--config.model.name=MODULE:"], ["expected an import path"]),
-    (["--config.model.name=mine"], ["unknown name 'mine'", "import path"]),
+    (["--config.model.name=mine"], ["unknown model 'mine'", "import path"]),
 ])
 def test_a_bad_model_is_one_line_and_exit_2(user_module, capsys, args, fragments):
     args = [a.replace("MODULE", user_module) for a in args]

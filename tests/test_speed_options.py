@@ -78,7 +78,7 @@ def test_a_bfloat16_run_trains_on_digits(tmp_path):
 
 
 def test_unknown_dtype_and_bad_accumulation_are_user_errors():
-    with pytest.raises(JaxcnnError, match="config.dtype"):
+    with pytest.raises(JaxcnnError, match=r"unknown dtype 'float16' \(dtype\); expected one of: bfloat16, float32"):
         load_config("digits_cnn", ["dtype=float16"])
     with pytest.raises(JaxcnnError, match="grad_accum_steps"):
         load_config("digits_cnn", ["grad_accum_steps=0"])

@@ -7,7 +7,6 @@ the training split by the run seed, and the test split is never touched.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -20,9 +19,10 @@ from jaxcnn.data.digits import load_digits
 from jaxcnn.data.mnist import load_fashion_mnist, load_mnist
 from jaxcnn.data.splits import Split, check_val_fraction, train_val_split
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import DATASET_COMMON_KEYS, is_int
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name", "dataset_defaults",
-           "expected_input_shape", "list_datasets", "load_dataset", "register_dataset", "resolve_data_dir",
+           "expected_input_shape", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
            "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
@@ -73,6 +73,7 @@ class DatasetSource:
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reads_files: bool = True  # False: made in memory, the data directory plays no part
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -94,13 +95,13 @@ _DATASETS: dict[str, DatasetSource] = {
                              fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
                               fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE, reads_files=False),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
                                    fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
                            fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
-                               options=synthetic.OPTIONS),
+                               options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
                                   options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS),
     "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
@@ -124,8 +125,6 @@ def register_dataset(name: str, loader: Callable[..., Dataset], defaults: Mappin
         raise JaxcnnError(f"register_dataset: dataset {name!r} is already registered; pass replace=True to replace it")
     if not callable(loader):
         raise JaxcnnError(f"register_dataset({name!r}): loader must be a function returning a Dataset, got {loader!r}")
-    from jaxcnn.config import DATASET_COMMON_KEYS  # config imports this module
-
     defaults = dict(defaults or {})
     clash = sorted(set(defaults) & set(DATASET_COMMON_KEYS))
     if clash:
@@ -142,7 +141,9 @@ def register_dataset(name: str, loader: Callable[..., Dataset], defaults: Mappin
 
 
 def dataset_defaults(name: str) -> dict[str, Any]:
-    """The loader options of registered dataset `name` with their defaults (for `config.dataset`)."""
+    """The loader options of dataset `name` with their defaults (for `config.dataset`)."""
+    if isinstance(name, str) and name.startswith(tfds.PREFIX):
+        return dict(tfds.DEFAULTS)
     source = _DATASETS.get(name)
     return dict(source.defaults) if source is not None else {}
 
@@ -173,6 +174,11 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     return DATASETS[name].image_shape if name in DATASETS else None
 
 
+def reads_files(name: str) -> bool:
+    """Whether dataset `name` is read from the data directory (a run records that directory)."""
+    return _source(name).reads_files
+
+
 def _source(name: str) -> DatasetSource:
     if name.startswith(tfds.PREFIX):
         tfds_name = name[len(tfds.PREFIX):]
@@ -195,7 +201,7 @@ def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = No
     it has one. Bad names, options or files raise `JaxcnnError`.
     """
     check_val_fraction(val_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise JaxcnnError(f"seed: expected a non-negative integer, got {seed!r}; set e.g. seed=0")
     if isinstance(name, Dataset):
         return _with_val_split(name, val_fraction, seed)

@@ -6,15 +6,16 @@ that is what tests and smoke runs need.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import is_int
 
-OPTIONS = ("image_shape", "num_classes", "num_train", "num_test")
+DEFAULTS = {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 1024, "num_test": 256}
+OPTIONS = tuple(DEFAULTS)
 NOISE_STD = 48.0
 CHUNK = 4096  # examples drawn at a time
 
@@ -42,13 +43,13 @@ def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_clas
 
 
 def _check_positive_int(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise JaxcnnError(f"dataset.{key}: expected a positive integer, got {value!r}; set e.g. dataset.{key}=10")
 
 
 def check_image_shape(value: object) -> tuple[int, int, int]:
     ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value))
+          and all(is_int(v) and v > 0 for v in value))
     if not ok:
         raise JaxcnnError(
             f"dataset.image_shape: expected 3 positive integers (height, width, channels), got {value!r}; "

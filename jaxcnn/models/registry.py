@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import is_int, one_of
 from jaxcnn.models import imported
 from jaxcnn.models.imported import to_tuples
 
@@ -71,9 +72,7 @@ def list_models() -> list[str]:
 
 
 def _entry(name: str) -> ModelEntry:
-    if name not in _MODELS:
-        raise JaxcnnError(f"unknown model {name!r} (model.name); expected one of: {', '.join(list_models())}, "
-                          "or an import path such as my_package.nets:MyNet")
+    one_of("model.name", name, _MODELS, "model", also=", or an import path such as my_package.nets:MyNet")
     return _MODELS[name]
 
 
@@ -116,7 +115,7 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_
     `dtype` is the computation dtype (params stay float32); `bn_axis_name` is BatchNorm's
     cross-device axis, set only under pmap. Each is passed only to factories that accept it.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise JaxcnnError(f"invalid number of classes {num_classes!r}; expected an int >= 1")
     defaults = model_defaults(name)
     unknown = sorted(set(options) - set(defaults))
