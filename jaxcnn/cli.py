@@ -151,9 +151,14 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn import bench_accuracy
     from jaxcnn.bench import BenchSettings, format_row, format_table, run_benchmark
     from jaxcnn.writers import check_output_file, write_json
 
+    if args.to_accuracy is not None:
+        return bench_accuracy.command(args, overrides)
+    if args.config or overrides:
+        raise JaxcnnError("--config and --config.KEY=VALUE apply to --to-accuracy TARGET only")
     if args.json:
         check_output_file(args.json, "--json")  # before the benchmark, so its results cannot be lost
     defaults = BenchSettings()
@@ -161,8 +166,8 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         models=tuple(args.model or defaults.models), modes=tuple(args.mode or defaults.modes),
         batch_sizes=tuple(args.batch_size or defaults.batch_sizes), dtypes=tuple(args.dtype or defaults.dtypes),
         seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
-        fingerprint_steps=args.fingerprint_steps, num_test=args.num_test, dataset=args.dataset,
-        data_dir=args.data_dir, conv_impl=args.conv_impl)
+        fingerprint_steps=args.fingerprint_steps, num_train=args.num_train, num_test=args.num_test,
+        dataset=args.dataset, data_dir=args.data_dir, conv_impl=args.conv_impl)
     report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
     outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
     print(format_table(outcome["results"]))
@@ -194,8 +199,8 @@ def run_command(argv: list[str]) -> int:
     ignore_closed_event_loop_callbacks()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    overrides = split_overrides(rest, parser) if args.command == "train" else rest
-    if overrides and args.command != "train":
+    overrides = split_overrides(rest, parser) if args.command in ("train", "bench") else rest
+    if overrides and args.command not in ("train", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args, overrides)

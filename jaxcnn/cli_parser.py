@@ -154,6 +154,7 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from jaxcnn import bench_accuracy
     from jaxcnn.bench import BenchSettings, DEFAULT_MODELS, MODES
 
     defaults = BenchSettings()
@@ -181,6 +182,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                        help=f"training steps per call in the fused mode (default: {defaults.steps_per_call})")
     bench.add_argument("--fingerprint-steps", type=int, default=defaults.fingerprint_steps, metavar="N",
                        help=f"the fingerprint is the loss of step N (default: {defaults.fingerprint_steps})")
+    bench.add_argument("--num-train", type=int, default=defaults.num_train, metavar="N",
+                       help=f"training examples, in whole batches (default: {defaults.num_train:,}, an epoch)")
     bench.add_argument("--num-test", type=int, default=defaults.num_test, metavar="N",
                        help=f"evaluation examples (default: {defaults.num_test})")
     bench.add_argument("--dataset", default=defaults.dataset,
@@ -191,6 +194,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--compilation-cache-dir", metavar="DIR",
                        help="persistent compilation cache (default: a fresh temporary folder, so the "
                             "first compilation is cold)")
+    bench_accuracy.add_arguments(bench)
 
 
 def split_overrides(rest: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:

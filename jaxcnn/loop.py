@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -105,6 +106,7 @@ class Run:
     watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
     claim: Claim | None = None  # the workdir's lock, released on close
     profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
+    cache_dir: pathlib.Path | None = None  # the persistent compilation cache (None: off)
 
     @property
     def has_val(self) -> bool:
@@ -112,8 +114,8 @@ class Run:
 
     def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
         config = self.config
-        return evaluate(self.calls, state, self.feeds[split], config.eval_batch_size, config.steps_per_call,
-                        config.limit_eval_batches)
+        return evaluate(self.calls, state, self.feeds[split], config.eval_batch_size,
+                        max_batches=config.limit_eval_batches)
 
     def epoch_end(self, loop: LoopState) -> int:
         """The epoch position training stops at in `loop`'s epoch: its end, or where `max_steps` is."""
@@ -168,8 +170,7 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
                  quiet: bool, dataset: data.Dataset | None = None) -> tuple[Run, TrainState, LoopState]:
     """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
     workdir, resuming = claim.path, claim.resuming
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir)
+    cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset)
@@ -195,13 +196,16 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
                        metrics_bytes=loop.metrics_bytes if resuming else None)
     writer.write_text("config.json", config_to_json(config) + "\n")
     run = Run(config, workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, writer, clock, totals,
-              watch=divergence.Watch(config.on_nonfinite, loop.step, saver), claim=claim)
+              watch=divergence.Watch(config.on_nonfinite, loop.step, saver), claim=claim, cache_dir=cache_dir)
     run.profiler = profiler
     if restored is not None:
         if stopping.enabled and stopping.restore_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, totals)
-        writer.progress.bar.update(loop.step)
+        writer.progress.resume(loop.step)
         writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
+    writer.line(f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
+                f"{len(dataset.train):,} {dataset.name} images: {config.num_epochs} epochs of {steps_per_epoch} "
+                f"steps of {config.batch_size}; compiling")
     return run, state, loop
 
 
@@ -220,7 +224,9 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
         state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
-        run.clock.after_call(run.totals, loop.step, num_steps)
+        if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
+            cached = " (from the compilation cache)" if run.clock.cache_hit else ""
+            run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
         epoch_end = loop.position == end
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
@@ -262,7 +268,9 @@ def end_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
               "learning_rate": float(optim.learning_rate_in_effect(state.opt_state))}
     improved = None  # None: no validation split
     if run.has_val:
+        started = time.perf_counter()
         state, improved = validate(run, state, loop, record)
+        run.clock.validation_s += time.perf_counter() - started
     record.update(epoch_time_s=epoch_s, images_per_s=loop.epoch_sums["steps"] * config.batch_size / max(epoch_s, 1e-9),
                   wall_time_s=run.clock.wall())
     run.writer.write(record)
@@ -323,8 +331,8 @@ def finish(run: Run, state: TrainState, loop: LoopState) -> tuple[dict[str, Any]
     if config.early_stopping.enabled and config.early_stopping.restore_best and run.best_variables is not None:
         state = state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
     test = run.evaluate(state, "test")
-    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size, config.steps_per_call,
-                          config.limit_eval_batches)
+    predictions = predict(run.calls, state, run.feeds["test"], config.eval_batch_size,
+                          max_batches=config.limit_eval_batches)
     labels = dataset.test.labels[:len(predictions["predicted"])]
     test_metrics = classification_metrics(labels, predictions["predicted"], predictions["confidence"],
                                           predictions["in_top_k"], dataset.class_names)
@@ -366,7 +374,14 @@ def summarize(run: Run, state: TrainState, loop: LoopState, test: dict, test_met
         "input": run.feeds["train"].kind,
         "normalization": {"mean": config.dataset.mean, "std": config.dataset.std},
         "compile_s": clock.compile_s,
-        "train_images_per_s": clock.timed_steps * config.batch_size / clock.train_s if clock.train_s > 0 else None,
+        "compile_cache_hit": clock.cache_hit,  # None: the compilation cache is off
+        "compilation_cache": {"dir": str(run.cache_dir) if run.cache_dir else None, **clock.cache_counts()},
+        # Training between log steps (no compile, validation or epoch ends), and the epochs' training
+        # with log syncs and checkpoint saves; validation's time apart.
+        "steady_train_images_per_s": clock.rate(clock.steady_steps * config.batch_size, clock.steady_s),
+        "train_images_per_s": clock.rate(clock.timed_steps * config.batch_size, clock.train_s),
+        "train_s": clock.train_s,
+        "validation_s": clock.validation_s,
         "wall_time_s": clock.wall(),
         "class_names": list(dataset.class_names),
         "test_metrics": test_metrics,

@@ -50,12 +50,15 @@ def _exponential(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epoch
     return optax.exponential_decay(lr, steps_per_epoch, sched.decay_rate)
 
 
+def _warmup_steps(sched: ScheduleSpec, steps_per_epoch: int, total: int) -> int:
+    warmup = round(sched.warmup_epochs * steps_per_epoch)
+    return total // 2 if warmup >= total else warmup  # a short run (a smoke test, max_steps): half of it
+
+
 @SCHEDULES.register("warmup_cosine")
 def _warmup_cosine(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
     total = num_epochs * steps_per_epoch
-    warmup = round(sched.warmup_epochs * steps_per_epoch)
-    if warmup >= total:  # a short run (a smoke test, max_steps): warm up for half of it, then decay
-        warmup = total // 2
+    warmup = _warmup_steps(sched, steps_per_epoch, total)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=lr,
@@ -63,6 +66,18 @@ def _warmup_cosine(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epo
         decay_steps=total,  # counts the warmup too
         end_value=sched.end_learning_rate,
     )
+
+
+@SCHEDULES.register("warmup_linear")
+def _warmup_linear(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    """One-cycle (triangular): linear from 0 to `lr` over the warm-up, then linear down to
+    `end_learning_rate` at the last step (the warm-up counted), constant after."""
+    total = num_epochs * steps_per_epoch
+    warmup = _warmup_steps(sched, steps_per_epoch, total)
+    decay = optax.linear_schedule(lr, sched.end_learning_rate, max(1, total - warmup))
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
 # ---------------------------------------------------------------------------- optimizers: name -> parts

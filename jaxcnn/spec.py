@@ -141,10 +141,10 @@ class ScheduleSpec(Section):
     name: str = key("constant", SCHEDULES)
     boundaries_epochs: tuple = key((), increasing_epochs)  # piecewise: lr *= decay_rate at each of these epochs
     decay_rate: float = key(0.1, number(0, 1, low_open=True))  # piecewise (per boundary) and exponential (per epoch)
-    # warmup_cosine: linear warm-up from 0
+    # warmup_cosine, warmup_linear: linear warm-up from 0
     warmup_epochs: float = key(0.0, number(
         0, note=" (a warm-up as long as the run or longer is clipped to half of it)"))
-    end_learning_rate: float = key(0.0, number(0))  # warmup_cosine: the floor reached at the last step
+    end_learning_rate: float = key(0.0, number(0))  # warmup_cosine, warmup_linear: the value at the last step
     plateau_factor: float = key(0.1, number(0, 1, low_open=True, high_open=True, note=", e.g. 0.1 or 0.5"))
     plateau_patience: int = key(5, integer(1, "a whole number of epochs >= 1"))
     plateau_min_delta: float = key(1e-4, number(0))
@@ -278,7 +278,9 @@ class RunSpec(Section):
     max_steps: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: stop after that many steps
     limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
     dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
-    compilation_cache_dir: str = key("", string)  # persistent compilation cache; '' = off
+    # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
+    # that cannot be written), a folder, or '' = off (jaxcnn/compilation.py).
+    compilation_cache_dir: str = key("auto", string)
     on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
     deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/determinism.py); recorded always
     profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)

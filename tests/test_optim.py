@@ -185,6 +185,20 @@ def test_warmup_cosine_rises_linearly_then_reaches_end_value():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
 
 
+def test_warmup_linear_rises_then_falls_linearly_to_the_end_value():
+    sched = sched_cfg(name="warmup_linear", warmup_epochs=1, end_learning_rate=0.2)
+    lrs = lrs_used(sched, 12)
+    # Up over steps 0-2 (0, 1/2, 1); down over steps 2-10 by 0.1 a step to 0.2, then constant.
+    np.testing.assert_allclose(lrs[:3], [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(lrs[2:11], [1.0 - 0.1 * i for i in range(9)], rtol=1e-6)
+    np.testing.assert_allclose(lrs[11], 0.2, rtol=1e-6)
+
+
+def test_warmup_linear_without_warmup_starts_at_the_peak():
+    lrs = lrs_used(sched_cfg(name="warmup_linear", warmup_epochs=0), 3, lr=0.5)
+    np.testing.assert_allclose(lrs, [0.5, 0.45, 0.4], rtol=1e-6)
+
+
 def test_learning_rate_in_effect_is_the_lr_of_the_last_update():
     tx = make(
         opt_cfg(name="sgd", learning_rate=1.0, momentum=0.0),

@@ -17,6 +17,7 @@ from jaxcnn.spec import is_int
 DEFAULTS = {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 1024, "num_test": 256}
 OPTIONS = tuple(DEFAULTS)
 NOISE_STD = 48.0
+CHUNK = 4096  # examples drawn at a time
 
 
 def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -30,8 +31,12 @@ def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_clas
 
     def sample(n: int) -> Split:
         labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
-        pixels = templates[labels] + rng.normal(0, NOISE_STD, (n, *shape))
-        return Split(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), labels)
+        images = np.empty((n, *shape), np.uint8)
+        for start in range(0, n, CHUNK):  # the same draws as one call, without n float64 images at once
+            rows = labels[start:start + CHUNK]
+            pixels = templates[rows] + rng.normal(0, NOISE_STD, (len(rows), *shape))
+            images[start:start + CHUNK] = np.clip(np.rint(pixels), 0, 255)
+        return Split(images, labels)
 
     train = sample(num_train)
     return train, sample(num_test), tuple(str(c) for c in range(num_classes))
