@@ -10,43 +10,24 @@ normalisation is the dataset mean colour.
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import AugmentSpec
 
 # Folded into the state's key so augmentation draws a stream separate from dropout's.
 AUGMENT_SALT = 0xA067
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """`crop_padding`: pad by this many pixels and crop back at a random offset (0: off);
-    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off)."""
-
-    crop_padding: int = 0
-    flip: bool = False
-    cutout: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.cutout > 0
+AugmentConfig = AugmentSpec  # the `config.augment` section, typed: keys, defaults and checks in jaxcnn.spec
 
 
 def augment_config(section: Mapping[str, Any]) -> AugmentConfig:
     """The `config.augment` section, checked."""
-    for key in ("crop_padding", "cutout"):
-        value = section[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise JaxcnnError(f"augment.{key}: expected a non-negative integer (0 turns it off), got {value!r}")
-    if not isinstance(section["flip"], bool):
-        raise JaxcnnError(f"augment.flip: expected true or false, got {section['flip']!r}")
-    return AugmentConfig(int(section["crop_padding"]), section["flip"], int(section["cutout"]))
+    return AugmentSpec.parse(section)
 
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:

@@ -62,6 +62,7 @@ class BenchSettings:
     steps_per_call: int = 20
     fingerprint_steps: int = 10
     eval_batch_size: int = 1000
+    num_train: int = 60_000  # one epoch of MNIST, in whole batches: 59,904 images at batch 128
     num_test: int = 5000
     dataset: str = "synthetic"
     data_dir: str | None = None
@@ -77,7 +78,7 @@ def check_settings(settings: BenchSettings) -> None:
     for dtype in settings.dtypes:
         precision.compute_dtype(dtype)
     im2col.resolve_conv_impl(settings.conv_impl)
-    for key in ("repeats", "steps_per_call", "fingerprint_steps", "eval_batch_size", "num_test"):
+    for key in ("repeats", "steps_per_call", "fingerprint_steps", "eval_batch_size", "num_train", "num_test"):
         value = getattr(settings, key)
         if not isinstance(value, int) or value < 1:
             raise JaxcnnError(f"benchmark setting {key} must be a positive integer, got {value!r}")
@@ -203,7 +204,7 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
     eval_batch = min(settings.eval_batch_size, len(work.test.labels))
 
     def eval_pass() -> int:
-        evaluate(calls, state, test_feed, eval_batch, steps_per_call)  # fetches the sums: waits
+        evaluate(calls, state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
         return len(work.test.labels)
 
     return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
@@ -233,9 +234,10 @@ def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_st
 
 
 def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -> Workload:
-    """Seeded synthetic data of the model's default input shape (or the chosen real dataset),
-    enough training examples for one fused call per pass over them."""
-    num_train = batch_size * max(settings.steps_per_call, settings.fingerprint_steps)
+    """Seeded synthetic data of the model's default input shape (or the chosen real dataset): an
+    epoch of `num_train` examples in whole batches, as `jaxcnn train` reads them (59,904 at batch
+    128), at least one fused call's worth."""
+    num_train = batch_size * max(settings.num_train // batch_size, settings.steps_per_call, settings.fingerprint_steps)
     if settings.dataset == "synthetic":
         dataset = data.load_dataset("synthetic", val_fraction=0.0, seed=settings.seed,
                                     image_shape=models.default_input_shape(name), num_classes=10,
@@ -243,6 +245,9 @@ def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -
     else:
         dataset = data.load_dataset(settings.dataset, data_dir=settings.data_dir, val_fraction=0.0,
                                     seed=settings.seed)
+    if settings.dataset != "synthetic":  # at most the real training split, in whole batches
+        num_train = max(min(num_train, len(dataset.train.labels) // batch_size * batch_size),
+                        batch_size * max(settings.steps_per_call, settings.fingerprint_steps))
     if len(dataset.train.labels) < num_train:
         raise JaxcnnError(f"dataset {settings.dataset!r} has {len(dataset.train.labels)} training examples; "
                           f"batch size {batch_size} × steps_per_call needs {num_train}; lower --steps-per-call")

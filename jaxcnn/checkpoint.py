@@ -23,62 +23,61 @@ next run opens the manager.
 from __future__ import annotations
 
 import asyncio
-import functools
+import errno
 import importlib.metadata
 import json
 import os
 import pathlib
-import signal
+import shlex
+import shutil
 import sys
-import threading
-from typing import Any, Callable
+import time
+from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxcnn import stop
 from jaxcnn.distributed import any_process, barrier, is_main_process
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.errors import JaxcnnError, os_error_text
 from jaxcnn.loop_state import LoopState, due
+from jaxcnn.orbax_logs import silence_orbax_logs
+
+# Moved to jaxcnn.stop (light, so the command installs them first); kept here for callers.
+StopSignals, restores_signal_handlers = stop.StopSignals, stop.restores_signal_handlers
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt-checkpoints"
 # Test hook: seconds each save waits, in its background commit, before writing its metadata, so a
 # test can kill the process while a save is in flight. Unset in normal use.
 SAVE_DELAY_ENV = "JAXCNN_CHECKPOINT_SAVE_DELAY_S"
+# Test hook: the background commit of every save after the first N raises OSError(ENOSPC), as a
+# full disk would. Unset in normal use.
+SAVE_FAIL_ENV = "JAXCNN_CHECKPOINT_FAIL_AFTER_SAVES"
 VERSIONED_PACKAGES = ("jaxcnn", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
-
-
-def default_checkpoint_config() -> dict[str, Any]:
-    """`config.checkpoint`: when to save and what to keep."""
-    return {"enabled": True, "every_steps": 0, "on_epoch_end": True, "keep": 2, "keep_best": 1,
-            "async_save": True}
 
 
 class TrainingInterrupted(Exception):
     """Raised by the loop after SIGTERM/SIGINT once the checkpoint is committed (exit status 0)."""
 
-    def __init__(self, signal_name: str, step: int, workdir: pathlib.Path, saved: bool = True):
+    def __init__(self, signal_name: str, step: int, workdir: pathlib.Path, saved: bool = True,
+                 data_dir: str = ""):
         self.signal_name, self.step, self.workdir = signal_name, step, workdir
         if not saved:
             super().__init__(f"{signal_name}: stopped after step {step}; nothing saved (checkpoint.enabled is "
                              "false)")
             return
         super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved in "
-                         f"{workdir / CHECKPOINT_DIR}; resume with the same command: "
-                         f"jaxcnn train --workdir {workdir} (and the same --config options)")
+                         f"{workdir / CHECKPOINT_DIR}; resume with: {resume_command(workdir, data_dir)}")
 
 
-def validate_checkpoint_config(section: ml_collections.ConfigDict) -> None:
-    for key in ("enabled", "on_epoch_end", "async_save"):
-        if not isinstance(section[key], bool):
-            raise JaxcnnError(f"checkpoint.{key} must be true or false, got {section[key]!r}")
-    # keep_best >= 1: the best step holds the parameters of restore_best and `eval --step best`.
-    for key, minimum in (("every_steps", 0), ("keep", 1), ("keep_best", 1)):
-        value = section[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise JaxcnnError(f"checkpoint.{key} must be an integer >= {minimum}, got {value!r}")
+def resume_command(workdir: pathlib.Path, data_dir: str = "") -> str:
+    """The command that resumes the run in `workdir`: its own config.json is its config."""
+    workdir = pathlib.Path(workdir)
+    command = f"jaxcnn train --workdir {shlex.quote(str(workdir))} --config {shlex.quote(str(workdir / 'config.json'))}"
+    return command + (f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else "")
 
 
 def library_versions() -> dict[str, str]:
@@ -92,74 +91,35 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# ---------------------------------------------------------------------------- stop signals
-
-
-class StopSignals:
-    """SIGTERM / SIGINT -> a flag the loop polls after each step (no `jax.distributed` needed).
-
-    A second SIGINT raises KeyboardInterrupt at once, for a user who does not want to wait.
-    """
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handle)
-            signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = name
-        print(f"jaxcnn: {name} received: saving a checkpoint after the current call "
-              "(press Ctrl-C again to quit without saving)", file=sys.stderr, flush=True)
-
-
-def restores_signal_handlers(fn: Callable) -> Callable:
-    """Decorator: whatever `fn` installs for SIGTERM/SIGINT is undone when it returns or raises."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return fn(*args, **kwargs)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    return wrapper
-
-
 # ---------------------------------------------------------------------------- the manager
 
 
 class _MetaHandler(ocp.JsonCheckpointHandler):
-    """JSON metadata item; optionally delayed inside the background commit (`SAVE_DELAY_ENV`).
+    """JSON metadata item; optionally delayed (`SAVE_DELAY_ENV`) or failing (`SAVE_FAIL_ENV`)
+    inside the background commit.
 
     Overrides `_save_fn`, the coroutine the pinned orbax-checkpoint 0.12.8 runs in the commit.
     """
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, fail_after: int | None = None):
         super().__init__()
-        self._delay_s = delay_s
+        self._delay_s, self._fail_after, self._saves = delay_s, fail_after, 0
 
     async def _save_fn(self, x: Any, directory: Any) -> None:
+        self._saves += 1
         if self._delay_s:
             await asyncio.sleep(self._delay_s)
+        if self._fail_after is not None and self._saves > self._fail_after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
         await super()._save_fn(x, directory)
 
 
-def _save_delay() -> float:
-    raw = os.environ.get(SAVE_DELAY_ENV, "")
+def _hook_number(name: str, kind: type) -> Any:
+    raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else 0.0
+        return kind(raw) if raw else None
     except ValueError as e:
-        raise JaxcnnError(f"{SAVE_DELAY_ENV} must be a number of seconds, got {raw!r}") from e
+        raise JaxcnnError(f"{name} must be a {kind.__name__} number, got {raw!r}") from e
 
 
 def open_manager(directory: pathlib.Path, *, keep: int = 2, keep_best: int = 1, async_save: bool = True,
@@ -169,6 +129,7 @@ def open_manager(directory: pathlib.Path, *, keep: int = 2, keep_best: int = 1, 
     `read_only`: creates and cleans nothing (the caller must not save); Orbax's own read_only
     option is not used because it logs warnings on every open.
     """
+    silence_orbax_logs()
     policies = [checkpoint_managers.LatestN(keep),
                 checkpoint_managers.BestN(get_metric_fn=lambda m: m["best_rank"], n=keep_best,
                                           keep_checkpoints_without_metrics=False)]
@@ -176,12 +137,25 @@ def open_manager(directory: pathlib.Path, *, keep: int = 2, keep_best: int = 1, 
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         cleanup_tmp_directories=not read_only, create=not read_only, enable_async_checkpointing=async_save)
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    state_handler, meta_handler = ocp.StandardCheckpointHandler(), _MetaHandler(_save_delay())
+    state_handler = ocp.StandardCheckpointHandler()
+    meta_handler = _MetaHandler(_hook_number(SAVE_DELAY_ENV, float) or 0.0, _hook_number(SAVE_FAIL_ENV, int))
     registry.add("state", ocp.args.StandardSave, state_handler)
     registry.add("state", ocp.args.StandardRestore, state_handler)
     registry.add("meta", ocp.args.JsonSave, meta_handler)
     registry.add("meta", ocp.args.JsonRestore, meta_handler)
     return ocp.CheckpointManager(directory.absolute(), options=options, handler_registry=registry)
+
+
+def remove_unfinished_saves(directory: pathlib.Path) -> None:
+    """Removes the temporary folders of failed saves. Writes of the same save still running in
+    Orbax's threads may create one again for a moment: looks again until none comes back (~2 s at most)."""
+    for _ in range(10):
+        leftovers = list(directory.glob("*.orbax-checkpoint-tmp*"))
+        if not leftovers:
+            return
+        for leftover in leftovers:
+            shutil.rmtree(leftover, ignore_errors=True)
+        time.sleep(0.2)
 
 
 def _abstract(tree: Any) -> Any:
@@ -223,9 +197,15 @@ class Checkpointer:
         self.static_meta = {"config": json.loads(json.dumps(config.to_dict())), "versions": library_versions(),
                             **run_info}
         self.best_step: int | None = None
-        self.signals = StopSignals()
+        self.in_flight: int | None = None  # the step of the save not yet known to be committed
+        self.failed = False  # a save failed (reported once, in one line)
+        self.signals = stop.SIGNALS
         if watch_signals:
             self.signals.install()
+
+    @property
+    def directory(self) -> pathlib.Path:
+        return self.workdir / CHECKPOINT_DIR
 
     @property
     def every_steps(self) -> int:
@@ -239,9 +219,53 @@ class Checkpointer:
         """Whether to stop now for a SIGTERM/SIGINT received by this process or, with several
         processes, by any of them. Those agree only at `sync_point`s (log, save and epoch
         boundaries, reached at the same steps by every process), so no call waits for them."""
+        self.check_saves(sync_point)
         if jax.process_count() == 1:
             return self.signals.received is not None
         return sync_point and any_process(self.signals.received is not None)
+
+    def check_saves(self, sync_point: bool = True) -> None:
+        """Raises, in one line, the failure of a background save that has ended (disk full,
+        permissions): checked after every call, so the run stops at the next call boundary (with
+        several processes at `sync_point`s, all together)."""
+        if jax.process_count() > 1 and not sync_point:
+            return
+        ended = self.in_flight is not None and not self.manager.is_saving_in_progress()
+        self._raise(self._settle() if ended else None)
+
+    def _raise(self, error: JaxcnnError | None) -> None:
+        """Raises `error`; with several processes all raise when any has one (every process must
+        call this at the same point)."""
+        if jax.process_count() > 1 and any_process(error is not None) and error is None:
+            error = JaxcnnError(f"a checkpoint save in {self.directory} failed in another process of this run "
+                                "(see its message); fix the cause and run the same command to resume")
+        if error is not None:
+            raise error
+
+    def _settle(self) -> JaxcnnError | None:
+        """Waits for the save in flight; its failure as the one-line error (None: committed)."""
+        step, self.in_flight = self.in_flight, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # Orbax and tensorstore raise many types for an OS error
+            return self._failure(step, e)
+        return None
+
+    def _failure(self, step: int | None, error: BaseException) -> JaxcnnError:
+        """The one-line error for a failed save of `step`; its temporary folder removed."""
+        self.failed = True
+        if is_main_process():
+            remove_unfinished_saves(self.directory)
+        kept = self.latest_committed_step()
+        kept_text = f"the checkpoint of step {kept} is kept" if kept is not None else "no checkpoint was committed yet"
+        return JaxcnnError(f"cannot save the checkpoint of step {step} in {self.directory}: {os_error_text(error)}; "
+                           f"{kept_text}; fix the cause (disk space, permissions) and run the same command to resume")
+
+    def latest_committed_step(self) -> int | None:
+        """The newest committed step on disk (None: none, or checkpointing off)."""
+        if self.manager is None or not self.directory.is_dir():
+            return None
+        return max((int(p.name) for p in self.directory.iterdir() if p.name.isdigit()), default=None)
 
     def due_in_epoch(self, step: int, stop: bool) -> bool:
         return self.section.enabled and (stop or due(step, self.section.every_steps))
@@ -262,9 +286,14 @@ class Checkpointer:
                 self.best_step = loop.step
             metrics = {"best_rank": loop.epochs_run if improved else 0, monitor: value}
         meta = {**self.static_meta, "loop": loop.to_json(), "best_step": self.best_step}
-        self.manager.save(loop.step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"train_state": state, "totals": totals}),
-            meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+        self.wait()  # Orbax waits for the save before anyway; this reports its failure in one line
+        try:
+            self.manager.save(loop.step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"train_state": state, "totals": totals}),
+                meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+        except Exception as e:  # synchronous parts of the save: creating its folder, a sync save
+            raise self._failure(loop.step, e) from e
+        self.in_flight = loop.step
 
     def restore_latest(self, state: Any, totals: dict[str, Any], loop_from_json: Callable[[dict], Any] = LoopState.from_json
                        ) -> tuple[Any, dict[str, Any], LoopState] | None:
@@ -324,11 +353,27 @@ class Checkpointer:
         barrier(f"jaxcnn-set-aside-{step}")
         self.manager.reload()
 
-    def wait(self) -> None:
-        if self.manager is not None:
-            self.manager.wait_until_finished()
+    def wait(self, agree: bool = True) -> None:
+        """Waits for the save in flight; raises its failure in one line (in every process when
+        `agree`: then every process must call it at the same point)."""
+        if self.manager is None:
+            return
+        error = self._settle() if self.in_flight is not None else None
+        if agree:
+            self._raise(error)
+        elif error is not None:
+            raise error
 
     def close(self) -> None:
-        if self.manager is not None:
-            self.manager.wait_until_finished()
-            self.manager.close()
+        if self.manager is None:
+            return
+        try:
+            if not self.failed:
+                self.wait(agree=False)  # also after another error, which other processes may not share
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # after a failed save Orbax may raise it again: reported already
+                if not self.failed:
+                    raise
+

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import LOSSES
 
 EXPORT_DIR = "export"
 DEFAULT_NAME = "model.jaxexport"
@@ -88,7 +89,7 @@ def export_metadata(saved: Any, exported: jax.export.Exported, blob: bytes) -> d
         "input": "pixels 0..255, shape (batch, height, width, channels); any batch size",
         "mean": config.dataset.mean, "std": config.dataset.std,
         "output": "probabilities (batch, num_classes), float32",
-        "activation": "sigmoid" if config.loss.name == "binary_cross_entropy" else "softmax",
+        "activation": LOSSES.lookup(config.loss.name).output,
         "model": config.model.name, "dataset": config.dataset.name, "loss": config.loss.name,
         "step": saved.step, "workdir": str(saved.workdir),
         "platforms": list(exported.platforms),

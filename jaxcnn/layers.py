@@ -13,51 +13,55 @@ used here (`kernel_size`, `padding`, `pool_window`, ...).
 from collections.abc import Callable, Sequence
 from functools import partial
 from numbers import Integral
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 from jax import lax
 
-from jaxcnn import im2col
+from jaxcnn import im2col, spec
 from jaxcnn.errors import JaxcnnError
 
 Activation = Callable[[jax.Array], jax.Array]
 Padding = str | tuple[tuple[int, int], ...]
 
-ACTIVATIONS: dict[str, Activation] = {
-    "elu": jax.nn.elu,
-    # Exact GELU (x·Φ(x)), as PyTorch and Keras default to; jax.nn.gelu defaults to the tanh form.
-    "gelu": partial(jax.nn.gelu, approximate=False),
-    "leaky_relu": jax.nn.leaky_relu,  # bound to `negative_slope` by get_activation
-    "linear": lambda x: x,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-}
+# The registries of `jaxcnn.spec`, filled here: one entry per name a model option can give.
+ACTIVATIONS = spec.ACTIVATIONS
+ACTIVATIONS.register("elu", jax.nn.elu)
+# Exact GELU (x·Φ(x)), as PyTorch and Keras default to; jax.nn.gelu defaults to the tanh form.
+ACTIVATIONS.register("gelu", partial(jax.nn.gelu, approximate=False))
+ACTIVATIONS.register("leaky_relu", jax.nn.leaky_relu)  # bound to `negative_slope` by get_activation
+ACTIVATIONS.register("linear", lambda x: x)
+ACTIVATIONS.register("relu", jax.nn.relu)
+ACTIVATIONS.register("sigmoid", jax.nn.sigmoid)
+ACTIVATIONS.register("tanh", jnp.tanh)
 
-POOLS: dict[str, Callable[..., jax.Array]] = {"avg": nn.avg_pool, "max": nn.max_pool}
+
+
+class Pool(NamedTuple):
+    """A pooling kind: Flax's windowed function, and the reduction of the non-overlapping fast path."""
+
+    window: Callable[..., jax.Array]
+    reduce: Callable[..., jax.Array]
+
+
+POOLS = spec.POOLS
+POOLS.register("avg", Pool(nn.avg_pool, jnp.mean))
+POOLS.register("max", Pool(nn.max_pool, jnp.max))
 
 
 def get_activation(name: str, negative_slope: float = 0.01) -> Activation:
     """The activation called `name`; `negative_slope` is leaky_relu's slope for x < 0."""
-    if name not in ACTIVATIONS:
-        raise JaxcnnError(
-            f"unknown activation {name!r} (model.activation); expected one of: {', '.join(ACTIVATIONS)}"
-        )
+    activation = ACTIVATIONS.lookup(name)
     if name == "leaky_relu":
         return partial(jax.nn.leaky_relu, negative_slope=negative_slope)
-    return ACTIVATIONS[name]
+    return activation
 
 
 def get_pool(kind: str) -> Callable[..., jax.Array]:
     """Flax's pooling function for `kind` ("max" or "avg")."""
-    if kind not in POOLS:
-        raise JaxcnnError(
-            f"unknown pool kind {kind!r} (model.pool); expected one of: {', '.join(POOLS)}"
-        )
-    return POOLS[kind]
+    return POOLS.lookup(kind).window
 
 
 def _is_int(value: Any) -> bool:
@@ -229,7 +233,7 @@ def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:
     x = x[(slice(None), *(slice(0, o * w) for o, w in zip(out, window)), slice(None))]
     x = x.reshape(n, *[d for o, w in zip(out, window) for d in (o, w)], c)
     axes = tuple(2 + 2 * i for i in range(len(window)))
-    return jnp.max(x, axis=axes) if kind == "max" else jnp.mean(x, axis=axes)
+    return POOLS[kind].reduce(x, axis=axes)
 
 
 def batch_norm(

@@ -1,7 +1,9 @@
 """Loss functions: each returns per-example losses of shape (batch,), except `l2_penalty`.
 
 The model emits logits; the output activation (softmax or sigmoid) belongs to the loss, so
-`predict_probabilities` applies the one matching the training loss.
+`predict_probabilities` applies the one matching the training loss. Each classification loss is
+one entry of `jaxcnn.spec.LOSSES` (registered here): its per-example loss, its output activation
+and whether it supports label smoothing.
 """
 
 from collections.abc import Callable
@@ -10,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcnn.errors import JaxcnnError
-
-LOSS_NAMES = ("binary_cross_entropy", "cross_entropy", "l1", "mse")
+from jaxcnn.spec import LOSSES, LossEntry, LossSpec
 
 ClassificationLoss = Callable[[jax.Array, jax.Array], jax.Array]
+# The output activations a loss implies (`LossEntry.output`): logits -> class probabilities.
+OUTPUTS: dict[str, Callable[[jax.Array], jax.Array]] = {"softmax": jax.nn.softmax, "sigmoid": jax.nn.sigmoid}
 
 
 def _per_example_mean(values: jax.Array) -> jax.Array:
@@ -62,52 +64,39 @@ def l2_penalty(params) -> jax.Array:
     return sum(squares, jnp.zeros((), jnp.float32))
 
 
-def _check_loss_name(name: str) -> None:
-    if name not in LOSS_NAMES:
-        raise JaxcnnError(
-            f"unknown loss {name!r} (loss.name); expected one of: {', '.join(LOSS_NAMES)}"
-        )
+def _on_probabilities(distance: Callable[[jax.Array, jax.Array], jax.Array]):
+    """`mse` and `l1` compare softmax probabilities with one-hot targets (Keras' softmax output layer)."""
+    return lambda num_classes, smoothing: (
+        lambda logits, labels: distance(jax.nn.softmax(logits), jax.nn.one_hot(labels, num_classes)))
+
+
+LOSSES.register("cross_entropy", LossEntry(
+    lambda num_classes, smoothing: lambda logits, labels: softmax_cross_entropy(logits, labels, smoothing),
+    output="softmax", label_smoothing=True))
+# Each class an independent sigmoid.
+LOSSES.register("binary_cross_entropy", LossEntry(
+    lambda num_classes, smoothing: (
+        lambda logits, labels: sigmoid_binary_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))),
+    output="sigmoid"))
+LOSSES.register("mse", LossEntry(_on_probabilities(mean_squared_error)))
+LOSSES.register("l1", LossEntry(_on_probabilities(l1_loss)))
 
 
 def make_classification_loss(
     name: str, num_classes: int, label_smoothing: float = 0.0, sweep_label_smoothing: bool = False
 ) -> ClassificationLoss:
-    """The per-example training loss `(logits, int_labels) -> (batch,)` for integer class labels.
-
-    `mse` and `l1` compare softmax probabilities with one-hot targets (Keras' softmax output
-    layer); `binary_cross_entropy` treats each class as an independent sigmoid.
+    """The per-example training loss `(logits, int_labels) -> (batch,)` for integer class labels
+    (`name`'s entry of `jaxcnn.spec.LOSSES`; `name` and `label_smoothing` checked by `LossSpec`).
     `sweep_label_smoothing`: the loss takes the smoothing as a third argument, an array (one value
-    per member of a sweep, `jaxcnn.members`); cross-entropy only.
-    """
-    _check_loss_name(name)
+    per member of a sweep, `jaxcnn.members`); cross-entropy only."""
+    spec = LossSpec(name=name, label_smoothing=label_smoothing)
     if sweep_label_smoothing:
         return lambda logits, labels, smoothing: optax.softmax_cross_entropy(
             logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing))
-    if not 0.0 <= label_smoothing < 1.0:
-        raise JaxcnnError(
-            f"loss.label_smoothing must be in [0, 1), got {label_smoothing}; "
-            "use 0 to turn smoothing off"
-        )
-    if label_smoothing > 0 and name != "cross_entropy":
-        raise JaxcnnError(
-            f"loss.label_smoothing is only supported with loss.name 'cross_entropy', "
-            f"got {label_smoothing} with {name!r}; set loss.label_smoothing to 0"
-        )
-
-    def one_hot(labels: jax.Array) -> jax.Array:
-        return jax.nn.one_hot(labels, num_classes)
-
-    if name == "cross_entropy":
-        return lambda logits, labels: softmax_cross_entropy(logits, labels, label_smoothing)
-    if name == "binary_cross_entropy":
-        return lambda logits, labels: sigmoid_binary_cross_entropy(logits, one_hot(labels))
-    distance = mean_squared_error if name == "mse" else l1_loss
-    return lambda logits, labels: distance(jax.nn.softmax(logits), one_hot(labels))
+    return LOSSES[spec.name].make(num_classes, label_smoothing)
 
 
 def predict_probabilities(loss_name: str, logits: jax.Array) -> jax.Array:
-    """Class probabilities: sigmoid for `binary_cross_entropy`, softmax for the other losses."""
-    _check_loss_name(loss_name)
-    if loss_name == "binary_cross_entropy":
-        return jax.nn.sigmoid(logits)
-    return jax.nn.softmax(logits)
+    """Class probabilities: the output activation of the training loss (sigmoid for
+    `binary_cross_entropy`, softmax for the others)."""
+    return OUTPUTS[LOSSES.lookup(loss_name).output](logits)

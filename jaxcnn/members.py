@@ -27,26 +27,10 @@ import numpy as np
 
 from jaxcnn import optim
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import SWEEPABLE, not_sweepable
 from jaxcnn.state import SweptTrainState, TrainState
 
-# What can be swept inside one program: values that are arrays inside the step.
-SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "loss.label_smoothing", "loss.l2")
 MAX_SEED = 2**31 - 1  # member seeds are int32 inside the program (jax.random.PRNGKey)
-
-
-def sweep_section() -> ml_collections.ConfigDict:
-    """`config.sweep`: one key per sweepable value, None (not swept) by default."""
-    sections: dict[str, dict[str, Any]] = {}
-    for key in SWEEPABLE:
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = None
-    return ml_collections.ConfigDict(sections, type_safe=False)
-
-
-def not_sweepable(key: str) -> str:
-    """The one-line refusal of sweep key `key` (without the `sweep.` prefix)."""
-    return (f"sweep.{key} cannot be swept in one program (only values that are arrays inside the "
-            f"training step can); sweepable: {', '.join(SWEEPABLE)}")
 
 
 @dataclasses.dataclass(frozen=True)

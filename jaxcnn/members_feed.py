@@ -16,8 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.data.device import epoch_order, eval_order
-from jaxcnn.data.feed import EvalCall, TrainCall, chunks
+from jaxcnn.data.device import epoch_order
+from jaxcnn.data.feed import EvalCall, TrainCall, chunks, eval_batches
 from jaxcnn.data.splits import Split, train_val_indices
 
 
@@ -55,9 +55,10 @@ class MembersFeed:
         inputs = {**self.arrays, "order": self.executor.put(orders)}
         return ((inputs, self.executor.index(position)) for position, _ in calls)
 
-    def eval_calls(self, batch_size: int, steps_per_call: int) -> Iterator[EvalCall]:
-        """Every member's examples once, in order, padded and masked as `DeviceFeed.eval_calls`."""
-        order, mask = eval_order(len(self), self.executor.eval_batch_size(batch_size, len(self)))
+    def eval_calls(self, batch_size: int, steps_per_call: int, max_batches: int = 0) -> Iterator[EvalCall]:
+        """Every member's examples once, in order, padded and masked as `DeviceFeed.eval_calls`
+        (only the first `max_batches` batches when that is > 0)."""
+        order, mask = eval_batches(len(self), self.executor.eval_batch_size(batch_size, len(self)), max_batches)
         members = (self.num_members, 1, 1)
         inputs = {**self.arrays, **self.executor.put({"order": self.indices[:, order],
                                                       "mask": np.tile(mask[None], members)})}

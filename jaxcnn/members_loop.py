@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcnn import checkpoint, data, members, models, optim
+from jaxcnn import checkpoint, data, determinism, members, models, optim, stop
 from jaxcnn.build import build, make_prepare
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
@@ -31,14 +31,15 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.evaluation import evaluate_sums
 from jaxcnn.executor import Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.loop import Clock, Run, interrupt
+from jaxcnn.clock import Clock
+from jaxcnn.loop import Run, interrupt
 from jaxcnn.loop_state import due
 from jaxcnn.members_feed import MembersFeed, make_member_feeds
 from jaxcnn.members_memory import available_bytes, check_fits, member_bytes
 from jaxcnn.members_state import MembersLoop, keep_best, stacked_zeros
 from jaxcnn.metrics import TOP_K
 from jaxcnn.steps import zero_eval_sums, zero_train_totals
-from jaxcnn.workdir import choose_workdir, prepare_workdir
+from jaxcnn.workdir import Claim, claim_workdir, record_data_dir
 from jaxcnn.writers import RunWriter
 
 
@@ -95,19 +96,27 @@ def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, se
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
                           f"({len(feeds['train'])} examples of {dataset.name}); lower batch_size")
     config = record_mean_std(config, *mean_std_for(config.dataset, dataset.train))
+    config = record_data_dir(config, data_dir or config.dataset.data_dir or None)  # eval and resume use it
     return config, dataset, feeds, len(feeds["train"]) // config.batch_size
 
 
 def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
                       quiet: bool, fresh: bool) -> tuple[MembersRun, Any, MembersLoop]:
     """`loop.build_run` for members: the stacked state, vmapped calls, one tracker per member.
-    A run that would not fit in memory is refused before the workdir is touched."""
+    A run that would not fit in memory is refused before the workdir is written."""
     validate_config(config)
+    determinism.apply(config)
     member_list = members.members_of(config)
     executor = Executor("none" if config.parallel == "auto" else config.parallel)
-    workdir, resuming = choose_workdir(workdir, config, fresh)
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir)
+    claim = claim_workdir(workdir, config, fresh)
+    with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
+        return assemble_members_run(config, claim, executor, member_list, data_dir or claim.data_dir, quiet)
+
+
+def assemble_members_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor,
+                         member_list: list[members.Member], data_dir: str | None, quiet: bool
+                         ) -> tuple[MembersRun, Any, MembersLoop]:
+    cache_dir = enable_compilation_cache(config.compilation_cache_dir)
     keep_freed_host_memory()
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_member_data(config, data_dir, [m.seed for m in member_list],
@@ -122,13 +131,15 @@ def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.
     if len(member_list) > 1:
         check_memory(calls, feeds, executor.put(init(member_list[:1])), len(member_list), config.batch_size,
                      tracks_best)
-    saver = checkpoint.Checkpointer(prepare_workdir(workdir), config, {
+    stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
+    saver = checkpoint.Checkpointer(claim.path, config, {
         "dataset": dataset.name, "input_shape": dataset.input_shape, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "steps_per_epoch": steps_per_epoch,
         "members": [m.to_json() for m in member_list]}, watch_signals=True)
-    run = MembersRun(config, saver.workdir, dataset, executor, calls, feeds, steps_per_epoch, saver, None, clock,
-                     executor.put(stacked_zeros(zero_train_totals(), len(member_list))), None, member_list)
-    state, loop = start_or_resume(run, executor.put(init(member_list)), resuming, tracks_best, quiet)
+    run = MembersRun(config, claim.path, dataset, executor, calls, feeds, steps_per_epoch, saver, None, clock,
+                     executor.put(stacked_zeros(zero_train_totals(), len(member_list))), claim=claim,
+                     cache_dir=cache_dir, members=member_list)
+    state, loop = start_or_resume(run, executor.put(init(member_list)), claim.resuming, tracks_best, quiet)
     return run, state, loop
 
 
@@ -163,7 +174,7 @@ def start_or_resume(run: MembersRun, state: Any, resuming: bool, tracks_best: bo
     run.writer.line(f"training {run.num_members} members in one program: "
                     f"{', '.join(m.label for m in run.members[:4])}{', ...' * (run.num_members > 4)}")
     if restored is not None:
-        run.writer.progress.bar.update(loop.step)
+        run.writer.progress.resume(loop.step)
         run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
     return state, loop
 

@@ -1,180 +1,87 @@
-"""The optimizer and learning-rate schedule factory (Optax), and the reduce-on-plateau controller.
+"""The optimizers and learning-rate schedules (Optax), and the reduce-on-plateau controller.
+
+Each optimizer and schedule is one entry of its registry (`jaxcnn.spec.OPTIMIZERS`, `SCHEDULES`),
+registered here: the name a config gives is looked up, never compared in an if-chain. Their keys,
+defaults and ranges are `jaxcnn.spec.OptimizerSpec` and `ScheduleSpec`.
 
 The whole chain is wrapped in `optax.inject_hyperparams`, so the optimizer state holds two
 hyperparameters: `learning_rate` (the schedule's value, recomputed from the step count) and
 `lr_scale` (a plain number the host may change, e.g. on a plateau). The lr applied is their product.
 """
 
+import copy
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxcnn.errors import JaxcnnError
-
-OPTIMIZER_NAMES = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULE_NAMES = ("constant", "exponential", "piecewise", "plateau", "warmup_cosine")
-
+from jaxcnn.spec import OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec, positive_int
 
 def default_optimizer_config() -> dict:
-    return {
-        "name": "adam",
-        "learning_rate": 1e-3,
-        "momentum": 0.0,  # sgd and rmsprop; 0 turns momentum off
-        "nesterov": False,  # sgd and rmsprop
-        "rmsprop_decay": 0.9,
-        "eps": 1e-8,
-        "b1": 0.9,
-        "b2": 0.999,
-        "weight_decay": 0.0,  # decoupled, kernels only
-        "grad_clip_norm": 0.0,  # 0 = off
-    }
+    """`config.optimizer` with every key at its default (declared in `jaxcnn.spec.OptimizerSpec`)."""
+    return OptimizerSpec.defaults()
 
 
 def default_schedule_config() -> dict:
-    return {
-        "name": "constant",
-        "boundaries_epochs": (),  # piecewise: lr *= decay_rate at each of these epochs
-        "decay_rate": 0.1,  # piecewise (per boundary) and exponential (per epoch)
-        "warmup_epochs": 0.0,  # warmup_cosine: linear warmup from 0
-        "end_learning_rate": 0.0,  # warmup_cosine: the floor reached at the last step
-        "plateau_factor": 0.1,
-        "plateau_patience": 5,
-        "plateau_min_delta": 1e-4,
-        "plateau_cooldown": 0,
-        "plateau_min_scale": 1e-3,
-    }
+    """`config.schedule` with every key at its default (declared in `jaxcnn.spec.ScheduleSpec`)."""
+    return ScheduleSpec.defaults()
 
 
-# ---------------------------------------------------------------------------- config checks
+# ---------------------------------------------------------------------------- schedules: name -> builder
 
 
-def _complete(section: str, cfg: Mapping, defaults: dict) -> dict:
-    """The section's values over the defaults; an unknown key (likely a typo) is an error."""
-    unknown = sorted(set(cfg.keys()) - set(defaults))
-    if unknown:
-        raise JaxcnnError(
-            f"unknown key {section}.{unknown[0]}; expected one of: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **{key: cfg[key] for key in cfg.keys()}}
+@SCHEDULES.register("constant")
+@SCHEDULES.register("plateau")  # constant, scaled through lr_scale by the PlateauScheduler
+def _constant(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    return optax.constant_schedule(lr)
 
 
-def _number(section: str, values: dict, key: str) -> float:
-    value = values[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JaxcnnError(f"{section}.{key} must be a number, got {value!r}")
-    return value
+@SCHEDULES.register("piecewise")
+def _piecewise(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    steps = {round(b * steps_per_epoch): sched.decay_rate for b in sched.boundaries_epochs}
+    return optax.piecewise_constant_schedule(lr, steps)
 
 
-def _check(ok: bool, section: str, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise JaxcnnError(f"{section}.{key} must be {expected}, got {value}")
+@SCHEDULES.register("exponential")
+def _exponential(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    # Smooth decay: lr * decay_rate ** (step / steps_per_epoch).
+    return optax.exponential_decay(lr, steps_per_epoch, sched.decay_rate)
 
 
-def _check_name(section: str, name: Any, kind: str, names: tuple[str, ...]) -> None:
-    if name not in names:
-        raise JaxcnnError(
-            f"unknown {kind} {name!r} ({section}.name); expected one of: {', '.join(names)}"
-        )
+def _warmup_steps(sched: ScheduleSpec, steps_per_epoch: int, total: int) -> int:
+    warmup = round(sched.warmup_epochs * steps_per_epoch)
+    return total // 2 if warmup >= total else warmup  # a short run (a smoke test, max_steps): half of it
 
 
-def _optimizer_values(cfg: Mapping) -> dict:
-    sec = "optimizer"
-    values = _complete(sec, cfg, default_optimizer_config())
-    _check_name(sec, values["name"], "optimizer", OPTIMIZER_NAMES)
-    lr = _number(sec, values, "learning_rate")
-    _check(lr > 0, sec, "learning_rate", "> 0", lr)
-    for key in ("weight_decay", "grad_clip_norm"):
-        value = _number(sec, values, key)
-        _check(value >= 0, sec, key, ">= 0 (0 turns it off)", value)
-    for key in ("momentum", "rmsprop_decay", "b1", "b2"):
-        value = _number(sec, values, key)
-        _check(0 <= value < 1, sec, key, "in [0, 1)", value)
-    eps = _number(sec, values, "eps")
-    _check(eps > 0, sec, "eps", "> 0", eps)
-    nesterov = values["nesterov"]
-    _check(isinstance(nesterov, bool), sec, "nesterov", "true or false", repr(nesterov))
-    return values
-
-
-def _schedule_values(cfg: Mapping, learning_rate: float, num_epochs: int) -> dict:
-    sec = "schedule"
-    values = _complete(sec, cfg, default_schedule_config())
-    _check_name(sec, values["name"], "schedule", SCHEDULE_NAMES)
-    rate = _number(sec, values, "decay_rate")
-    _check(0 < rate <= 1, sec, "decay_rate", "in (0, 1]", rate)
-    warmup = _number(sec, values, "warmup_epochs")
-    # The upper bound only matters where warmup is used; other schedules ignore the key.
-    upper = num_epochs if values["name"] == "warmup_cosine" else float("inf")
-    _check(0 <= warmup < upper, sec, "warmup_epochs", f">= 0 and < num_epochs ({num_epochs})", warmup)
-    end_lr = _number(sec, values, "end_learning_rate")
-    _check(
-        0 <= end_lr <= learning_rate,
-        sec,
-        "end_learning_rate",
-        f"in [0, optimizer.learning_rate ({learning_rate})]",
-        end_lr,
+@SCHEDULES.register("warmup_cosine")
+def _warmup_cosine(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    total = num_epochs * steps_per_epoch
+    warmup = _warmup_steps(sched, steps_per_epoch, total)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=lr,
+        warmup_steps=warmup,
+        decay_steps=total,  # counts the warmup too
+        end_value=sched.end_learning_rate,
     )
-    boundaries = values["boundaries_epochs"]
-    ok = isinstance(boundaries, (list, tuple)) and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in boundaries
-    )
-    ok = ok and all(a < b for a, b in zip(boundaries, boundaries[1:]))
-    _check(
-        ok,
-        sec,
-        "boundaries_epochs",
-        "positive epochs in increasing order, e.g. (30, 60)",
-        boundaries,
-    )
-    _plateau_values(values)
-    return values
 
 
-def _plateau_values(values: dict) -> None:
-    sec = "schedule"
-    factor = _number(sec, values, "plateau_factor")
-    _check(0 < factor < 1, sec, "plateau_factor", "in (0, 1), e.g. 0.1 or 0.5", factor)
-    for key, lowest in (("plateau_patience", 1), ("plateau_cooldown", 0)):
-        value = values[key]
-        _check(
-            isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
-            sec,
-            key,
-            f"a whole number of epochs >= {lowest}",
-            value,
-        )
-    delta = _number(sec, values, "plateau_min_delta")
-    _check(delta >= 0, sec, "plateau_min_delta", ">= 0", delta)
-    min_scale = _number(sec, values, "plateau_min_scale")
-    _check(0 <= min_scale <= 1, sec, "plateau_min_scale", "in [0, 1]", min_scale)
+@SCHEDULES.register("warmup_linear")
+def _warmup_linear(lr: float, sched: ScheduleSpec, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    """One-cycle (triangular): linear from 0 to `lr` over the warm-up, then linear down to
+    `end_learning_rate` at the last step (the warm-up counted), constant after."""
+    total = num_epochs * steps_per_epoch
+    warmup = _warmup_steps(sched, steps_per_epoch, total)
+    decay = optax.linear_schedule(lr, sched.end_learning_rate, max(1, total - warmup))
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-# ---------------------------------------------------------------------------- optimizer
-
-
-def _make_schedule(lr: float, sched: dict, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
-    name = sched["name"]
-    if name == "piecewise":
-        steps = {
-            round(b * steps_per_epoch): sched["decay_rate"] for b in sched["boundaries_epochs"]
-        }
-        return optax.piecewise_constant_schedule(lr, steps)
-    if name == "exponential":
-        # Smooth decay: lr * decay_rate ** (step / steps_per_epoch).
-        return optax.exponential_decay(lr, steps_per_epoch, sched["decay_rate"])
-    if name == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=lr,
-            warmup_steps=round(sched["warmup_epochs"] * steps_per_epoch),
-            decay_steps=num_epochs * steps_per_epoch,  # counts the warmup too
-            end_value=sched["end_learning_rate"],
-        )
-    return optax.constant_schedule(lr)  # constant, and plateau (scaled through lr_scale)
+# ---------------------------------------------------------------------------- optimizers: name -> parts
 
 
 def _kernels_only(params):
@@ -182,41 +89,59 @@ def _kernels_only(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _make_factory(opt: dict):
+def _decay(opt: OptimizerSpec) -> list[optax.GradientTransformation]:
+    """Decoupled decay: added after the preconditioner, so it is scaled by the lr only. A swept
+    weight decay is an array (`jaxcnn.members`): the decay is always there."""
+    swept = not isinstance(opt.weight_decay, (int, float))
+    return ([optax.add_decayed_weights(opt.weight_decay, mask=_kernels_only)]
+            if swept or opt.weight_decay > 0 else [])
+
+
+def _trace(opt: OptimizerSpec) -> list[optax.GradientTransformation]:
+    return [optax.trace(opt.momentum, nesterov=opt.nesterov)] if opt.momentum > 0 else []
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(opt: OptimizerSpec, lr: jax.Array) -> list[optax.GradientTransformation]:
+    return [*_trace(opt), *_decay(opt), optax.scale_by_learning_rate(lr)]
+
+
+@OPTIMIZERS.register("rmsprop")
+def _rmsprop(opt: OptimizerSpec, lr: jax.Array) -> list[optax.GradientTransformation]:
+    """The order of optax.rmsprop: momentum on the lr-scaled step."""
+    rms = optax.scale_by_rms(decay=opt.rmsprop_decay, eps=opt.eps)
+    return [rms, *_decay(opt), optax.scale_by_learning_rate(lr), *_trace(opt)]
+
+
+@OPTIMIZERS.register("adam")
+def _adam(opt: OptimizerSpec, lr: jax.Array) -> list[optax.GradientTransformation]:
+    adam = optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps)
+    return [adam, *_decay(opt), optax.scale_by_learning_rate(lr)]
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(opt: OptimizerSpec, lr: jax.Array) -> list[optax.GradientTransformation]:
+    return [optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=_kernels_only)]
+
+
+def _with_decay(opt: OptimizerSpec, weight_decay: jax.Array) -> OptimizerSpec:
+    """`opt` with a swept weight decay: an array inside the step, so past the spec's checks (its
+    values were checked with the sweep, `jaxcnn.members`)."""
+    swept = copy.copy(opt)
+    object.__setattr__(swept, "weight_decay", weight_decay)
+    return swept
+
+
+def _make_factory(opt: OptimizerSpec):
     """The inner factory for `inject_hyperparams`; all settings but the lr hyperparams are fixed
     (and the weight decay, when it is given as a hyperparameter: a swept one, `jaxcnn.members`)."""
-    name, momentum = opt["name"], opt["momentum"]
+    parts = OPTIMIZERS.lookup(opt.name)
 
     def factory(learning_rate: jax.Array, lr_scale: jax.Array,
                 weight_decay: jax.Array | None = None) -> optax.GradientTransformation:
         lr = learning_rate * lr_scale
-        wd = opt["weight_decay"] if weight_decay is None else weight_decay
-        clip = (
-            [optax.clip_by_global_norm(opt["grad_clip_norm"])] if opt["grad_clip_norm"] > 0 else []
-        )
-        # Decoupled decay: added after the preconditioner, so it is scaled by the lr only.
-        decay = [optax.add_decayed_weights(wd, mask=_kernels_only)] if weight_decay is not None or wd > 0 else []
-        trace = [optax.trace(momentum, nesterov=opt["nesterov"])] if momentum > 0 else []
-        if name == "sgd":
-            parts = [*trace, *decay, optax.scale_by_learning_rate(lr)]
-        elif name == "rmsprop":  # the order of optax.rmsprop: momentum on the lr-scaled step
-            rms = optax.scale_by_rms(decay=opt["rmsprop_decay"], eps=opt["eps"])
-            parts = [rms, *decay, optax.scale_by_learning_rate(lr), *trace]
-        elif name == "adam":
-            adam = optax.scale_by_adam(b1=opt["b1"], b2=opt["b2"], eps=opt["eps"])
-            parts = [adam, *decay, optax.scale_by_learning_rate(lr)]
-        else:
-            parts = [
-                optax.adamw(
-                    lr,
-                    b1=opt["b1"],
-                    b2=opt["b2"],
-                    eps=opt["eps"],
-                    weight_decay=wd,
-                    mask=_kernels_only,
-                )
-            ]
-        return optax.chain(*clip, *parts)
+        clip = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm > 0 else []
+        return optax.chain(*clip, *parts(opt if weight_decay is None else _with_decay(opt, weight_decay), lr))
 
     return factory
 
@@ -243,13 +168,12 @@ def create_optimizer(
         )
     if num_epochs < 1:
         raise JaxcnnError(f"num_epochs must be >= 1, got {num_epochs}")
-    opt = _optimizer_values(optimizer_cfg)
-    sched = _schedule_values(schedule_cfg, opt["learning_rate"], num_epochs)
-    if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-        raise JaxcnnError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
+    opt, sched = OptimizerSpec.parse(optimizer_cfg), ScheduleSpec.parse(schedule_cfg)
+    sched.check_learning_rate(opt.learning_rate)
+    positive_int("grad_accum_steps", grad_accum_steps)
     updates_per_epoch = max(1, round(steps_per_epoch / grad_accum_steps))
-    schedule = _make_schedule(opt["learning_rate"], sched, updates_per_epoch, num_epochs)
-    swept = {"weight_decay": opt["weight_decay"]} if sweep_weight_decay else {}
+    schedule = SCHEDULES.lookup(sched.name)(opt.learning_rate, sched, updates_per_epoch, num_epochs)
+    swept = {"weight_decay": opt.weight_decay} if sweep_weight_decay else {}  # an array per member (members.py)
     tx = optax.inject_hyperparams(_make_factory(opt))(learning_rate=schedule, lr_scale=1.0, **swept)
     if grad_accum_steps > 1:
         # learning_rate_in_effect / set_lr_scale find the hyperparams inside MultiSteps' inner state.
@@ -272,9 +196,7 @@ def learning_rate_in_effect(opt_state) -> jax.Array:
 
 def set_lr_scale(opt_state, scale: float):
     """A copy of `opt_state` whose next updates use lr = schedule(step) * scale."""
-    hyperparams = _hyperparams(opt_state)
-    new = {**hyperparams, "lr_scale": jnp.asarray(scale, hyperparams["lr_scale"].dtype)}
-    return optax.tree_utils.tree_set(opt_state, hyperparams=new)
+    return set_hyperparam(opt_state, "lr_scale", scale)
 
 
 def set_hyperparam(opt_state, name: str, value):
@@ -339,15 +261,13 @@ class PlateauScheduler:
 
 def make_plateau_scheduler(schedule_cfg: Mapping) -> PlateauScheduler | None:
     """The controller for schedule name "plateau", else None."""
-    values = _complete("schedule", schedule_cfg, default_schedule_config())
-    _check_name("schedule", values["name"], "schedule", SCHEDULE_NAMES)
-    if values["name"] != "plateau":
+    sched = ScheduleSpec.parse(schedule_cfg)
+    if sched.name != "plateau":
         return None
-    _plateau_values(values)
     return PlateauScheduler(
-        factor=values["plateau_factor"],
-        patience=values["plateau_patience"],
-        min_delta=values["plateau_min_delta"],
-        cooldown=values["plateau_cooldown"],
-        min_scale=values["plateau_min_scale"],
+        factor=sched.plateau_factor,
+        patience=sched.plateau_patience,
+        min_delta=sched.plateau_min_delta,
+        cooldown=sched.plateau_cooldown,
+        min_scale=sched.plateau_min_scale,
     )

@@ -11,13 +11,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jaxcnn.errors import JaxcnnError
+from jaxcnn import spec
 
-DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = spec.DTYPES  # filled here
+DTYPES.register("float32", jnp.float32)
+DTYPES.register("bfloat16", jnp.bfloat16)
 
 
 def compute_dtype(name: str) -> Any:
     """The jnp dtype for `config.dtype` ("float32" or "bfloat16")."""
-    if name not in DTYPES:
-        raise JaxcnnError(f"unknown dtype {name!r} (config.dtype); expected one of: {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return DTYPES.lookup(name)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxcnn.report import _figure, _fmt, _loss_scale, _percent_axis, _pyplot, _save
+from jaxcnn.report_figures import _figure, _fmt, _loss_scale, _percent_axis, _pyplot, _save
 from jaxcnn.run_files import Run
 
 FIGURE_SIZES = {"members_curves": (12.0, 4.8), "sweep": (7.0, 4.8)}

@@ -19,6 +19,7 @@ import numbers
 import os
 import pathlib
 import sys
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -96,11 +97,17 @@ class MetricsWriter:
         self._events = TensorBoardWriter(workdir / "events") if tensorboard and enabled else None
         self.path = workdir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8") if enabled else None
+        self.failed = False
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(dumps_json(record) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(dumps_json(record) + "\n")
+                self._file.flush()
+            except OSError as e:  # a full disk, a lost mount: one line, the checkpoints are kept
+                self.failed = True
+                raise JaxcnnError(f"cannot write '{self.path}': {e.strerror or e}; fix the cause and run the "
+                                  "same command to resume from the last checkpoint") from e
         if self._events is not None:
             self._events.write(record)
 
@@ -110,7 +117,11 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the buffered line that failed to write fails again: reported already
+                if not self.failed:
+                    raise
         if self._events is not None:
             self._events.close()
 
@@ -201,6 +212,8 @@ WORKDIR_OUTPUTS = (
     (PREDICTIONS_FILE, "the test predictions", False),
     ("checkpoints", "the checkpoints", True),
     ("events", "the TensorBoard event files", True),
+    ("certificate.json", "the run's certificate", False),
+    ("profile", "the profiler trace", True),
 )
 
 
@@ -281,25 +294,42 @@ def truncate_metrics(workdir: pathlib.Path, length: int) -> None:
 
 
 class Progress:
-    """A tqdm bar on a terminal; otherwise one plain line per epoch (CI, pipes, nohup)."""
+    """A tqdm bar on a terminal; otherwise plain lines (CI, pipes, nohup): the loop's own lines (the
+    start of training, one per epoch) and, inside long epochs, a progress line at least every
+    `every_s` seconds."""
 
-    def __init__(self, total_steps: int, num_epochs: int, quiet: bool):
+    def __init__(self, total_steps: int, num_epochs: int, quiet: bool, every_s: float = 10.0):
         self.interactive = sys.stdout.isatty() and not quiet
         self.quiet = quiet
         self.num_epochs = num_epochs
+        self.total_steps = total_steps
+        self.every_s = every_s
+        self.steps = 0
+        self.last = ""  # the last logged loss, accuracy and rate, for the progress lines
+        self.printed_at = time.monotonic()
         self.bar = tqdm.tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=not self.interactive)
 
+    def resume(self, step: int) -> None:
+        """Starts counting at `step` (a resumed run)."""
+        self.steps = step
+        self.bar.update(step)
+
     def step(self, epoch: int, num_steps: int = 1) -> None:
-        self.bar.update(num_steps)
+        self.steps += num_steps
         if self.interactive:
+            self.bar.update(num_steps)
             self.bar.set_description(f"epoch {epoch}/{self.num_epochs}", refresh=False)
+        elif not self.quiet and time.monotonic() - self.printed_at >= self.every_s:
+            self.line(f"step {self.steps}/{self.total_steps}  (epoch {epoch}/{self.num_epochs}){self.last}")
 
     def log(self, loss: float, accuracy: float, images_per_s: float) -> None:
+        self.last = f"  loss {loss:.4f}  acc {accuracy:.4f}  {images_per_s:.0f} img/s"
         # ordered_dict keeps this order (keyword arguments would be sorted: acc, img_s, loss).
         self.bar.set_postfix(ordered_dict={"loss": f"{loss:.4f}", "acc": f"{accuracy:.4f}",
                                            "img/s": f"{images_per_s:.0f}"}, refresh=False)
 
     def line(self, text: str) -> None:
+        self.printed_at = time.monotonic()
         if self.interactive:
             self.bar.write(text)
         elif not self.quiet:

@@ -2,10 +2,16 @@
 
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# The compilation cache is on by default in the user cache folder ($XDG_CACHE_HOME/jaxcnn): the tests,
+# and the processes they start, use a temporary one and never write into the real home's cache.
+_CACHE_HOME = tempfile.TemporaryDirectory(prefix="jaxcnn-test-cache-home-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME.name
 
 
 def real_data_dir() -> pathlib.Path | None:

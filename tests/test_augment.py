@@ -70,7 +70,7 @@ def test_nothing_enabled_means_no_augmentation_function():
 @pytest.mark.parametrize("key, value", [("crop_padding", -1), ("cutout", 1.5), ("flip", 1)])
 def test_bad_augment_values_name_the_key(key, value):
     section = {"crop_padding": 0, "flip": False, "cutout": 0, key: value}
-    with pytest.raises(JaxcnnError, match=f"augment.{key}: expected"):
+    with pytest.raises(JaxcnnError, match=f"augment.{key} must be"):
         augment_config(section)
 
 

@@ -83,7 +83,7 @@ def write_bad_inputs(folder, run):
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
     (folder / "truncated.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 3])
     (folder / "folder.png").mkdir()
-    (folder / "image.gif").write_bytes(b"GIF89a")
+    (folder / "image.svg").write_bytes(b"<svg/>")
     (folder / "a_file").write_text("not a folder\n")
     (folder / "results").mkdir()
     damage_copies_of(run, folder)
@@ -169,7 +169,7 @@ CASES = [
     ("predict-truncated-jpeg", P + ["{in}/truncated.jpg"], "truncated.jpg: cannot be read as an image"),
     ("predict-missing-file", P + ["{in}/nowhere.png"], "nowhere.png: no such file"),
     ("predict-folder-named-png", P + ["{in}/folder.png"], "folder.png: is a folder"),
-    ("predict-gif", P + ["{in}/image.gif"], "unsupported file type '.gif'"),
+    ("predict-svg", P + ["{in}/image.svg"], "unsupported file type '.svg'"),
     ("predict-top-0", P + ["--top", "0", "{in}/good.npy"], "--top must be a whole number of classes >= 1, got 0"),
     ("predict-top-negative", P + ["--top", "-3", "{in}/good.npy"], "--top must be a whole number of classes >= 1"),
     ("predict-step-not-saved", P + ["--step", "999", "{in}/good.npy"], "no checkpoint for step 999"),

@@ -14,7 +14,7 @@ from jaxcnn.errors import JaxcnnError
 RESULT_FIELDS = {"model", "mode", "batch_size", "dtype", "train_images_per_s", "eval_images_per_s",
                  "compile_s", "warm_compile_s", "peak_rss_mb", "flops_per_image", "gflops", "fingerprint"}
 TINY = ["--model", "mlp", "--batch-size", "16", "--min-time", "0.05", "--repeats", "1",
-        "--steps-per-call", "4", "--fingerprint-steps", "6", "--num-test", "64"]
+        "--steps-per-call", "4", "--fingerprint-steps", "6", "--num-train", "256", "--num-test", "64"]
 
 
 def run_bench(tmp_path, name):

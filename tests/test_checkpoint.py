@@ -22,6 +22,7 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.loop import train_and_evaluate
 from jaxcnn.loop_state import EarlyStopping, LoopState
 from jaxcnn.steps import zero_train_totals
+from jaxcnn.workdir import LOCK_FILE
 from jaxcnn.saved import load_saved_model
 from jaxcnn.state import create_train_state
 from jaxcnn.writers import read_jsonl, without_timing
@@ -135,8 +136,24 @@ def test_sigkill_mid_run_then_resume_completes_like_the_straight_run(straight, t
     process.kill()
     process.communicate()
     assert not (workdir / "summary.json").exists()
+    assert (workdir / LOCK_FILE).exists()  # the killed run's lock file, with no lock: no matter
 
     summary = resume(workdir, RUN)
+    assert summary["test_accuracy"] == straight[1]["test_accuracy"]
+    assert_same_run(workdir, straight[0])
+    assert not (workdir / LOCK_FILE).exists()
+
+
+def test_a_failed_background_save_stops_in_one_line_and_the_run_resumes_once_fixed(straight, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    monkeypatch.setenv(checkpoint.SAVE_FAIL_ENV, "3")  # saves 5, 10 and 15 commit; 20 fails as a full disk would
+    with pytest.raises(JaxcnnError, match=r"cannot save the checkpoint of step 20 in .*: No space left on device "
+                                          r"\(errno 28\); the checkpoint of step 15 is kept"):
+        resume(workdir, RUN + ["checkpoint.every_steps=5"])
+    assert committed_steps(workdir) == [10, 15] and not tmp_dirs(workdir)
+    monkeypatch.delenv(checkpoint.SAVE_FAIL_ENV)
+
+    summary = resume(workdir, RUN + ["checkpoint.every_steps=5"])
     assert summary["test_accuracy"] == straight[1]["test_accuracy"]
     assert_same_run(workdir, straight[0])
 

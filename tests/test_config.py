@@ -7,7 +7,7 @@ import pytest
 
 import jaxcnn
 from conftest import REPO
-from jaxcnn import checkpoint
+from jaxcnn import workdir
 from jaxcnn.data.normalization import record_mean_std
 from jaxcnn.config import (CONFIGS_DIR, base_config, config_from_json, config_name, config_to_json, list_presets,
                            load_config, validate_config)
@@ -133,7 +133,7 @@ def test_a_runs_config_json_loads_exactly_that_config(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.dataset.mean == (0.5, 0.25, 0.125)  # a tuple again, as in the Python config
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert checkpoint.config_differences(saved, json.loads(config_to_json(loaded))) == []
+    assert workdir.config_differences(saved, json.loads(config_to_json(loaded))) == []
     assert config_name(str(tmp_path / "config.json")) == tmp_path.name
 
 

@@ -29,10 +29,10 @@ def test_switching_to_a_tfds_dataset_adds_its_split_options():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dataset.input=gpu", "dataset.input: expected one of auto, device, host"),
+    ("dataset.input=gpu", r"unknown input mode 'gpu' \(dataset\.input\); expected one of: auto, device, host"),
     ("dataset.device_budget_mb=0", "dataset.device_budget_mb must be a positive number"),
-    ("augment.crop_padding=-2", "augment.crop_padding: expected a non-negative integer"),
-    ("dataset.std=0", "dataset.std: expected a positive number"),
+    ("augment.crop_padding=-2", "augment.crop_padding must be a non-negative integer"),
+    ("dataset.std=0", "dataset.std must be a positive number"),
     ("dataset.name=tfds:", "unknown dataset 'tfds:'"),
 ])
 def test_bad_dataset_values_name_the_key(override, message):

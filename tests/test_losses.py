@@ -126,7 +126,7 @@ def test_unknown_loss_name_names_key_and_choices():
         make_classification_loss("crossentropy", num_classes=2)
     assert str(err.value) == (
         "unknown loss 'crossentropy' (loss.name); "
-        "expected one of: binary_cross_entropy, cross_entropy, l1, mse"
+        "expected one of: binary_cross_entropy, cross_entropy, l1, mse; did you mean 'cross_entropy'?"
     )
 
 

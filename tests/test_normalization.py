@@ -28,10 +28,10 @@ def test_normalize_applies_one_value_per_channel():
 
 
 @pytest.mark.parametrize("mean, std, message", [
-    (0.0, 0.0, "dataset.std: expected a positive number"),
-    ((0.1, 0.2), 1.0, "dataset.mean: expected a number or a tuple of 3 numbers"),
-    (0.0, (1.0, -1.0, 1.0), "dataset.std: expected a positive number or a tuple of 3 positive numbers"),
-    ("auto", 1.0, "dataset.mean: expected"),
+    (0.0, 0.0, "dataset.std must be a positive number"),
+    ((0.1, 0.2), 1.0, "dataset.mean must be a number or a tuple of 3 numbers"),
+    (0.0, (1.0, -1.0, 1.0), "dataset.std must be a positive number or a tuple of 3 positive numbers"),
+    ("auto", 1.0, "dataset.mean must be"),
 ])
 def test_bad_mean_or_std_names_the_key(mean, std, message):
     with pytest.raises(JaxcnnError, match=message):

@@ -43,3 +43,14 @@ def test_quiet_prints_nothing_even_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     drive(Progress(total_steps=4, num_epochs=2, quiet=True))
     assert out.getvalue() == "" and err.getvalue() == ""
+
+
+def test_without_a_terminal_a_progress_line_comes_at_least_every_interval(capsys):
+    progress = Progress(total_steps=4, num_epochs=2, quiet=False, every_s=0.0)
+    progress.step(epoch=1)
+    progress.log(loss=0.5, accuracy=0.75, images_per_s=1234.0)
+    progress.step(epoch=1, num_steps=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["step 1/4  (epoch 1/2)", "step 3/4  (epoch 1/2)  loss 0.5000  acc 0.7500  1234 img/s"]
+    Progress(total_steps=4, num_epochs=2, quiet=True, every_s=0.0).step(epoch=1)
+    assert capsys.readouterr().out == ""

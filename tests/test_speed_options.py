@@ -1,5 +1,6 @@
 """Gradient accumulation, bfloat16 computation and the persistent compilation cache."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxcnn import losses, models, optim
+from jaxcnn import compilation, losses, models, optim
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.loop import train_and_evaluate
@@ -77,22 +78,48 @@ def test_a_bfloat16_run_trains_on_digits(tmp_path):
 
 
 def test_unknown_dtype_and_bad_accumulation_are_user_errors():
-    with pytest.raises(JaxcnnError, match="config.dtype"):
+    with pytest.raises(JaxcnnError, match=r"unknown dtype 'float16' \(dtype\); expected one of: bfloat16, float32"):
         load_config("digits_cnn", ["dtype=float16"])
     with pytest.raises(JaxcnnError, match="grad_accum_steps"):
         load_config("digits_cnn", ["grad_accum_steps=0"])
 
 
-def test_a_second_run_loads_every_program_from_the_compilation_cache(tmp_path):
-    cache = tmp_path / "cache"
-    command = [sys.executable, "-m", "jaxcnn.cli", "train", "--quiet", "--config.model.name=mlp",
-               "--config.model.hidden=(16,)", "--config.num_epochs=1", "--config.schedule.name=constant",
-               f"--config.compilation_cache_dir={cache}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(command + ["--workdir", str(tmp_path / "a")], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    first = sorted(p.name for p in cache.iterdir())
-    assert first, "the first run wrote no compiled programs to the cache"
-    subprocess.run(command + ["--workdir", str(tmp_path / "b")], cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    assert sorted(p.name for p in cache.iterdir()) == first  # all hits, nothing compiled anew
+def test_a_second_run_loads_every_program_from_the_default_compilation_cache_and_compiles_faster(tmp_path):
+    """The cache is on by default, in $XDG_CACHE_HOME/jaxcnn; summary.json says whether it served
+    the first call, and the output says when training starts and when it has compiled."""
+    command = [sys.executable, "-m", "jaxcnn.cli", "train", "--config.model.name=mlp",
+               "--config.model.hidden=(16,)", "--config.num_epochs=1", "--config.schedule.name=constant"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    cache = tmp_path / "xdg" / "jaxcnn"
+    runs = []
+    for name in ("a", "b"):
+        out = subprocess.run(command + ["--workdir", str(tmp_path / name)], cwd=REPO, env=env, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+        runs.append((out, json.loads((tmp_path / name / "summary.json").read_text()),
+                     sorted(p.name for p in cache.iterdir())))
+    (out_a, first, files_a), (out_b, second, files_b) = runs
+    assert files_a, "the first run wrote no compiled programs to the cache"
+    assert files_b == files_a  # all hits, nothing compiled anew
+    assert first["compile_cache_hit"] is False and second["compile_cache_hit"] is True
+    assert first["compilation_cache"]["dir"] == str(cache) and second["compilation_cache"]["misses"] == 0
+    assert second["compile_s"] < first["compile_s"]
+    assert out_a[0].startswith("training mlp (") and out_a[0].endswith("compiling")
+    assert out_b[1].startswith("compiled in") and "from the compilation cache" in out_b[1]
+    for summary in (first, second):
+        assert summary["steady_train_images_per_s"] > 0 and summary["train_images_per_s"] > 0
+        assert summary["validation_s"] > 0 and summary["train_s"] > 0
+
+
+def test_the_cache_is_off_for_an_empty_folder_and_silently_off_where_auto_cannot_write(tmp_path, monkeypatch):
+    assert compilation.resolve_cache_dir("") is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation.resolve_cache_dir("auto") == tmp_path / "xdg" / "jaxcnn"
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "cache"))  # a home that cannot hold it
+    assert compilation.resolve_cache_dir("auto") is None
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "file"))
+    assert compilation.resolve_cache_dir("auto") is None
+    assert compilation.resolve_cache_dir(tmp_path / "mine") == tmp_path / "mine"
+    with pytest.raises(JaxcnnError, match=r"^compilation_cache_dir '.*' cannot be created"):
+        compilation.resolve_cache_dir(tmp_path / "file" / "cache")

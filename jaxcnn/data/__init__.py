@@ -7,22 +7,23 @@ the training split by the run seed, and the test split is never touched.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from jaxcnn.data import cifar, digits, download, mnist, synthetic, tfds
+from jaxcnn.data import arrays, cifar, digits, download, image_folder, mnist, synthetic, tfds
 from jaxcnn.data.cifar import load_cifar10, load_cifar100
 from jaxcnn.data.digits import load_digits
 from jaxcnn.data.mnist import load_fashion_mnist, load_mnist
 from jaxcnn.data.splits import Split, check_val_fraction, train_val_split
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import DATASET_COMMON_KEYS, is_int
 
-__all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name",
-           "expected_input_shape", "list_datasets", "load_dataset", "resolve_data_dir", "train_val_split"]
+__all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name", "dataset_defaults",
+           "expected_input_shape", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
+           "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
 
@@ -43,17 +44,36 @@ class Dataset:
         """(H, W, C) of one image."""
         return tuple(self.train.images.shape[1:])
 
+    @classmethod
+    def from_arrays(cls, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None,
+                    class_names: Sequence[str] | None = None, *, test_fraction: float = 0.2, seed: int = 0,
+                    name: str = "arrays") -> Dataset:
+        """A dataset from NumPy arrays: images (N, H, W) or (N, H, W, C), uint8 0..255 or floats in
+        [0, 1] or [0, 255]; labels integer class indices (N,). Without `x_test`/`y_test` a stratified
+        `test_fraction` (chosen by `seed`) is held out. Its validation split is empty: `load_dataset`
+        carves one out of train (`val_fraction`). Bad arrays raise `JaxcnnError`."""
+        train, test, names = arrays.dataset_arrays(x_train, y_train, x_test, y_test, class_names,
+                                                   test_fraction=test_fraction, seed=seed)
+        return cls(name, train, _empty(train), test, len(names), names)
+
+
+def _empty(split: Split) -> Split:
+    return Split(split.images[:0], split.labels[:0])
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names);
+    """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names) or
+    a `Dataset`; `options` are the names it takes, `defaults` their values in a new `config.dataset`;
     `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`);
-    `image_shape` is the (H, W, C) of its images when it is fixed (None: set by its options)."""
+    `image_shape` is the (H, W, C) of its images when it is fixed (None: set by its options or files)."""
 
-    load: Callable[..., tuple[Split, Split, tuple[str, ...]]]
+    load: Callable[..., tuple[Split, Split, tuple[str, ...]] | Dataset]
     options: tuple[str, ...] = ()
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reads_files: bool = True  # False: made in memory, the data directory plays no part
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -70,19 +90,62 @@ def _downloader(name: str) -> Callable[[str | os.PathLike | None], None]:
     return lambda data_dir: download.ensure_downloaded(name, resolve_data_dir(data_dir))
 
 
-DATASETS = MappingProxyType({
+_DATASETS: dict[str, DatasetSource] = {
     "cifar10": DatasetSource(lambda data_dir, seed: load_cifar10(resolve_data_dir(data_dir)),
                              fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
                               fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE, reads_files=False),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
                                    fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
                            fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
-                               options=synthetic.OPTIONS),
-})
+                               options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
+    "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
+                                  options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS),
+    "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
+                            options=arrays.OPTIONS, defaults=arrays.DEFAULTS),
+}
+DATASETS = MappingProxyType(_DATASETS)  # read-only view; add entries with `register_dataset`
+
+
+def register_dataset(name: str, loader: Callable[..., Dataset], defaults: Mapping[str, Any] | None = None, *,
+                     replace: bool = False) -> None:
+    """Make `loader` available as `dataset.name = name`.
+
+    `loader(seed=..., **options)` returns a `Dataset` (e.g. `Dataset.from_arrays(...)`); its options
+    are the keys of `defaults`, which become `config.dataset` keys with those values (set them with
+    `--config.dataset.KEY=VALUE`). When the returned dataset has no validation examples, `load_dataset`
+    carves `val_fraction` of its training split into one. `replace=True` replaces an entry.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise JaxcnnError(f"register_dataset: invalid name {name!r}; expected a name like my_data")
+    if name in _DATASETS and not replace:
+        raise JaxcnnError(f"register_dataset: dataset {name!r} is already registered; pass replace=True to replace it")
+    if not callable(loader):
+        raise JaxcnnError(f"register_dataset({name!r}): loader must be a function returning a Dataset, got {loader!r}")
+    defaults = dict(defaults or {})
+    clash = sorted(set(defaults) & set(DATASET_COMMON_KEYS))
+    if clash:
+        raise JaxcnnError(f"register_dataset({name!r}): option {clash[0]!r} is a common dataset key; rename it")
+
+    def load(data_dir: Any, seed: int, **options: Any) -> Dataset:
+        dataset = loader(seed=seed, **options)
+        if not isinstance(dataset, Dataset):
+            raise JaxcnnError(f"dataset {name!r}: its loader returned a {type(dataset).__name__}, not a "
+                              "jaxcnn.Dataset; return e.g. Dataset.from_arrays(x_train, y_train, x_test, y_test)")
+        return dataclasses.replace(dataset, name=name)
+
+    _DATASETS[name] = DatasetSource(load, options=tuple(defaults), defaults=MappingProxyType(defaults))
+
+
+def dataset_defaults(name: str) -> dict[str, Any]:
+    """The loader options of dataset `name` with their defaults (for `config.dataset`)."""
+    if isinstance(name, str) and name.startswith(tfds.PREFIX):
+        return dict(tfds.DEFAULTS)
+    source = _DATASETS.get(name)
+    return dict(source.defaults) if source is not None else {}
 
 
 def list_datasets() -> tuple[str, ...]:
@@ -111,6 +174,11 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     return DATASETS[name].image_shape if name in DATASETS else None
 
 
+def reads_files(name: str) -> bool:
+    """Whether dataset `name` is read from the data directory (a run records that directory)."""
+    return _source(name).reads_files
+
+
 def _source(name: str) -> DatasetSource:
     if name.startswith(tfds.PREFIX):
         tfds_name = name[len(tfds.PREFIX):]
@@ -121,15 +189,22 @@ def _source(name: str) -> DatasetSource:
     return DATASETS[name]
 
 
-def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
+def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
                  seed: int = 0, download: bool = False, **options: Any) -> Dataset:
     """Load dataset `name` and carve `val_fraction` of its training split into a validation split.
 
     `seed` picks the validation examples (and draws the synthetic data); `options` are the
-    dataset's own (`synthetic`'s generator options, `tfds:NAME`'s split names). `download` first
-    fetches missing files of a dataset that has public mirrors (or prepares a TFDS dataset).
-    Bad names, options or files raise `JaxcnnError`.
+    dataset's own (`synthetic`'s generator options, `tfds:NAME`'s split names, `image_folder`'s
+    path, ...). `download` first fetches missing files of a dataset that has public mirrors (or
+    prepares a TFDS dataset). `name` may also be an already built `Dataset` (`Dataset.from_arrays`):
+    then `data_dir`, `download` and `options` are not used, and a validation split is carved unless
+    it has one. Bad names, options or files raise `JaxcnnError`.
     """
+    check_val_fraction(val_fraction)
+    if not is_int(seed) or seed < 0:
+        raise JaxcnnError(f"seed: expected a non-negative integer, got {seed!r}; set e.g. seed=0")
+    if isinstance(name, Dataset):
+        return _with_val_split(name, val_fraction, seed)
     check_dataset_name(name)
     source = _source(name)
     unknown = sorted(set(options) - set(source.options))
@@ -137,11 +212,18 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, val_fr
         raise JaxcnnError(
             f"dataset.{unknown[0]}: unknown option for dataset {name!r}; "
             f"known options: {', '.join(source.options) or 'none'}; remove it or fix its spelling")
-    check_val_fraction(val_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise JaxcnnError(f"seed: expected a non-negative integer, got {seed!r}; set e.g. seed=0")
     if download and source.fetch is not None:
         source.fetch(data_dir)
-    train, test, class_names = source.load(data_dir, seed, **options)
-    train, val = train_val_split(train, val_fraction, seed)
-    return Dataset(name, train, val, test, len(class_names), class_names)
+    loaded = source.load(data_dir, seed, **options)
+    if not isinstance(loaded, Dataset):
+        train, test, class_names = loaded
+        loaded = Dataset(name, train, _empty(train), test, len(class_names), class_names)
+    return _with_val_split(loaded, val_fraction, seed)
+
+
+def _with_val_split(dataset: Dataset, val_fraction: float, seed: int) -> Dataset:
+    """`dataset` with `val_fraction` of its training split as the validation split, unless it has one."""
+    if len(dataset.val) > 0:
+        return dataset
+    train, val = train_val_split(dataset.train, val_fraction, seed)
+    return dataclasses.replace(dataset, train=train, val=val)

@@ -33,6 +33,12 @@ def chunks(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(size, total - start)) for start in range(0, total, size)]
 
 
+def eval_batches(num_examples: int, batch_size: int, max_batches: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`eval_order`, cut to its first `max_batches` batches when that is > 0."""
+    order, mask = eval_order(num_examples, batch_size)
+    return (order[:max_batches], mask[:max_batches]) if max_batches > 0 else (order, mask)
+
+
 class DeviceFeed:
     """A split placed whole on every device of the executor's mesh."""
 
@@ -54,9 +60,10 @@ class DeviceFeed:
         inputs = {**self.arrays, "order": order}
         return ((inputs, self.executor.index(position)) for position, _ in calls)
 
-    def eval_calls(self, batch_size: int, steps_per_call: int) -> Iterator[EvalCall]:
-        """Every example once, in order, in calls of up to `steps_per_call` padded, masked batches."""
-        order, mask = eval_order(len(self), self.executor.eval_batch_size(batch_size, len(self)))
+    def eval_calls(self, batch_size: int, steps_per_call: int, max_batches: int = 0) -> Iterator[EvalCall]:
+        """Every example once, in order, in calls of up to `steps_per_call` padded, masked batches
+        (only the first `max_batches` batches when that is > 0)."""
+        order, mask = eval_batches(len(self), self.executor.eval_batch_size(batch_size, len(self)), max_batches)
         inputs = {**self.arrays, **self.executor.put({"order": order, "mask": mask}, self.executor.stacked)}
         return ((inputs, self.executor.index(start), n) for start, n in chunks(len(order), steps_per_call))
 
@@ -82,9 +89,9 @@ class HostFeed:
         stacks = (self._gather(order[position:position + n, rows]) for position, n in calls)
         return ((inputs, self.executor.index(0)) for inputs in self._placed(stacks, batch_size))
 
-    def eval_calls(self, batch_size: int, steps_per_call: int) -> Iterator[EvalCall]:
+    def eval_calls(self, batch_size: int, steps_per_call: int, max_batches: int = 0) -> Iterator[EvalCall]:
         size = self.executor.eval_batch_size(batch_size, len(self))
-        order, mask = eval_order(len(self), size)
+        order, mask = eval_batches(len(self), size, max_batches)
         rows = self.executor.process_rows(size)
         pieces = chunks(len(order), steps_per_call)
         stacks = ({**self._gather(order[s:s + n, rows]), "mask": mask[s:s + n, rows]} for s, n in pieces)

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from jaxcnn.data.splits import Split
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import INPUT_MODES, input_mode  # noqa: F401 (INPUT_MODES re-exported)
 
-INPUT_MODES = ("auto", "device", "host")
 _END = object()
 
 
@@ -62,9 +61,8 @@ def split_bytes(*splits: Split) -> int:
 
 
 def check_input_mode(mode: object) -> None:
-    if mode not in INPUT_MODES:
-        raise JaxcnnError(f"dataset.input: expected one of {', '.join(INPUT_MODES)}, got {mode!r}; "
-                          "auto puts the data on the device when it fits dataset.device_budget_mb")
+    """Raise unless `mode` is one of `INPUT_MODES` (the check of `DatasetSpec.input`)."""
+    input_mode("dataset.input", mode)
 
 
 def choose_input(mode: str, splits: tuple[Split, ...], budget_mb: float) -> str:

@@ -8,9 +8,7 @@ validation split is carved out) and written into the run's `config.json` as `dat
 from __future__ import annotations
 
 import copy
-import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -18,6 +16,7 @@ import numpy as np
 
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import stat
 
 Stat = float | tuple[float, ...]
 _CHUNK = 4096  # images per pass: bounds the float64 copy for memory-mapped datasets
@@ -40,23 +39,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 def check_mean_std(mean: object, std: object, channels: int | None = None) -> tuple[Stat, Stat]:
     """`mean` and `std` as floats or tuples of floats, after checking them; `channels` (when known)
     is the number of values a per-channel tuple must have."""
-    return _check("dataset.mean", mean, channels, positive=False), _check("dataset.std", std, channels, positive=True)
-
-
-def _check(key: str, value: object, channels: int | None, positive: bool) -> Stat:
-    def ok(v: object) -> bool:
-        return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-                and (v > 0 or not positive))
-
-    if ok(value):
-        return float(value)
-    if (isinstance(value, Sequence) and not isinstance(value, str) and value and all(ok(v) for v in value)
-            and channels in (None, len(value))):
-        return tuple(float(v) for v in value)
-    what = "positive " if positive else ""
-    per_channel = f"{channels} " if channels else ""
-    raise JaxcnnError(f"{key}: expected a {what}number or a tuple of {per_channel}{what}numbers "
-                      f"(one per channel), got {value!r}; set e.g. {key}={1.0 if positive else 0.0}")
+    return stat("dataset.mean", mean, False, channels), stat("dataset.std", std, True, channels)
 
 
 def mean_std_for(section: Mapping[str, Any], train: Split) -> tuple[Stat, Stat]:

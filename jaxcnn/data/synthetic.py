@@ -6,16 +6,18 @@ that is what tests and smoke runs need.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.spec import is_int
 
-OPTIONS = ("image_shape", "num_classes", "num_train", "num_test")
+DEFAULTS = {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 1024, "num_test": 256}
+OPTIONS = tuple(DEFAULTS)
 NOISE_STD = 48.0
+CHUNK = 4096  # examples drawn at a time
 
 
 def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10,
@@ -29,21 +31,25 @@ def load_synthetic(seed: int, image_shape: Sequence[int] = (28, 28, 1), num_clas
 
     def sample(n: int) -> Split:
         labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
-        pixels = templates[labels] + rng.normal(0, NOISE_STD, (n, *shape))
-        return Split(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), labels)
+        images = np.empty((n, *shape), np.uint8)
+        for start in range(0, n, CHUNK):  # the same draws as one call, without n float64 images at once
+            rows = labels[start:start + CHUNK]
+            pixels = templates[rows] + rng.normal(0, NOISE_STD, (len(rows), *shape))
+            images[start:start + CHUNK] = np.clip(np.rint(pixels), 0, 255)
+        return Split(images, labels)
 
     train = sample(num_train)
     return train, sample(num_test), tuple(str(c) for c in range(num_classes))
 
 
 def _check_positive_int(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise JaxcnnError(f"dataset.{key}: expected a positive integer, got {value!r}; set e.g. dataset.{key}=10")
 
 
 def check_image_shape(value: object) -> tuple[int, int, int]:
     ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value))
+          and all(is_int(v) and v > 0 for v in value))
     if not ok:
         raise JaxcnnError(
             f"dataset.image_shape: expected 3 positive integers (height, width, channels), got {value!r}; "

@@ -1,0 +1,363 @@
+"""The config schema: typed sections with their defaults and checks, the shared checks, the registries.
+
+The ground floor of the package: it imports nothing of jaxcnn but `jaxcnn.errors` and the shared
+checks of `jaxcnn.checks` (re-exported here: `spec.positive_int`, `spec.one_of`, ...), so every
+module can use it. `parse(config)` turns a whole config (a plain dict or a `ConfigDict`) into a `RunSpec`
+of frozen sections; each key is declared once, as a field of its section:
+
+    learning_rate: float = key(1e-3, number(0, low_open=True))   # default, check
+
+That line is the key's default in `config.base_config()` (so in every preset and `--config.KEY=`),
+its check in `config.validate_config()`, and its attribute on the parsed section. A new top-level
+key is a field of `RunSpec`; a new key of a section a field of that section.
+
+Registries map a name to its behaviour (an optax factory, a loss, an activation, ...). Each is
+filled by the module implementing the entries (`home`, imported on the first look-up), so a name
+and what it does are one entry; an unknown name lists the known ones, with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from jaxcnn.checks import (  # noqa: F401 (the shared checks, re-exported: spec.positive_int, ...)
+    Check, Registry, boolean, choice, fail, finite, increasing_epochs, integer, is_int, is_number,
+    non_negative_int, number, one_of, positive_int, sizes, stat, string)
+from jaxcnn.errors import JaxcnnError
+
+
+@dataclasses.dataclass(frozen=True)
+class LossEntry:
+    """A loss: `make(num_classes, label_smoothing)` is the per-example loss `(logits, labels) -> (batch,)`;
+    `output` names the output activation that turns logits into probabilities (a `losses.OUTPUTS` key)."""
+
+    make: Callable[[int, float], Callable[[Any, Any], Any]]
+    output: str = "softmax"
+    label_smoothing: bool = False  # whether it supports loss.label_smoothing > 0
+
+
+OPTIMIZERS = Registry("optimizer", "optimizer.name", "jaxcnn.optim")  # name -> (OptimizerSpec, lr) -> [optax parts]
+SCHEDULES = Registry("schedule", "schedule.name", "jaxcnn.optim")  # name -> (lr, ScheduleSpec, steps/epoch, epochs)
+LOSSES = Registry("loss", "loss.name", "jaxcnn.losses")  # name -> LossEntry
+ACTIVATIONS = Registry("activation", "model.activation", "jaxcnn.layers")  # name -> x -> y
+POOLS = Registry("pool kind", "model.pool", "jaxcnn.layers")  # name -> layers.Pool (Flax function, reduction)
+DTYPES = Registry("dtype", "dtype", "jaxcnn.precision")  # name -> jnp dtype
+REGISTRIES = (OPTIMIZERS, SCHEDULES, LOSSES, ACTIVATIONS, POOLS, DTYPES)
+PARALLEL = ("auto", "none", "pmap", "sharded")
+INPUT_MODES = ("auto", "device", "host")
+MONITORS = ("val_loss", "val_accuracy")
+# What a run of members can sweep in one program: values that are arrays inside the step (jaxcnn/members.py).
+SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "loss.label_smoothing", "loss.l2")
+input_mode = choice(INPUT_MODES, "input mode", "auto puts the data on the device when it fits dataset.device_budget_mb")
+
+# ---------------------------------------------------------------------------- sections
+
+
+def key(default: Any, check: Check | None = None) -> Any:
+    """A config key of a section: its default and its check."""
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def section(cls: type[Section]) -> Any:
+    """A section of `RunSpec`: parsed from a mapping, default all defaults."""
+    return dataclasses.field(default_factory=cls, metadata={"check": lambda _, value: cls.parse(value)})
+
+
+class Section:
+    """A frozen dataclass of config keys: each field's check runs on construction, then `check()`
+    (checks across keys). `KEY` is the section's name in the config ('' for the top level)."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check = field.metadata.get("check")
+            if check is not None:
+                object.__setattr__(self, field.name, check(self.dotted(field.name), getattr(self, field.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Checks across keys (override)."""
+
+    @classmethod
+    def dotted(cls, name: str) -> str:
+        return f"{cls.KEY}.{name}" if cls.KEY else name
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The keys with a plain default (not the sections)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def parse(cls, values: Any) -> Any:
+        """The section from a mapping (keys it lacks take their defaults; an unknown key is refused)."""
+        if isinstance(values, cls):
+            return values
+        values = _plain(values, cls.KEY)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name in values:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean '{cls.dotted(close[0])}'?" if close else f"; keys here: {', '.join(names)}"
+                raise JaxcnnError(f"unknown config key '{cls.dotted(name)}'{hint}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _unparse(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(values: Any, name: str) -> dict[str, Any]:
+    if hasattr(values, "to_dict"):  # an ml_collections.ConfigDict
+        values = values.to_dict()
+    if not isinstance(values, Mapping):
+        raise JaxcnnError(f"config key '{name}' must be a section (a mapping of keys), got {values!r}")
+    return dict(values)
+
+
+def _unparse(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, Section) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec(Section):
+    KEY: ClassVar[str] = "optimizer"
+    name: str = key("adam", OPTIMIZERS)
+    learning_rate: float = key(1e-3, number(0, low_open=True))
+    momentum: float = key(0.0, number(0, 1, high_open=True))  # sgd and rmsprop; 0 turns momentum off
+    nesterov: bool = key(False, boolean)  # sgd and rmsprop
+    rmsprop_decay: float = key(0.9, number(0, 1, high_open=True))
+    eps: float = key(1e-8, number(0, low_open=True))
+    b1: float = key(0.9, number(0, 1, high_open=True))
+    b2: float = key(0.999, number(0, 1, high_open=True))
+    weight_decay: float = key(0.0, number(0, note=" (0 turns it off)"))  # decoupled, kernels only
+    grad_clip_norm: float = key(0.0, number(0, note=" (0 turns it off)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec(Section):
+    KEY: ClassVar[str] = "schedule"
+    name: str = key("constant", SCHEDULES)
+    boundaries_epochs: tuple = key((), increasing_epochs)  # piecewise: lr *= decay_rate at each of these epochs
+    decay_rate: float = key(0.1, number(0, 1, low_open=True))  # piecewise (per boundary) and exponential (per epoch)
+    # warmup_cosine, warmup_linear: linear warm-up from 0
+    warmup_epochs: float = key(0.0, number(
+        0, note=" (a warm-up as long as the run or longer is clipped to half of it)"))
+    end_learning_rate: float = key(0.0, number(0))  # warmup_cosine, warmup_linear: the value at the last step
+    plateau_factor: float = key(0.1, number(0, 1, low_open=True, high_open=True, note=", e.g. 0.1 or 0.5"))
+    plateau_patience: int = key(5, integer(1, "a whole number of epochs >= 1"))
+    plateau_min_delta: float = key(1e-4, number(0))
+    plateau_cooldown: int = key(0, integer(0, "a whole number of epochs >= 0"))
+    plateau_min_scale: float = key(1e-3, number(0, 1))
+
+    def check_learning_rate(self, learning_rate: float) -> None:
+        if self.end_learning_rate > learning_rate:
+            fail("schedule.end_learning_rate", f"in [0, optimizer.learning_rate ({learning_rate})]",
+                 self.end_learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec(Section):
+    KEY: ClassVar[str] = "loss"
+    name: str = key("cross_entropy", LOSSES)
+    label_smoothing: float = key(0.0, number(0, 1, high_open=True, hint="use 0 to turn smoothing off"))
+    l2: float = key(0.0, number(0))  # weight of the L2 penalty on the kernels
+
+    def check(self) -> None:
+        if self.label_smoothing > 0 and not LOSSES[self.name].label_smoothing:
+            supported = ", ".join(repr(n) for n, e in LOSSES.items() if e.label_smoothing)
+            raise JaxcnnError(f"loss.label_smoothing is only supported with loss.name {supported}, got "
+                              f"{self.label_smoothing} with {self.name!r}; set loss.label_smoothing to 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingSpec(Section):
+    KEY: ClassVar[str] = "early_stopping"
+    enabled: bool = key(False, boolean)
+    monitor: str = key("val_loss", choice(MONITORS, "monitor"))
+    patience: int = key(3, positive_int)
+    min_delta: float = key(0.0, number(0))
+    restore_best: bool = key(True, boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec(Section):
+    KEY: ClassVar[str] = "checkpoint"
+    enabled: bool = key(True, boolean)
+    every_steps: int = key(0, integer(0, "an integer >= 0 (0: only at epoch ends)"))
+    on_epoch_end: bool = key(True, boolean)
+    keep: int = key(2, positive_int)
+    keep_best: int = key(1, positive_int)  # >= 1: the best step holds restore_best's and `eval --step best`'s params
+    async_save: bool = key(True, boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec(Section):
+    """`crop_padding`: pad by this many pixels and crop back at a random offset (0: off);
+    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off)."""
+
+    KEY: ClassVar[str] = "augment"
+    crop_padding: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
+    flip: bool = key(False, boolean)
+    cutout: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.flip or self.cutout > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSpec(Section):
+    KEY: ClassVar[str] = "logging"
+    tensorboard: bool = key(False, boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec(Section):
+    """The keys every dataset has; the dataset's own options (checked by its loader) are `options`."""
+
+    KEY: ClassVar[str] = "dataset"
+    name: str = key("digits", string)  # a registered dataset or tfds:NAME (checked by jaxcnn.data)
+    val_fraction: float = key(0.1, number(0, 1, high_open=True))
+    data_dir: str = key("", string)
+    mean: Any = key(0.0, stat)
+    std: Any = key(1.0, functools.partial(stat, positive=True))
+    per_channel_stats: bool = key(False, boolean)
+    download: bool = key(False, boolean)
+    input: str = key("auto", input_mode)
+    device_budget_mb: float = key(4096.0, number(0, low_open=True, expected="a positive number of MiB"))
+    options: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, values: Any) -> DatasetSpec:
+        if isinstance(values, cls):
+            return values
+        values = _plain(values, cls.KEY)
+        common = {k: values.pop(k) for k in DATASET_COMMON_KEYS if k in values}
+        return cls(**common, options=values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in DATASET_COMMON_KEYS}, **self.options}
+
+
+DATASET_COMMON_KEYS = tuple(DatasetSpec.defaults())  # the dataset keys that are not the loader's own options
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(Section):
+    """`model.name` (a registered model or an import path) and its options (checked by building it)."""
+
+    KEY: ClassVar[str] = "model"
+    name: str = key("cnn", string)
+    options: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, values: Any) -> ModelSpec:
+        if isinstance(values, cls):
+            return values
+        values = _plain(values, cls.KEY)
+        return cls(values.pop("name", "cnn"), values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+def not_sweepable(key: str) -> str:
+    """The one-line refusal of sweep key `key` (without the `sweep.` prefix)."""
+    return (f"sweep.{key} cannot be swept in one program (only values that are arrays inside the "
+            f"training step can); sweepable: {', '.join(SWEEPABLE)}")
+
+
+def _sweep_values(name: str, value: Any) -> Any:
+    """`sweep.optimizer` or `sweep.loss`: a mapping of sweepable keys to None or values (their
+    values are checked with the seeds, `members.members_of`)."""
+    if value is None:
+        return None
+    section = name.split(".", 1)[1]
+    values = _plain(value, name)
+    for key in values:
+        if f"{section}.{key}" not in SWEEPABLE:
+            raise JaxcnnError(not_sweepable(f"{section}.{key}"))
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec(Section):
+    """`sweep.SECTION.KEY=(v0, v1, ...)`: a group of members per value, trained in one program with
+    the seeds (jaxcnn/members.py); None: not swept. Only the `SWEEPABLE` keys."""
+
+    KEY: ClassVar[str] = "sweep"
+    optimizer: Any = key(None, _sweep_values)
+    loss: Any = key(None, _sweep_values)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        sections: dict[str, dict[str, Any]] = {}
+        for swept in SWEEPABLE:
+            section_name, name = swept.split(".")
+            sections.setdefault(section_name, {})[name] = None
+        return sections
+
+    @classmethod
+    def parse(cls, values: Any) -> Any:
+        if isinstance(values, cls):
+            return values
+        values = {**cls.defaults(), **_plain(values, cls.KEY)}
+        for name in values:
+            if name not in ("optimizer", "loss"):
+                raise JaxcnnError(not_sweepable(name))
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec(Section):
+    """The whole config: the top-level keys, then the sections."""
+
+    seed: int = key(0, non_negative_int)
+    seeds: Any = key(None)  # N or (s0, s1, ...): one member per seed in one program (members.seeds_of checks it)
+    batch_size: int = key(128, positive_int)
+    eval_batch_size: int = key(1000, positive_int)
+    num_epochs: int = key(10, positive_int)
+    log_every_steps: int = key(100, positive_int)
+    parallel: str = key("auto", choice(PARALLEL, "parallel strategy"))  # auto: sharded on >1 device (executor.py)
+    grad_accum_steps: int = key(1, positive_int)  # > 1: average the gradients of that many batches per update
+    steps_per_call: int = key(1, positive_int)  # > 1: up to that many training steps per compiled call
+    max_steps: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: stop after that many steps
+    limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
+    dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
+    # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
+    # that cannot be written), a folder, or '' = off (jaxcnn/compilation.py).
+    compilation_cache_dir: str = key("auto", string)
+    on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
+    deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/determinism.py); recorded always
+    profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)
+    dataset: DatasetSpec = section(DatasetSpec)
+    augment: AugmentSpec = section(AugmentSpec)
+    model: ModelSpec = section(ModelSpec)
+    loss: LossSpec = section(LossSpec)
+    optimizer: OptimizerSpec = section(OptimizerSpec)
+    schedule: ScheduleSpec = section(ScheduleSpec)
+    early_stopping: EarlyStoppingSpec = section(EarlyStoppingSpec)
+    checkpoint: CheckpointSpec = section(CheckpointSpec)
+    logging: LoggingSpec = section(LoggingSpec)
+    sweep: SweepSpec = section(SweepSpec)
+
+    def check(self) -> None:
+        self.schedule.check_learning_rate(self.optimizer.learning_rate)
+        if self.early_stopping.enabled and self.dataset.val_fraction == 0:
+            raise JaxcnnError("early_stopping.enabled needs a validation split; set dataset.val_fraction > 0")
+
+
+def sections() -> dict[str, type[Section]]:
+    """The sections of `RunSpec` by key (`dataset`, `model`, ..., `logging`)."""
+    return {f.name: f.default_factory for f in dataclasses.fields(RunSpec) if f.default is dataclasses.MISSING}
+
+
+def parse(config: Any) -> RunSpec:
+    """The whole config (a plain dict or a `ConfigDict`), checked, as typed sections."""
+    values = _plain(config, "config")
+    finite(values)
+    return RunSpec.parse(values)
