@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcnn import optim
 
@@ -61,7 +62,7 @@ class Watch:
             raise self._diverged(f"the parameters after step {step} are not finite", step, state)
 
     def _diverged(self, what: str, step: int, state: Any) -> TrainingDiverged:
-        lr = float(optim.learning_rate_in_effect(state.opt_state))
+        lr = float(np.max(jax.device_get(optim.learning_rate_in_effect(state.opt_state))))  # the largest member's
         last = (f"last finite loss {self.last_loss[1]:.4g} at step {self.last_loss[0]}" if self.last_loss
                 else "no finite loss logged before")
         self.saver.wait()  # the saves in flight, committed or failed, before naming the kept one

@@ -137,10 +137,17 @@ def members_of(config: ml_collections.ConfigDict) -> list[Member] | None:
     seeds, swept = seeds_of(config), sweep_of(config)
     if seeds is None and not swept:
         return None
+    check_supported(config)
     seeds = seeds or (config.seed,)
     combos = list(itertools.product(*swept.values())) if swept else [()]
     return [Member(i, seed, tuple(zip(swept, combo)))
             for i, (combo, seed) in enumerate(itertools.product(combos, seeds))]
+
+
+def check_supported(config: ml_collections.ConfigDict) -> None:
+    """What a run of members cannot do, refused in one line before any work."""
+    if config.get("profile_steps"):
+        raise JaxcnnError("profile_steps traces a single run; unset it (or seeds and sweep) to profile")
 
 
 def is_multi(config: ml_collections.ConfigDict) -> bool:

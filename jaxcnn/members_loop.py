@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcnn import checkpoint, data, determinism, members, models, optim, stop
+from jaxcnn import checkpoint, data, determinism, divergence, members, models, optim, stop
 from jaxcnn.build import build, make_prepare
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
@@ -43,6 +43,7 @@ from jaxcnn.workdir import Claim, claim_workdir, record_data_dir
 from jaxcnn.writers import RunWriter
 
 
+@stop.restores_signal_handlers
 def train_members(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
                   quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
     """`loop.train_and_evaluate` for a run of members; returns the summary (with `members` and
@@ -51,7 +52,7 @@ def train_members(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
     run, state, loop = build_members_run(config, workdir, data_dir, quiet, fresh)
     try:
-        while loop.epoch <= run.config.num_epochs and not loop.all_stopped:
+        while loop.epoch <= run.config.num_epochs and not loop.all_stopped and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
         return finish(run, state, loop)
@@ -71,8 +72,8 @@ class MembersRun(Run):
 
     def evaluate(self, state: Any, split: str) -> dict[str, np.ndarray]:
         zeros = self.executor.put(stacked_zeros(zero_eval_sums(), self.num_members))
-        sums = evaluate_sums(self.calls, state, self.feeds[split], self.config.eval_batch_size,
-                             self.config.steps_per_call, zeros)
+        sums = evaluate_sums(self.calls, state, self.feeds[split], self.config.eval_batch_size, zeros,
+                             max_batches=self.config.limit_eval_batches)
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
                 "count": sums["count"].astype(int)}
 
@@ -140,6 +141,7 @@ def assemble_members_run(config: ml_collections.ConfigDict, claim: Claim, execut
                      executor.put(stacked_zeros(zero_train_totals(), len(member_list))), claim=claim,
                      cache_dir=cache_dir, members=member_list)
     state, loop = start_or_resume(run, executor.put(init(member_list)), claim.resuming, tracks_best, quiet)
+    run.watch = divergence.Watch(config.on_nonfinite, loop.step, saver)
     return run, state, loop
 
 
@@ -185,8 +187,8 @@ def start_or_resume(run: MembersRun, state: Any, resuming: bool, tracks_best: bo
 def train_epoch(run: MembersRun, state: Any, loop: MembersLoop) -> Any:
     """`loop.train_epoch` for members: the same calls and stops, each member's own order."""
     config, saver = run.config, run.saver
-    plan = plan_calls(loop.position, run.steps_per_epoch, loop.step, config.steps_per_call,
-                      (config.log_every_steps, saver.every_steps))
+    end = run.epoch_end(loop)  # the epoch's end, or where max_steps is
+    plan = plan_calls(loop.position, end, loop.step, config.steps_per_call, (config.log_every_steps, saver.every_steps))
     inputs = run.feeds["train"].train_calls(loop.epoch, config.batch_size, plan)
     # Only early stopping stops members: without it the calls keep every member (no select).
     active = {"active": run.executor.put(loop.active())} if config.early_stopping.enabled else {}
@@ -195,8 +197,10 @@ def train_epoch(run: MembersRun, state: Any, loop: MembersLoop) -> Any:
         state, run.totals = run.calls.train(state, run.totals, {**call_inputs, **active}, start, num_steps)
         loop.step, loop.position = loop.step + num_steps, position + num_steps
         run.writer.progress.step(loop.epoch, num_steps)
-        run.clock.after_call(run.totals, loop.step, num_steps)
-        epoch_end = loop.position == run.steps_per_epoch
+        if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
+            cached = " (from the compilation cache)" if run.clock.cache_hit else ""
+            run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
+        epoch_end = loop.position == end
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:
@@ -217,6 +221,8 @@ def log(run: MembersRun, state: Any, loop: MembersLoop) -> None:
     rate = run.clock.log_rate(loop.step, config.batch_size * run.num_members)
     steps = np.maximum(fetched["steps"], 1)  # a stopped member's sums stay 0
     loss, accuracy = fetched["loss"] / steps, fetched["accuracy"] / steps
+    worst = loss[active][~np.isfinite(loss[active])]  # a member's non-finite loss stops them all (on_nonfinite)
+    run.watch.check_loss(float(worst[0] if worst.size else np.max(loss[active], initial=0.0)), loop.step, state)
     if due(loop.step, config.log_every_steps):
         rates = np.asarray(jax.device_get(optim.learning_rate_in_effect(state.opt_state)))
         for m in np.flatnonzero(active):
@@ -257,7 +263,7 @@ def end_epoch(run: MembersRun, state: Any, loop: MembersLoop) -> Any:
                                 f"{member.stopping.monitor} {member.stopping.best:.4f} at epoch {member.stopping.best_epoch})")
     loop.shared.start_epoch()
     stop = run.saver.stop_agreed(True)
-    last = loop.epoch > config.num_epochs or loop.all_stopped
+    last = loop.epoch > config.num_epochs or loop.all_stopped or run.out_of_steps(loop)
     if run.saver.due_at_epoch_end(loop.step, False, last, stop):
         save(run, state, loop, stop)
     elif stop:
@@ -293,6 +299,7 @@ def save(run: MembersRun, state: Any, loop: MembersLoop, stop: bool) -> None:
     """Saves the stacked state and every member's trackers (asynchronously); after a stop request,
     waits and stops."""
     loop.metrics_bytes = run.writer.size()
+    run.watch.check_state(state, loop.step)  # no checkpoint of a diverged state
     run.saver.save(run.saved(state), run.totals, loop)
     if stop:
         interrupt(run, loop, saved=True)

@@ -180,3 +180,31 @@ def test_more_members_than_memory_allows_are_refused_with_the_estimate(tmp_path,
     assert err.startswith("jaxcnn: error: 64 members need about ") and err.count("\n") == 1
     assert "more than the 2 MiB available; use at most " in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_of_members_stops_at_max_steps_mid_epoch_and_still_tests_every_member(tmp_path):
+    summary = train_and_evaluate(load_config("digits_cnn", MLP + ["seeds=2", "max_steps=7"]), tmp_path / "run",
+                                 quiet=True)
+    assert summary["steps"] == 7
+    assert [m["steps"] for m in summary["members"]] == [7, 7]
+    assert all(0 < m["test_accuracy"] <= 1 for m in summary["members"])
+
+
+def test_a_member_whose_loss_is_not_finite_stops_the_run_with_the_divergence_line(tmp_path, capsys):
+    from jaxcnn.cli import main
+
+    args = ["train", "--workdir", str(tmp_path / "run"), *(f"--config.{o}" for o in MLP),
+            "--config.seeds=2", "--config.sweep.optimizer.learning_rate=(0.001, 1e30)"]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "training diverged in steps 1-15: the training loss is nan" in err and err.count("\n") == 1
+
+
+def test_a_profile_of_a_run_of_members_is_refused_in_one_line(tmp_path, capsys):
+    from jaxcnn.cli import main
+
+    args = ["train", "--workdir", str(tmp_path / "run"), "--config.seeds=2", "--config.profile_steps=(2, 4)"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == "jaxcnn: error: profile_steps traces a single run; unset it (or seeds and sweep) to profile\n"
+    assert not (tmp_path / "run").exists()
