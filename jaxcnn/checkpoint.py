@@ -32,6 +32,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -254,6 +255,8 @@ class Checkpointer:
     def _failure(self, step: int | None, error: BaseException) -> JaxcnnError:
         """The one-line error for a failed save of `step`; its temporary folder removed."""
         self.failed = True
+        # Orbax's coroutines of the failed save are left unawaited; Python would warn about each.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         if is_main_process():
             remove_unfinished_saves(self.directory)
         kept = self.latest_committed_step()

@@ -59,15 +59,18 @@ def unmount_all():
 
 
 def make_read_only(root):
-    """`root/ro`: a read-only view of `root/ro_src` (an interrupted run `run`, an empty folder `empty`)."""
+    """`root/ro`: a read-only view of `root/ro_src` (an interrupted run `run`, an empty folder `empty`);
+    `root/ro_checkpoints/checkpoints`: the read-only checkpoints of an interrupted run."""
+    checkpoints = root / "ro_checkpoints" / "checkpoints"
     if os.geteuid() != 0:
-        for folder in [root / "ro", *(p for p in (root / "ro").rglob("*") if p.is_dir())]:
+        for folder in [root / "ro", checkpoints, *(p for p in (root / "ro").rglob("*") if p.is_dir())]:
             folder.chmod(0o555)
         return None
     (root / "ro").rename(root / "ro_src")
     (root / "ro").mkdir()
-    return mount("--bind", str(root / "ro_src"), str(root / "ro")) or mount(
-        "-o", "remount,ro,bind", str(root / "ro"))
+    return (mount("--bind", str(root / "ro_src"), str(root / "ro")) or mount("-o", "remount,ro,bind", str(root / "ro"))
+            or mount("--bind", str(checkpoints), str(checkpoints))
+            or mount("-o", "remount,ro,bind", str(checkpoints)))
 
 
 def make_tmpfs(root):
@@ -112,13 +115,15 @@ def place(tmp_path_factory, request):
     (root / "cwd").mkdir()
     (root / "ro").mkdir()
     shutil.copytree(interrupted, root / "ro" / "run")
+    shutil.copytree(interrupted, root / "ro_checkpoints")
     (root / "ro" / "empty").mkdir()
     unavailable = {"ro": make_read_only(root), "tmpfs": make_tmpfs(root)}
     yield root, unavailable
     for lock in locks:
         lock.release()
     if os.geteuid() != 0:  # the chmod of make_read_only, undone so the folder can be removed
-        for folder in [root / "ro", *(p for p in (root / "ro").rglob("*") if p.is_dir())]:
+        for folder in [root / "ro", root / "ro_checkpoints" / "checkpoints",
+                       *(p for p in (root / "ro").rglob("*") if p.is_dir())]:
             folder.chmod(0o755)
 
 
@@ -140,6 +145,9 @@ CASES = [
     ("train-read-only-interrupted-run", [W, "{root}/ro/run", *T], "is not writable", {"needs": "ro"}),
     ("train-workdir-in-a-read-only-folder", [W, "{root}/ro/new/run", *T], "is not writable (it would be created in",
      {"needs": "ro"}),
+    ("train-read-only-checkpoints-folder", [W, "{root}/ro_checkpoints", *T, "--config.num_epochs=2"],
+     "cannot save the checkpoint of step 6 in {root}/ro_checkpoints/checkpoints: ",
+     {"needs": "ro", "new": "ro_checkpoints"}),  # it trained epoch 2 (its metrics), then could not save it
     # A full disk: at the start, and during training (a real tmpfs; the hook everywhere).
     ("train-disk-full-at-the-start", [W, "{root}/full/run", *T], "No space left on device", {"needs": "tmpfs"}),
     ("train-disk-full-during-training", [W, "{root}/small/run", *BIG],
