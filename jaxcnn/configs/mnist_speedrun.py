@@ -30,7 +30,7 @@ def get_config():
     config.model.pool = "max"
     config.loss.label_smoothing = 0.1
     config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.4
+    config.optimizer.learning_rate = 0.3
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
     config.schedule.name = "warmup_linear"
