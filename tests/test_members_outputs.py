@@ -83,3 +83,17 @@ def test_bench_seeds_measures_members_against_the_single_run_in_one_run(capsys):
     assert row["speedup_vs_sequential"] > 0 and "× sequential" in format_seeds_table(outcome["results"])
     assert main(["bench", "--seeds", "0", "--model", "mlp"]) == 2
     assert "--seeds must be a positive number of members, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["export"], ["predict", "PNG"], ["verify"]])
+def test_eval_predict_export_and_verify_refuse_a_run_of_members_in_one_line(command, runs, tmp_path, capsys):
+    workdir = str(runs[0] / "slow")
+    if command[0] == "verify":
+        args = ["verify", workdir]
+    else:
+        args = [command[0], "--workdir", workdir] + ([str(tmp_path / "digit.npy")] if command[0] == "predict" else [])
+    import numpy as np
+    np.save(tmp_path / "digit.npy", np.zeros((8, 8), np.uint8))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcnn: error: ") and err.count("\n") == 1 and "members" in err
