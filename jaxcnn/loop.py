@@ -55,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     if members.is_multi(config):  # seeds or a sweep: members in one program (jaxcnn/members_loop.py)
         from jaxcnn.members_loop import train_members
-        return train_members(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh)
+        return train_members(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset)
     return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
 
 
@@ -74,11 +74,9 @@ class Trained:
 @checkpoint.restores_signal_handlers
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
         quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None) -> Trained:
-    """`train_and_evaluate`, returning the trained state too (the table of contents of a run);
-    one model: a run of members (`config.seeds`, `config.sweep`) goes through `train_and_evaluate`."""
-    if members.is_multi(config):
-        raise JaxcnnError("config.seeds and config.sweep train several models; jaxcnn.train and fit() "
-                          "return one: use train_and_evaluate (or jaxcnn train) for a run of members")
+    """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
+    if members.is_multi(config):  # several states: train_and_evaluate writes them, none is returned
+        raise JaxcnnError("seeds and sweep train several models; jaxcnn.train returns one: use `jaxcnn train`")
     run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
         stop.check_startup(agree=True)  # the loop's first check: a signal during start-up stops here

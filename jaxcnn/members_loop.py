@@ -45,12 +45,12 @@ from jaxcnn.writers import RunWriter
 
 @stop.restores_signal_handlers
 def train_members(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
-                  quiet: bool = False, fresh: bool = False) -> dict[str, Any]:
+                  quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None) -> dict[str, Any]:
     """`loop.train_and_evaluate` for a run of members; returns the summary (with `members` and
     `aggregate`, also written to `workdir/summary.json`)."""
     from jaxcnn.members_summary import finish
 
-    run, state, loop = build_members_run(config, workdir, data_dir, quiet, fresh)
+    run, state, loop = build_members_run(config, workdir, data_dir, quiet, fresh, dataset)
     try:
         while loop.epoch <= run.config.num_epochs and not loop.all_stopped and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
@@ -82,10 +82,11 @@ class MembersRun(Run):
         return {"state": state, **({"best": self.best_variables} if self.best_variables is not None else {})}
 
 
-def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, seeds: list[int], executor: Executor):
+def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, seeds: list[int], executor: Executor,
+                     dataset: data.Dataset | None = None):
     """The dataset (its training split whole: the pool), the members' feeds, the steps per epoch,
     and the config with the normalisation used (per-channel statistics: measured on the pool)."""
-    dataset = data.load_dataset(config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
+    dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=0.0, seed=config.seed, download=config.dataset.download,
                                 **dataset_options(config))
     if choose_input(config.dataset.input, (dataset.train, dataset.test), config.dataset.device_budget_mb) == "host":
@@ -102,7 +103,8 @@ def load_member_data(config: ml_collections.ConfigDict, data_dir: str | None, se
 
 
 def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
-                      quiet: bool, fresh: bool) -> tuple[MembersRun, Any, MembersLoop]:
+                      quiet: bool, fresh: bool, dataset: data.Dataset | None = None
+                      ) -> tuple[MembersRun, Any, MembersLoop]:
     """`loop.build_run` for members: the stacked state, vmapped calls, one tracker per member.
     A run that would not fit in memory is refused before the workdir is written."""
     validate_config(config)
@@ -111,17 +113,17 @@ def build_members_run(config: ml_collections.ConfigDict, workdir: str | pathlib.
     executor = Executor("none" if config.parallel == "auto" else config.parallel)
     claim = claim_workdir(workdir, config, fresh)
     with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
-        return assemble_members_run(config, claim, executor, member_list, data_dir or claim.data_dir, quiet)
+        return assemble_members_run(config, claim, executor, member_list, data_dir or claim.data_dir, quiet, dataset)
 
 
 def assemble_members_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor,
-                         member_list: list[members.Member], data_dir: str | None, quiet: bool
-                         ) -> tuple[MembersRun, Any, MembersLoop]:
+                         member_list: list[members.Member], data_dir: str | None, quiet: bool,
+                         dataset: data.Dataset | None = None) -> tuple[MembersRun, Any, MembersLoop]:
     cache_dir = enable_compilation_cache(config.compilation_cache_dir)
     keep_freed_host_memory()
     clock = Clock()
     config, dataset, feeds, steps_per_epoch = load_member_data(config, data_dir, [m.seed for m in member_list],
-                                                               executor)
+                                                               executor, dataset)
     parts = build(config, dataset.num_classes, steps_per_epoch)
     models.check_input_shape(parts.model, dataset.input_shape)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),

@@ -208,3 +208,16 @@ def test_a_profile_of_a_run_of_members_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == "jaxcnn: error: profile_steps traces a single run; unset it (or seeds and sweep) to profile\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_of_members_trains_on_a_dataset_built_from_arrays(tmp_path):
+    from jaxcnn.data import Dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 4
+    images = (rng.random((200, 8, 8)) * 60 + labels[:, None, None] * 45).astype(np.uint8)
+    dataset = Dataset.from_arrays(images[:160], labels[:160], images[160:], labels[160:])
+    overrides = ["model.name=mlp", "model.hidden=(16,)", "num_epochs=2", "batch_size=16", "seeds=2"]
+    summary = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True, dataset=dataset)
+    assert [m["seed"] for m in summary["members"]] == [0, 1]
+    assert summary["dataset"] == "arrays" and summary["test_examples"] == 40
