@@ -64,7 +64,7 @@ def test_one_of_lists_the_names_and_suggests_the_closest():
     ("optimizer.name=adm", "unknown optimizer 'adm' (optimizer.name); expected one of: adam, adamw, rmsprop, sgd; "
                            "did you mean 'adam'?"),
     ("schedule.name=warmup_cosin", "unknown schedule 'warmup_cosin' (schedule.name); expected one of: constant, "
-                                   "exponential, piecewise, plateau, warmup_cosine; did you mean 'warmup_cosine'?"),
+                                   "exponential, piecewise, plateau, warmup_cosine, warmup_linear; did you mean 'warmup_cosine'?"),
     ("loss.name=crossentropy", "did you mean 'cross_entropy'?"),
     ("model.activation=rleu", "unknown activation 'rleu' (model.activation); expected one of: elu, gelu, leaky_relu, "
                               "linear, relu, sigmoid, tanh; did you mean 'relu'?"),
