@@ -3,8 +3,8 @@
     jaxcnn train --config fashion_mnist_cnn --data-dir ../shared/data
 
 Adam 1e-3, batch 128, up to 15 epochs, the learning rate halved when the validation loss plateaus
-for 2 epochs, early stopping after 4 (restoring the best epoch). Reaches 92.1% Fashion-MNIST test
-accuracy (stopped after 13 epochs, best at 9; ~5 minutes on a free 2-core CPU).
+for 2 epochs, early stopping after 4 (restoring the best epoch). Reaches 92.69% Fashion-MNIST test
+accuracy at seed 0 (all 15 epochs, best at 13; 258 s on a free 2-core CPU).
 """
 
 from jaxcnn.config import base_config

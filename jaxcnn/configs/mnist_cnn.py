@@ -3,8 +3,8 @@
     jaxcnn train --config mnist_cnn --data-dir ../shared/data
 
 SGD 0.1 with momentum 0.9, batch 128, 10 epochs (the Flax example's settings), with one warm-up
-epoch then cosine decay. Reaches 99.27% MNIST test accuracy (a constant rate: 99.08%); about
-4 minutes on a free 2-core CPU.
+epoch then cosine decay. Reaches 99.23% MNIST test accuracy at seed 0 (a constant rate: 99.08%) in
+165 s on a free 2-core CPU; 99.0% after 3.5 epochs, 58 s of training (median of seeds 0-4).
 """
 
 from jaxcnn.config import base_config

