@@ -221,3 +221,21 @@ def test_a_run_of_members_trains_on_a_dataset_built_from_arrays(tmp_path):
     summary = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True, dataset=dataset)
     assert [m["seed"] for m in summary["members"]] == [0, 1]
     assert summary["dataset"] == "arrays" and summary["test_examples"] == 40
+
+
+def test_members_of_a_cnn_on_cpu_run_in_turn_and_equal_their_single_runs_bitwise(tmp_path):
+    """On CPU a model with convolutions trains its members one after another inside the program
+    (`executor.members_in_turn`): each member is then exactly its single run."""
+    from jaxcnn.executor import members_in_turn
+
+    overrides = ["model.name=tiny_cnn", "num_epochs=1", "log_every_steps=15", "steps_per_call=3"]
+    summary = train_and_evaluate(load_config("digits_cnn", overrides + ["seeds=(0, 5)"]), tmp_path / "m", quiet=True)
+    stacked = member_params(tmp_path / "m")
+    assert members_in_turn(stacked)
+    for index, seed in enumerate((0, 5)):
+        single = train_and_evaluate(load_config("digits_cnn", overrides + [f"seed={seed}"]), tmp_path / f"s{seed}",
+                                    quiet=True)
+        assert summary["members"][index]["test_accuracy"] == single["test_accuracy"]
+        mine = jax.tree.map(lambda x: x[index], stacked)
+        theirs = jax.tree.map(np.asarray, load_saved_model(tmp_path / f"s{seed}").state.params)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)))
