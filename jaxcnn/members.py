@@ -10,14 +10,14 @@ its seed, exactly as a single run with `seed` set to it), and its own validation
 the training pool as index arrays (`jaxcnn.members_feed`). Its swept values are arrays inside the
 step: the learning rate as the optimizer's `lr_scale` (the schedule scaled by value / the
 configured rate), the weight decay as an injected optimizer hyperparameter, label smoothing and L2
-in `TrainState.hyper`. `jax.vmap` over the stacked state runs them all (`executor.over_members`).
+in `TrainState.hyper`. One program runs them all over the stacked state: `jax.vmap`, or on CPU for
+convolutional models the members in turn (`executor.over_members`, `executor.members_in_turn`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import numbers
 from typing import Any, Sequence
 
 import jax
@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxcnn import optim
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.spec import SWEEPABLE, not_sweepable
+from jaxcnn.spec import SWEEPABLE, is_int, is_number, not_sweepable
 from jaxcnn.state import SweptTrainState, TrainState
 
 MAX_SEED = 2**31 - 1  # member seeds are int32 inside the program (jax.random.PRNGKey)
@@ -53,20 +53,12 @@ class Member:
         return {"member": self.index, "seed": self.seed, "sweep": self.sweep}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def seeds_of(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
     """The members' seeds (None: unset), checked: N >= 1 or a non-empty tuple of distinct seeds."""
     seeds = config.get("seeds")
-    if seeds is None or (_is_int(seeds) and seeds == 0):
+    if seeds is None or (is_int(seeds) and seeds == 0):
         return None
-    if _is_int(seeds):
+    if is_int(seeds):
         if seeds < 0:
             raise JaxcnnError(f"seeds must be a number of seeds >= 1 or a tuple of seeds, got {seeds}")
         seeds = tuple(range(config.seed, config.seed + seeds))
@@ -74,7 +66,7 @@ def seeds_of(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
         if not seeds:
             raise JaxcnnError("seeds is an empty list; give at least one seed, e.g. --config.seeds=8 or "
                               "--config.seeds=\"(0, 3, 7)\" (leave it unset for one run)")
-        if not all(_is_int(s) and s >= 0 for s in seeds):
+        if not all(is_int(s) and s >= 0 for s in seeds):
             raise JaxcnnError(f"seeds must be non-negative integers, got {tuple(seeds)}")
         repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
         if repeated:
@@ -119,7 +111,7 @@ VALUE_RANGES = {"optimizer.learning_rate": (lambda v: v > 0, "> 0"),
 def _check_values(key: str, values: tuple, config: ml_collections.ConfigDict) -> tuple[float, ...]:
     if not values:
         raise JaxcnnError(f"sweep.{key} is an empty list; give the values to sweep, e.g. \"(0.01, 0.03, 0.1)\"")
-    if not all(_is_number(v) for v in values):
+    if not all(is_number(v) for v in values):
         raise JaxcnnError(f"sweep.{key} must be numbers, got {values}")
     if len(set(values)) < len(values):
         raise JaxcnnError(f"sweep.{key} repeats a value ({values}); each value is one group of members")
