@@ -227,22 +227,35 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState) -> TrainState:
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
         run.profiler.before_call(loop.step, num_steps, state)
         state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
-        loop.step, loop.position = loop.step + num_steps, position + num_steps
-        run.writer.progress.step(loop.epoch, num_steps)
-        if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
-            cached = " (from the compilation cache)" if run.clock.cache_hit else ""
-            run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
-        epoch_end = loop.position == end
+        epoch_end = count_call(run, loop, position, num_steps, end)
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:  # the epoch's end validates, then saves and stops (end_epoch)
             break
-        stop = saver.stop_agreed(due(loop.step, config.log_every_steps) or due(loop.step, saver.every_steps))
-        if saver.due_in_epoch(loop.step, stop):
+        save_now, stop = stop_or_save(run, loop)
+        if save_now:
             save(run, state, loop, stop)
         elif stop:
             interrupt(run, loop, saved=False)
     return state
+
+
+def count_call(run: Run, loop: Any, position: int, num_steps: int, end: int) -> bool:
+    """Counts a training call of `num_steps` from `position` (steps, progress, the compile line after
+    the first); returns whether it reached `end`, the epoch's end."""
+    loop.step, loop.position = loop.step + num_steps, position + num_steps
+    run.writer.progress.step(loop.epoch, num_steps)
+    if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
+        cached = " (from the compilation cache)" if run.clock.cache_hit else ""
+        run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
+    return loop.position == end
+
+
+def stop_or_save(run: Run, loop: Any) -> tuple[bool, bool]:
+    """After a call inside an epoch: (whether to save now, whether the processes agreed to stop)."""
+    saver = run.saver
+    stop = saver.stop_agreed(due(loop.step, run.config.log_every_steps) or due(loop.step, saver.every_steps))
+    return saver.due_in_epoch(loop.step, stop), stop
 
 
 def log(run: Run, state: TrainState, loop: LoopState) -> None:

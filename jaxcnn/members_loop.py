@@ -32,7 +32,7 @@ from jaxcnn.evaluation import evaluate_sums
 from jaxcnn.executor import Executor, plan_calls
 from jaxcnn.host_memory import keep_freed_host_memory
 from jaxcnn.clock import Clock
-from jaxcnn.loop import Run, interrupt
+from jaxcnn.loop import Run, count_call, interrupt, stop_or_save
 from jaxcnn.loop_state import due
 from jaxcnn.members_feed import MembersFeed, make_member_feeds
 from jaxcnn.members_memory import available_bytes, check_fits, member_bytes
@@ -197,18 +197,13 @@ def train_epoch(run: MembersRun, state: Any, loop: MembersLoop) -> Any:
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
         state, run.totals = run.calls.train(state, run.totals, {**call_inputs, **active}, start, num_steps)
-        loop.step, loop.position = loop.step + num_steps, position + num_steps
-        run.writer.progress.step(loop.epoch, num_steps)
-        if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
-            cached = " (from the compilation cache)" if run.clock.cache_hit else ""
-            run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
-        epoch_end = loop.position == end
+        epoch_end = count_call(run, loop, position, num_steps, end)
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
         if epoch_end:
             break
-        stop = saver.stop_agreed(due(loop.step, config.log_every_steps) or due(loop.step, saver.every_steps))
-        if saver.due_in_epoch(loop.step, stop):
+        save_now, stop = stop_or_save(run, loop)
+        if save_now:
             save(run, state, loop, stop)
         elif stop:
             interrupt(run, loop, saved=False)
