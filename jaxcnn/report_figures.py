@@ -51,6 +51,17 @@ def _save(plt, fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _epoch_axis(ax, legend_size: int) -> None:
+    """An x axis of whole epochs, a light grid, and a legend of the curves drawn (if any)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=legend_size)
+
+
 def _percent_axis(ax) -> None:
     from matplotlib.ticker import PercentFormatter
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -273,8 +284,6 @@ def plot_confident_mistakes(run: Run, path: pathlib.Path) -> pathlib.Path:
 
 def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathlib.Path:
     """Validation loss and accuracy by epoch, one line per run."""
-    from matplotlib.ticker import MaxNLocator
-
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "compare_validation", ncols=2)
     loss_names = set()
@@ -297,11 +306,7 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
     _percent_axis(acc_ax)
     acc_ax.set_title("Validation accuracy")
     for ax in (loss_ax, acc_ax):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+        _epoch_axis(ax, legend_size=8)
     fig.suptitle(f"Validation curves of {len(runs)} runs")
     return _save(plt, fig, path)
 

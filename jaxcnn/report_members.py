@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxcnn.report_figures import _figure, _fmt, _loss_scale, _percent_axis, _pyplot, _save
+from jaxcnn.report_figures import _epoch_axis, _figure, _fmt, _loss_scale, _percent_axis, _pyplot, _save
 from jaxcnn.run_files import Run
 
 FIGURE_SIZES = {"members_curves": (12.0, 4.8), "sweep": (7.0, 4.8)}
@@ -56,8 +56,6 @@ def epoch_means(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_member_curves(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Train (dashed) and validation (solid) loss and accuracy by epoch, one colour per sweep value."""
-    from matplotlib.ticker import MaxNLocator
-
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "members_curves", FIGURE_SIZES["members_curves"], ncols=2)
     losses = []
@@ -77,11 +75,7 @@ def plot_member_curves(run: Run, path: pathlib.Path) -> pathlib.Path:
     _percent_axis(acc_ax)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+        _epoch_axis(ax, legend_size=7)
     fig.suptitle(f"{run.name}: mean ± std over the seeds of each sweep value")
     return _save(plt, fig, path)
 
