@@ -189,25 +189,46 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
     state, totals = calls.train(state, executor.put(zero_train_totals()), inputs,
                                 executor.index(settings.fingerprint_steps - 1), 1)
     fingerprint = float(totals["loss"])
-    state, totals = new_state(), executor.put(zero_train_totals())
-    starts = [executor.index(s) for s, n in chunks(len(work.order), steps_per_call) if n == steps_per_call]
-    cursor = [0]
-
-    def train_some() -> int:
-        nonlocal state, totals
-        state, totals = compiled(state, totals, inputs, starts[cursor[0] % len(starts)])
-        cursor[0] += 1
-        return work.batch_size * steps_per_call
-
+    cycle = TrainCycle(compiled, new_state(), executor.put(zero_train_totals()), inputs,
+                       call_starts(executor, len(work.order), steps_per_call), work.batch_size * steps_per_call)
     # FLOPs of one step (XLA does not multiply a scan body's cost by its trip count).
     flops = flops_of(program, args, {"num_steps": 1})
     eval_batch = min(settings.eval_batch_size, len(work.test.labels))
 
     def eval_pass() -> int:
-        evaluate(calls, state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
+        evaluate(calls, cycle.state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
         return len(work.test.labels)
 
-    return _measure(train_some, eval_pass, lambda: state, settings, cold, warm, flops, work, fingerprint)
+    return _measure(cycle, eval_pass, lambda: cycle.state, settings, cold, warm, flops, work, fingerprint)
+
+
+@dataclasses.dataclass
+class TrainCycle:
+    """A compiled training call made over an epoch's full calls in turn, as the benchmark times it:
+    each call of the cycle makes the next one and returns the images it trained (summed over the
+    members of a stacked state)."""
+
+    compiled: Callable
+    state: Any
+    totals: Any
+    inputs: dict[str, Any]
+    starts: list[Any]  # the placed start index of each full call of the epoch
+    images_per_call: int
+    cursor: int = 0
+
+    def __call__(self) -> int:
+        start = self.starts[self.cursor % len(self.starts)]
+        self.state, self.totals = self.compiled(self.state, self.totals, self.inputs, start)
+        self.cursor += 1
+        return self.images_per_call
+
+    def sync(self) -> None:
+        jax.block_until_ready(self.state)
+
+
+def call_starts(executor: Executor, num_steps: int, steps_per_call: int) -> list[Any]:
+    """The placed start index of each call of `steps_per_call` steps that fits in `num_steps`."""
+    return [executor.index(s) for s, n in chunks(num_steps, steps_per_call) if n == steps_per_call]
 
 
 def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_state: Callable[[], Any],

@@ -21,16 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxcnn import losses, members, optim
-from jaxcnn.bench import (BenchSettings, LEARNING_RATE, MOMENTUM, Workload, _workload, check_settings,
-                          environment, timed_rate)
+from jaxcnn.bench import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload, call_starts,
+                          check_settings, environment, timed_rate)
 from jaxcnn.build import prepare_fn
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order
-from jaxcnn.data.feed import DeviceFeed, chunks
+from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import Executor
 from jaxcnn.host_memory import keep_freed_host_memory
@@ -66,17 +65,10 @@ def _program(work: Workload, settings: BenchSettings, num_members: int | None) -
     start = time.perf_counter()
     compiled = calls.programs["train"].lower(state, totals, inputs, executor.index(0), num_steps=k).compile()
     compile_s = time.perf_counter() - start
-    starts = [executor.index(s) for s, n in chunks(len(work.order), k) if n == k]
-    cursor = [0]
-
-    def train_some() -> int:
-        nonlocal state, totals
-        state, totals = compiled(state, totals, inputs, starts[cursor[0] % len(starts)])
-        cursor[0] += 1
-        return work.batch_size * k * count
-
-    train_some()
-    return {"train_some": train_some, "sync": lambda: jax.block_until_ready(state), "compile_s": compile_s}
+    cycle = TrainCycle(compiled, state, totals, inputs, call_starts(executor, len(work.order), k),
+                       work.batch_size * k * count)
+    cycle()
+    return {"train_some": cycle, "sync": cycle.sync, "compile_s": compile_s}
 
 
 def _rates(work: Workload, settings: BenchSettings, num_members: int) -> dict[str, Any]:
