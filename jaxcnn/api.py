@@ -83,6 +83,7 @@ def train(config: str | ml_collections.ConfigDict | None = None, overrides: Iter
     `workdir`: default a new temporary folder (its path is `model.workdir`); `dataset`: an
     already built dataset, e.g. `Dataset.from_arrays(x_train, y_train, x_test, y_test)`."""
     from jaxcnn.config import apply_overrides, validate_config
+    from jaxcnn import members
     from jaxcnn.loop import fit
 
     if isinstance(config, ml_collections.ConfigDict):
@@ -92,6 +93,8 @@ def train(config: str | ml_collections.ConfigDict | None = None, overrides: Iter
         validate_config(config)
     else:
         config = load_config(config, overrides)
+    if members.is_multi(config):  # several states: `jaxcnn train` writes them, a Model holds one
+        raise JaxcnnError("seeds and sweep train several models; jaxcnn.train returns one: use `jaxcnn train`")
     workdir = pathlib.Path(workdir) if workdir is not None else pathlib.Path(tempfile.mkdtemp(prefix="jaxcnn-"))
     trained = fit(config, workdir, data_dir=data_dir, quiet=quiet, dataset=dataset)
     state = jax.device_get(trained.state)  # plain arrays: the model works on any device from here

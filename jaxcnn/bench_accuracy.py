@@ -1,8 +1,8 @@
 """`jaxcnn bench --to-accuracy TARGET --config CONFIG`: how fast a config trains to a test accuracy.
 
 Each seed trains the config (its `seed` replaced) from scratch on its real data exactly as `jaxcnn
-train` does: the same data and feeds (`loop.load_data`), builder (`build.build`) and compiled calls
-(`Executor.compile`), the calls ending at evaluation steps (`plan_calls`). Every `eval_every` steps
+train` does: through its one setup (`run.setup`: data and feeds, model, compiled calls and initial
+state), the calls ending at evaluation steps (`plan_calls`). Every `eval_every` steps
 (and after the last step) the test split is evaluated; the first evaluation at or above the target
 stops the seed. Reported per seed:
 
@@ -108,24 +108,15 @@ class Trainer:
 
 
 def setup(config: Any, data_dir: str | None) -> Trainer:
-    """Data, state and compiled calls of `config`, through `jaxcnn train`'s own functions."""
-    from jaxcnn.build import build, make_prepare
-    from jaxcnn.compilation import enable_compilation_cache
+    """Data, state and compiled calls of `config`: `jaxcnn train`'s own setup (`run.setup`)."""
     from jaxcnn.executor import Executor
-    from jaxcnn.host_memory import keep_freed_host_memory
-    from jaxcnn.loop import load_data
-    from jaxcnn.metrics import TOP_K
+    from jaxcnn.run import setup as setup_program
 
-    cache_dir = enable_compilation_cache(config.compilation_cache_dir)
-    keep_freed_host_memory()
     executor = Executor(config.parallel)
     executor.check_batch_size(config.batch_size)
-    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor)
-    parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
-    calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
-                             config.loss.name, TOP_K)
-    state = executor.put(parts.init_state(config, dataset.input_shape))
-    return Trainer(config, executor, calls, feeds, steps_per_epoch, state, cache_dir is not None)
+    program = setup_program(config, executor, data_dir)
+    return Trainer(program.config, executor, program.calls, program.feeds, program.steps_per_epoch, program.state,
+                   program.cache_dir is not None)
 
 
 def warm_up(trainer: Trainer, plan: list[tuple[int, int]]) -> tuple[float, float, bool | None]:

@@ -33,7 +33,7 @@ from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.executor import Executor
 from jaxcnn.host_memory import keep_freed_host_memory
-from jaxcnn.members_state import stacked_zeros
+from jaxcnn.members import stacked_zeros
 from jaxcnn.metrics import TOP_K
 from jaxcnn.state import create_train_state
 from jaxcnn.steps import zero_train_totals

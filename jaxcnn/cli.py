@@ -57,7 +57,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
         print(f"jaxcnn: {diverged}", file=sys.stderr)
         return diverged.exit_status
     if is_main_process() and "members" in summary:  # seeds or a sweep (jaxcnn/members.py)
-        from jaxcnn.members_summary import summary_lines
+        from jaxcnn.summary import summary_lines
         print("\n".join(summary_lines(summary, workdir)))
     elif is_main_process():
         print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "

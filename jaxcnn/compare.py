@@ -14,7 +14,7 @@ from typing import Any
 
 from jaxcnn import stats
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.members_summary import AGGREGATED
+from jaxcnn.summary import AGGREGATED
 from jaxcnn.run_files import load_run
 
 METRICS = tuple(key for key in AGGREGATED if key != "epochs_run")

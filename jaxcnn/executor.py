@@ -243,6 +243,7 @@ class Executor:
         self.per_device = self.name == "pmap"
         self.replicated = NamedSharding(self.mesh, P())
         self.stacked = NamedSharding(self.mesh, P(None, AXIS))  # (steps, batch, ...): split along the batch
+        self.member_stacked = NamedSharding(self.mesh, P(None, None, AXIS))  # (members, steps, batch, ...)
         self._indices: list[jax.Array] = []
 
     @property
@@ -267,8 +268,10 @@ class Executor:
 
     # ------------------------------------------------------------------------ placing inputs
 
-    def sharding_of(self, key: str) -> NamedSharding:
-        return self.replicated if key in WHOLE_KEYS else self.stacked
+    def sharding_of(self, key: str, members: bool = False) -> NamedSharding:
+        if key in WHOLE_KEYS or key == "active":  # the split whole; members' flags, one per member
+            return self.replicated
+        return self.member_stacked if members else self.stacked
 
     def process_rows(self, batch_size: int) -> slice:
         """The rows of a global batch that this process's devices hold (all of them on one process)."""
@@ -292,11 +295,12 @@ class Executor:
 
         return jax.block_until_ready(jax.tree.map(place, tree))
 
-    def assemble(self, local: dict[str, np.ndarray], batch_size: int) -> dict[str, jax.Array]:
+    def assemble(self, local: dict[str, np.ndarray], batch_size: int, members: bool = False) -> dict[str, jax.Array]:
         """Stacked host batches of which this process gathered only its rows (`process_rows`), as
-        global (steps, batch, ...) arrays split along the batch."""
-        return {k: jax.make_array_from_process_local_data(self.stacked, v, (v.shape[0], batch_size, *v.shape[2:]))
-                for k, v in local.items()}
+        global (steps, batch, ...) arrays split along the batch; (members, steps, batch, ...) with `members`."""
+        sharding, lead = (self.member_stacked, 2) if members else (self.stacked, 1)
+        return {k: jax.make_array_from_process_local_data(
+                    sharding, v, (*v.shape[:lead], batch_size, *v.shape[lead + 1:])) for k, v in local.items()}
 
     def _local_index(self, sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
         spans = list(sharding.addressable_devices_indices_map(shape).values())
@@ -335,33 +339,34 @@ class Executor:
         rows = NamedSharding(self.mesh, P(AXIS))
         constrain = ((lambda batch: batch) if self.per_device or self.num_devices == 1
                      else (lambda batch: lax.with_sharding_constraint(batch, rows)))
-        if members and self.num_devices > 1:
-            raise JaxcnnError(f"seeds and sweeps run their members on one device; set parallel=none "
-                              f"(this run has {self.num_devices} devices, parallel={self.name})")
         mapped = over_members if members else (lambda body: body)
         programs = {
-            "train": self._jit(mapped(train_body(prepare_train, axis, constrain, unroll)), (0, 1), 2, "state"),
-            "evaluate": self._jit(mapped(eval_body(prepare_eval, axis, constrain, unroll)), (1,), 2, "totals"),
+            "train": self._jit(mapped(train_body(prepare_train, axis, constrain, unroll)), (0, 1), 2, "state",
+                               members),
+            "evaluate": self._jit(mapped(eval_body(prepare_eval, axis, constrain, unroll)), (1,), 2, "totals",
+                                  members),
             "predict": self._jit(mapped(predict_body(prepare_eval, loss_name, top_k, constrain, unroll)), (), 1,
-                                 "outputs"),
+                                 "outputs", members),
         }
         return Calls(programs, self.wait)
 
-    def _jit(self, body: Callable, donate: tuple[int, ...], num_replicated: int, output: str) -> Callable:
+    def _jit(self, body: Callable, donate: tuple[int, ...], num_replicated: int, output: str,
+             members: bool = False) -> Callable:
         """`body(*replicated, inputs, start, num_steps)` jitted, the one `jax.jit` of the package's
         calls; under pmap first mapped per device (`_per_device`)."""
-        fn = self._per_device(body, num_replicated, output) if self.per_device else body
+        fn = self._per_device(body, num_replicated, output, members) if self.per_device else body
         return jax.jit(fn, donate_argnums=donate, static_argnames=("num_steps",), out_shardings=self.replicated,
                        compiler_options=compiler_options())
 
-    def _per_device(self, body: Callable, num_replicated: int, output: str) -> Callable:
+    def _per_device(self, body: Callable, num_replicated: int, output: str, members: bool) -> Callable:
         """`body` as `jax.shard_map` over the mesh: the replicated arguments whole on every device,
-        the inputs split as `sharding_of` says; per-example outputs gathered along the batch."""
-        out_spec = P(None, AXIS) if output == "outputs" else P()
+        the inputs split as `sharding_of` says; per-example outputs gathered along the batch (which
+        follows the member axis of a run of members)."""
+        out_spec = (P(None, None, AXIS) if members else P(None, AXIS)) if output == "outputs" else P()
 
         def mapped(*args, num_steps):
             inputs = args[num_replicated]
-            specs = (*[P()] * num_replicated, {k: self.sharding_of(k).spec for k in inputs}, P())
+            specs = (*[P()] * num_replicated, {k: self.sharding_of(k, members).spec for k in inputs}, P())
             return jax.shard_map(lambda *a: body(*a, num_steps), mesh=self.mesh, in_specs=specs,
                                  out_specs=out_spec, check_vma=False)(*args)
 

@@ -191,3 +191,15 @@ def with_sweep_values(state: TrainState, members: Sequence[Member], learning_rat
              for key in ("loss.label_smoothing", "loss.l2") if key in swept}
     state = state.replace(opt_state=opt_state)
     return SweptTrainState.of(state, hyper) if hyper else state
+
+
+def stacked_zeros(tree: Any, num_members: int) -> Any:
+    """`tree` (zeros: `zero_train_totals()`, `zero_eval_sums()`) with one copy per member."""
+    return jax.tree.map(lambda x: jnp.zeros((num_members, *x.shape), x.dtype), tree)
+
+
+@jax.jit
+def keep_best(improved: jax.Array, variables: Any, best: Any) -> Any:
+    """`best` with the members that `improved` replaced by their current `variables`."""
+    return jax.tree.map(lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                        variables, best)

@@ -94,7 +94,7 @@ def train_call_memory(run: Any, state: Any) -> dict[str, int] | None:
     config = run.config
     plan = plan_calls(0, run.steps_per_epoch, 0, config.steps_per_call,
                       (config.log_every_steps, run.saver.every_steps, config.max_steps))[:1]
-    inputs, start = next(iter(run.feeds["train"].train_calls(config.seed, 1, config.batch_size, plan)))
+    inputs, start = next(iter(run.train_calls(1, plan)))
     compiled = run.calls.programs["train"].lower(state, run.totals, inputs, start, num_steps=plan[0][1]).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -108,4 +108,5 @@ def memory_summary(run: Any, state: Any) -> dict[str, Any]:
     run.profiler.stop(state)
     return {"peak_device_bytes": peak_device_bytes(jax.local_devices()[0]),  # one of this process's
             "peak_host_rss_bytes": peak_host_rss_bytes(),
-            "train_call": train_call_memory(run, state)}
+            # a run of members would lower its call anew (members in turn compile for long): not measured
+            "train_call": None if run.stacked else train_call_memory(run, state)}

@@ -184,6 +184,11 @@ def read_jsonl(path: pathlib.Path, check: Callable[[dict[str, Any]], str | None]
 PREDICTIONS_FILE = "predictions.npz"
 
 
+def member_dir(workdir: pathlib.Path, member: int) -> pathlib.Path:
+    """Where member `member` of a run of members keeps its own files (predictions, certificate)."""
+    return workdir / "members" / str(member)
+
+
 def write_predictions(path: pathlib.Path, labels: np.ndarray, predictions: Mapping[str, np.ndarray],
                       class_names: Sequence[str], mistake_indices: np.ndarray, mistake_images: np.ndarray) -> None:
     """The test predictions as a plain `.npz` (no pickle: `np.load(path)` reads it as is).
@@ -214,6 +219,7 @@ WORKDIR_OUTPUTS = (
     ("events", "the TensorBoard event files", True),
     ("certificate.json", "the run's certificate", False),
     ("profile", "the profiler trace", True),
+    ("members", "the members' predictions and certificates", True),
 )
 
 
@@ -369,10 +375,12 @@ class RunWriter:
         if self.enabled:
             write_text_atomic(self.workdir / name, text)
 
-    def write_predictions(self, *args: Any) -> None:
-        """`predictions.npz` (see `write_predictions`)."""
+    def write_predictions(self, *args: Any, member: int | None = None) -> None:
+        """`predictions.npz` (see `write_predictions`); a member's in `members/K/`."""
         if self.enabled:
-            write_predictions(self.workdir / PREDICTIONS_FILE, *args)
+            folder = self.workdir if member is None else member_dir(self.workdir, member)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_predictions(folder / PREDICTIONS_FILE, *args)
 
     def line(self, text: str) -> None:
         """A line for the person watching (above the progress bar on a terminal)."""
