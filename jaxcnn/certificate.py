@@ -10,7 +10,8 @@ Written by every run at its end (`loop.finish`, through the run's writer: proces
 - `config_sha256`: the config as `config.json` holds it (`config_to_json`);
 - the environment: library versions, backend, device kind and count, process count, `XLA_FLAGS`,
   the compiler options jaxcnn passes (`jaxcnn.compilation`), the PRNG implementation and
-  `deterministic` (`jaxcnn.determinism.record`).
+  `deterministic` (`jaxcnn.determinism.record`);
+- for a run of members, `members`: each member's own parameter hashes.
 """
 
 from __future__ import annotations
@@ -108,5 +109,14 @@ def write(run: Any, final: Any, steps: int) -> None:
     restored_best = config.early_stopping.enabled and config.early_stopping.restore_best
     best = run.best_variables if restored_best and run.best_variables is not None else None
     if run.writer.enabled:
-        run.writer.write_json(CERTIFICATE_FILE, build(config, run.workdir, final, best, steps,
-                                                      run.executor.num_devices))
+        record = build(config, run.workdir, final, best, steps, run.executor.num_devices)
+        if run.stacked:  # each member's share: its own hashes, as its single run would record them
+            record["members"] = [member_hashes(m, final, best) for m in range(run.num_members)]
+        run.writer.write_json(CERTIFICATE_FILE, record)
+
+
+def member_hashes(m: int, final: Any, best: Any | None) -> dict[str, Any]:
+    """Member `m`'s parameter hashes in a stacked state (and best variables)."""
+    own = lambda tree: jax.tree.map(lambda leaf: host_array(leaf)[m], tree)
+    return {"member": m, "params_sha256": variables_sha256(own(final.params), own(final.batch_stats)),
+            "best_params_sha256": variables_sha256(*own(best)) if best is not None else None}

@@ -105,7 +105,7 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.saved import evaluate_saved, load_saved_model
     from jaxcnn.writers import dumps_json
 
-    result = evaluate_saved(load_saved_model(args.workdir, args.step), args.split, args.data_dir)
+    result = evaluate_saved(load_saved_model(args.workdir, args.step, args.member), args.split, args.data_dir)
     if args.json:
         print(dumps_json(result))
     else:
@@ -123,7 +123,7 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.exported is not None:
         results = run_predict_exported(args)
     else:
-        results = predict(load_saved_model(args.workdir, args.step), args.files, args.top, invert=args.invert)
+        results = predict(load_saved_model(args.workdir, args.step, args.member), args.files, args.top, invert=args.invert)
     if args.json:
         print(dumps_json(results))
     else:
@@ -136,6 +136,9 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_predict_exported(args: argparse.Namespace) -> list[dict]:
     from jaxcnn.export import predict_exported
 
+    if args.member is not None:
+        raise JaxcnnError("--member applies to --workdir; an exported model holds one member (choose it at "
+                          "`jaxcnn export --member`)")
     if args.step is not None:
         raise JaxcnnError("--step applies to --workdir; an exported model holds one step (choose it at "
                           "`jaxcnn export --step`)")
@@ -145,7 +148,7 @@ def run_predict_exported(args: argparse.Namespace) -> list[dict]:
 def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.export import parse_platforms, sidecar_path, write_export
 
-    out, meta = write_export(args.workdir, args.step, args.out, parse_platforms(args.platforms))
+    out, meta = write_export(args.workdir, args.step, args.out, parse_platforms(args.platforms), args.member)
     shape = "x".join(map(str, meta["input_shape"]))
     print(f"wrote {out} ({out.stat().st_size:,} bytes; uint8 batch x {shape} -> {meta['activation']} "
           f"probabilities of {len(meta['class_names'])} classes; step {meta['step']}; "

@@ -21,6 +21,10 @@ STEP_HELP = ("checkpoint to use: best, latest or a step number (default: the par
              "final test used: best with early_stopping.restore_best, else latest)")
 
 
+MEMBER_HELP = ("for a run of members (seeds or a sweep): the member to use, 0 to members - 1 (its number in "
+               "summary.json's members)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxcnn", description="Train, evaluate and compare MLP and CNN image classifiers with JAX/Flax.")
@@ -96,6 +100,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
                     "config, and print its loss and accuracy (the run's own test numbers for the same step).")
     evaluate.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
     evaluate.add_argument("--step", metavar="STEP", help=STEP_HELP)
+    evaluate.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP)
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")
     evaluate.add_argument("--json", action="store_true",
@@ -117,6 +122,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                         help="an artifact written by `jaxcnn export`, run with JAX alone (no model code); "
                              "class names from FILE.json beside it")
     predict.add_argument("--step", metavar="STEP", help=STEP_HELP + "; with --workdir only")
+    predict.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP + "; with --workdir only")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
     predict.add_argument("--invert", action="store_true",
@@ -138,6 +144,7 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
                     "`jaxcnn predict --exported FILE` or jax.export.deserialize (README, Exported models).")
     export.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
     export.add_argument("--step", metavar="STEP", help=step_help)
+    export.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP)
     export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME})")
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
                         help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")

@@ -40,8 +40,10 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-def default_path(workdir: str | pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(workdir) / EXPORT_DIR / DEFAULT_NAME
+def default_path(workdir: str | pathlib.Path, member: int | None = None) -> pathlib.Path:
+    """WORKDIR/exported/model..., or a member's in WORKDIR/members/K/exported/."""
+    folder = pathlib.Path(workdir) if member is None else pathlib.Path(workdir) / "members" / str(member)
+    return folder / EXPORT_DIR / DEFAULT_NAME
 
 
 def sidecar_path(path: str | pathlib.Path) -> pathlib.Path:
@@ -121,14 +123,16 @@ def _check_out(out: pathlib.Path) -> None:
 
 
 def write_export(workdir: str | pathlib.Path, step: str | None = None, out: str | pathlib.Path | None = None,
-                 platforms: Sequence[str] = DEFAULT_PLATFORMS) -> tuple[pathlib.Path, dict[str, Any]]:
-    """Exports the model saved in `workdir` at `step` (as `jaxcnn predict --step`) to `out`
+                 platforms: Sequence[str] = DEFAULT_PLATFORMS, member: int | None = None
+                 ) -> tuple[pathlib.Path, dict[str, Any]]:
+    """Exports the model saved in `workdir` at `step` (as `jaxcnn predict --step`; of `member` in a
+    run of members) to `out`
     (default `default_path(workdir)`) and `out.json`; returns (out, the sidecar's content)."""
     from jaxcnn.saved import load_saved_model
 
-    out = pathlib.Path(out) if out is not None else default_path(workdir)
+    out = pathlib.Path(out) if out is not None else default_path(workdir, member)
     _check_out(out)
-    saved = load_saved_model(workdir, step)
+    saved = load_saved_model(workdir, step, member)
     exported = export_model(saved, platforms)
     blob = bytes(exported.serialize())
     meta = export_metadata(saved, exported, blob)

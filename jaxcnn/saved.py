@@ -85,8 +85,9 @@ def _read(reader: Any, manager: Any, step: int, directory: pathlib.Path, *args: 
                           f"{str(e)[:200]}); pick another with --step") from e
 
 
-def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> SavedModel:
-    """The model saved in `workdir/checkpoints` at `step` (see `_choose_step`); reads only."""
+def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, member: int | None = None) -> SavedModel:
+    """The model saved in `workdir/checkpoints` at `step` (see `_choose_step`); reads only. A run of
+    members needs `member`: that member's parameters, with its config (`member_config`)."""
     workdir = pathlib.Path(workdir)
     directory = workdir / checkpoint.CHECKPOINT_DIR
     if not directory.is_dir():
@@ -97,24 +98,84 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None) -> Sa
         if not manager.all_steps():
             raise JaxcnnError(f"{directory} holds no committed checkpoint; train longer or resume the run first")
         latest_meta = _read(checkpoint.read_meta, manager, manager.latest_step(), directory)
-        if latest_meta.get("members"):
-            raise JaxcnnError(f"workdir '{workdir}' trained {len(latest_meta['members'])} members in one program "
-                              "(seeds or a sweep); eval, predict and export read a single run: each member's test "
-                              "numbers are in its summary.json (members)")
+        check_member(workdir, latest_meta.get("members"), member)
         config = config_from_json(json.dumps(latest_meta["config"]))
         chosen = _choose_step(manager, step, latest_meta, config, directory)
         meta = _read(checkpoint.read_meta, manager, chosen, directory)
         config = config_from_json(json.dumps(meta["config"]))
-        parts = build(config, meta["num_classes"], meta["steps_per_epoch"])
-        # Shapes only (no initialisation to compute), placed on this process's first device.
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            {"train_state": parts.abstract_state(config, tuple(meta["input_shape"])),
-                             "totals": jax.eval_shape(zero_train_totals)})
+        like = _abstract_saved(config, meta)
         restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
-    return SavedModel(workdir, chosen, config, meta, restored["train_state"])
+    if member is None:
+        return SavedModel(workdir, chosen, config, meta, restored["train_state"])
+    state = _member_state(restored["train_state"], member, best=step is None and _restores_best(config))
+    return SavedModel(workdir, chosen, member_config(config, meta["members"][member]), meta, state)
+
+
+def check_member(workdir: pathlib.Path, members_meta: list | None, member: int | None) -> None:
+    """`--member K`: required for a run of members (0 <= K < its members), refused for a single run."""
+    if not members_meta:
+        if member is not None:
+            raise JaxcnnError(f"--member applies to a run of members (seeds or a sweep); workdir '{workdir}' "
+                              "trained one model: leave --member out")
+        return
+    if member is None:
+        raise JaxcnnError(f"workdir '{workdir}' trained {len(members_meta)} members in one program (seeds or a "
+                          f"sweep); choose one with --member K (0 to {len(members_meta) - 1})")
+    if isinstance(member, bool) or not isinstance(member, numbers.Integral) or not 0 <= member < len(members_meta):
+        raise JaxcnnError(f"--member must be a member of the run, 0 to {len(members_meta) - 1}, got {member!r}")
+
+
+def _restores_best(config: ml_collections.ConfigDict) -> bool:
+    stopping = config.early_stopping
+    return stopping.enabled and stopping.restore_best and config.dataset.val_fraction > 0
+
+
+def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's arrays as shapes only, placed on this process's first device: a single
+    run's state, or a run of members' stacked state (and each member's best variables)."""
+    parts = build(config, meta["num_classes"], meta["steps_per_epoch"])
+    shape = tuple(meta["input_shape"])
+    totals = jax.eval_shape(zero_train_totals)
+    if not meta.get("members"):
+        state = parts.abstract_state(config, shape)
+    else:
+        from jaxcnn import members  # the stacked state's layout: its seeds and swept values
+
+        member_list = members.members_of(config)
+        stack = jax.eval_shape(lambda: members.init_members(lambda seed: parts.init_state(config, shape, seed),
+                                                            member_list, config.optimizer.learning_rate))
+        state = {"state": stack, **({"best": (stack.params, stack.batch_stats)} if _restores_best(config) else {})}
+        totals = jax.eval_shape(lambda: members.stacked_zeros(zero_train_totals(), len(member_list)))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        {"train_state": state, "totals": totals})
+
+
+def _member_state(saved: dict[str, Any], member: int, best: bool) -> TrainState:
+    """Member `member` of a stacked saved state; with `best`, its best epoch's variables (restore_best)."""
+    own = lambda tree: jax.tree.map(lambda leaf: leaf[member], tree)
+    state = own(saved["state"])
+    if best and "best" in saved:
+        params, batch_stats = own(saved["best"])
+        state = state.replace(params=params, batch_stats=batch_stats)
+    return state
+
+
+def member_config(config: ml_collections.ConfigDict, member: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config of one member as its own single run: its seed and swept values, no seeds or sweep."""
+    values = {"seed": member["seed"], "seeds": None, **member["sweep"]}
+    values.update({f"sweep.{section}.{key}": None for section, sub in config.sweep.items() for key in sub})
+    own = config_from_json(json.dumps(config.to_dict()))
+    with own.unlocked():
+        for dotted, value in values.items():
+            *path, key = dotted.split(".")
+            section = own
+            for name in path:
+                section = section[name]
+            section[key] = value
+    return own
 
 
 def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None = None) -> dict[str, Any]:

@@ -77,10 +77,6 @@ def read_original(workdir: str | pathlib.Path, steps: int | None) -> Original:
                           f"`jaxcnn train --config {workdir / 'config.json'} --workdir {workdir}` or verify "
                           "its first steps with --steps N")
     config = read_config(str(workdir / "config.json"))
-    if config.get("seeds") or any(v is not None for section in (config.get("sweep") or {}).values()
-                                  for v in section.values()):
-        raise JaxcnnError(f"workdir '{workdir}' holds a run of members (seeds or a sweep); jaxcnn verify re-runs "
-                          "single runs: train the member's seed alone (--config.seed=S) and verify that run")
     original = Original(workdir, config, read_jsonl(workdir / "metrics.jsonl"),
                         read_certificate(workdir / CERTIFICATE_FILE))
     if steps is not None:
