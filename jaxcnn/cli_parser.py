@@ -1,9 +1,17 @@
-"""The `jaxcnn` command line's grammar: one `add_*_parser` per command; `cli.COMMANDS` runs them."""
+"""The `jaxcnn` command line's grammar: one `add_*_parser` per command; `cli.COMMANDS` runs them.
+
+Building it imports nothing heavy (no JAX, Flax, Optax, Orbax or NumPy), so that `jaxcnn --help`
+and `jaxcnn CMD --help` answer at once: the defaults it shows come from JAX-free modules
+(`bench_settings`, `export_defaults`), which the heavy modules import in turn.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
+
+from jaxcnn.bench_settings import DEFAULT_MODELS, MODES, BenchSettings
+from jaxcnn.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -30,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(commands)
     add_eval_parser(commands)
     add_predict_parser(commands)
-    add_export_parser(commands, STEP_HELP)
+    add_export_parser(commands)
     add_verify_parser(commands)
     add_compare_parser(commands)
     add_bench_parser(commands)
@@ -126,9 +134,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                          help="image files (.png, .jpg, .bmp, .gif, ...) or .npy arrays")
 
 
-def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> None:
-    from jaxcnn.export import DEFAULT_PLATFORMS, EXPORT_DIR, DEFAULT_NAME
-
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export", help="write a saved model as a jax.export artifact that runs with JAX alone",
         description="Write the model of a checkpoint as a serialized jax.export artifact (StableHLO): "
@@ -137,7 +143,7 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
                     "FILE.json with the class names, input shape, mean/std and step. Run it with "
                     "`jaxcnn predict --exported FILE` or jax.export.deserialize (README, Exported models).")
     export.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
-    export.add_argument("--step", metavar="STEP", help=step_help)
+    export.add_argument("--step", metavar="STEP", help=STEP_HELP)
     export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME})")
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
                         help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
@@ -155,9 +161,6 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    from jaxcnn import bench_accuracy
-    from jaxcnn.bench import BenchSettings, DEFAULT_MODELS, MODES
-
     defaults = BenchSettings()
     bench = commands.add_parser(
         "bench", help="benchmark training/eval speed, compile time, memory and FLOPs per mode",
@@ -198,7 +201,22 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seeds", type=int, metavar="N",
                        help="with --to-accuracy: the seeds to train (default: 5); alone: N members in one "
                             "program against N single runs, in member-images/s (jaxcnn/bench_seeds.py)")
-    bench_accuracy.add_arguments(bench)
+    add_to_accuracy_arguments(bench)
+
+
+def add_to_accuracy_arguments(bench: argparse.ArgumentParser) -> None:
+    """`jaxcnn bench`'s options of the time-to-accuracy mode, here rather than in
+    `jaxcnn.bench_accuracy` (which imports JAX), so that `jaxcnn bench --help` loads no JAX."""
+    group = bench.add_argument_group(
+        "time to accuracy", "With --to-accuracy, train --config from scratch on its data, once per seed, "
+        "until a test evaluation reaches TARGET; --config.KEY=VALUE overrides apply, and --data-dir, "
+        "--seed (the first seed) and --json keep their meaning.")
+    group.add_argument("--to-accuracy", type=float, metavar="TARGET", help="test accuracy to reach, e.g. 0.99")
+    group.add_argument("--config", metavar="FILE", help="preset name or config file to train (as for train)")
+    group.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                       help="steps between test evaluations (default: four per epoch)")
+    group.add_argument("--same-process", action="store_true",
+                       help="train every seed in this process (default: each in a fresh one)")
 
 
 def add_compare_parser(commands: argparse._SubParsersAction) -> None:
