@@ -247,18 +247,18 @@ def format_table(outcome: dict[str, Any]) -> str:
 
 
 def command(args: argparse.Namespace, overrides: list[str]) -> int:
-    """`jaxcnn bench --to-accuracy ...`: one line per seed on stderr, the table on stdout."""
-    from jaxcnn.writers import check_output_file, write_json
+    """`jaxcnn bench --to-accuracy ...`: one line per seed on stderr, the table on stdout (on stderr
+    with `--json -`)."""
+    from jaxcnn.json_output import check_json_path, text_output, write_json_output
 
-    if args.json:
-        check_output_file(args.json, "--json")
+    check_json_path(args.json)
     settings = AccuracySettings(args.to_accuracy, args.config, tuple(overrides), args.data_dir, args.seeds or 5,
                                 args.seed, args.eval_every, not args.same_process)
     report = lambda row: print(format_row(row), file=sys.stderr, flush=True)  # noqa: E731
-    outcome = run_to_accuracy(settings, report)
-    print(format_table(outcome))
-    if args.json:
-        write_json(args.json, outcome, sort_keys=False)
+    with text_output(args.json):
+        outcome = run_to_accuracy(settings, report)
+        print(format_table(outcome))
+    write_json_output(args.json, outcome)
     return 0
 
 

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--json PATH`, one meaning in every command (`jaxcnn.json_output`): a file, or `-`."""
+    parser.add_argument("--json", metavar="PATH",
+                        help=f"write {what} as JSON to the file PATH, or with `-` to standard output "
+                             "(the text then goes to standard error)")
+
+
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train", help="train a model from a config file and evaluate it on the test split",
@@ -106,8 +113,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--step", metavar="STEP", help=STEP_HELP)
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")
-    evaluate.add_argument("--json", action="store_true",
-                          help="print one JSON object keyed as summary.json (test_accuracy, test_loss, ...)")
+    add_json_argument(evaluate, "one object keyed as summary.json (test_accuracy, test_loss, ...)")
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
@@ -126,7 +132,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                              "class names from FILE.json beside it")
     predict.add_argument("--step", metavar="STEP", help=STEP_HELP + "; with --workdir only")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
-    predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
+    add_json_argument(predict, "one list, one object per file,")
     predict.add_argument("--invert", action="store_true",
                          help="invert pixel values (255 - x) first: for dark digits on a light background, "
                               "as in photos of handwriting (MNIST digits are light on dark)")
@@ -176,7 +182,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                        help=f"batch size (repeatable; default: {defaults.batch_sizes[0]})")
     bench.add_argument("--dtype", action="append", metavar="DTYPE",
                        help="float32 or bfloat16 (repeatable; default: float32)")
-    bench.add_argument("--json", metavar="FILE", help="write {env, results} as JSON to FILE")
+    add_json_argument(bench, "{env, results}")
     bench.add_argument("--seed", type=int, default=defaults.seed, help="data, init and order seed")
     bench.add_argument("--min-time", type=float, default=defaults.min_time, metavar="S",
                        help=f"seconds per timed repeat (default: {defaults.min_time})")
@@ -227,7 +233,7 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
                     "needs to detect it (power 0.8, level 0.05). Reads only their summary.json.")
     compare.add_argument("a", metavar="A", help="workdir of a run (or a run of seeds)")
     compare.add_argument("b", metavar="B", help="workdir of the run to compare it with")
-    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    add_json_argument(compare, "the comparison (one object)")
 
 
 def split_overrides(rest: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
