@@ -31,6 +31,8 @@ import jax
 import numpy as np
 
 from jaxcnn import baseline, data, im2col, losses, models, optim, precision
+# JAX-free, so that the grammar (`jaxcnn bench --help`) shows the defaults without loading JAX.
+from jaxcnn.bench_settings import MODES, BenchSettings
 from jaxcnn.build import prepare_fn
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order
@@ -43,30 +45,7 @@ from jaxcnn.metrics import TOP_K
 from jaxcnn.state import create_train_state
 from jaxcnn.steps import zero_train_totals
 
-MODES = ("baseline", "step", "fused")
-DEFAULT_MODELS = ("mlp", "tiny_cnn", "cnn")
 LEARNING_RATE, MOMENTUM = 0.01, 0.9  # SGD with momentum for every mode: the Flax example's optimizer
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchSettings:
-    """What to measure and how long; see `jaxcnn bench --help`."""
-
-    models: Sequence[str] = DEFAULT_MODELS
-    modes: Sequence[str] = MODES
-    batch_sizes: Sequence[int] = (128,)
-    dtypes: Sequence[str] = ("float32",)
-    seed: int = 0
-    min_time: float = 2.0
-    repeats: int = 3
-    steps_per_call: int = 20
-    fingerprint_steps: int = 10
-    eval_batch_size: int = 1000
-    num_train: int = 60_000  # one epoch of MNIST, in whole batches: 59,904 images at batch 128
-    num_test: int = 5000
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    conv_impl: str = "auto"  # the step and fused modes' model.conv_impl (the baseline keeps "xla")
 
 
 def check_settings(settings: BenchSettings) -> None:

@@ -237,33 +237,19 @@ def format_table(outcome: dict[str, Any]) -> str:
     return "\n".join(lines + [format_row(row) for row in outcome["results"]] + [format_row(median)])
 
 
-def add_arguments(bench: argparse.ArgumentParser) -> None:
-    """`jaxcnn bench`'s options of this mode."""
-    group = bench.add_argument_group(
-        "time to accuracy", "With --to-accuracy, train --config from scratch on its data, once per seed, "
-        "until a test evaluation reaches TARGET; --config.KEY=VALUE overrides apply, and --data-dir, "
-        "--seed (the first seed) and --json keep their meaning.")
-    group.add_argument("--to-accuracy", type=float, metavar="TARGET", help="test accuracy to reach, e.g. 0.99")
-    group.add_argument("--config", metavar="FILE", help="preset name or config file to train (as for train)")
-    group.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
-                       help="steps between test evaluations (default: four per epoch)")
-    group.add_argument("--same-process", action="store_true",
-                       help="train every seed in this process (default: each in a fresh one)")
-
-
 def command(args: argparse.Namespace, overrides: list[str]) -> int:
-    """`jaxcnn bench --to-accuracy ...`: one line per seed on stderr, the table on stdout."""
-    from jaxcnn.writers import check_output_file, write_json
+    """`jaxcnn bench --to-accuracy ...`: one line per seed on stderr, the table on stdout (on stderr
+    with `--json -`)."""
+    from jaxcnn.json_output import check_json_path, text_output, write_json_output
 
-    if args.json:
-        check_output_file(args.json, "--json")
+    check_json_path(args.json)
     settings = AccuracySettings(args.to_accuracy, args.config, tuple(overrides), args.data_dir, args.seeds or 5,
                                 args.seed, args.eval_every, not args.same_process)
     report = lambda row: print(format_row(row), file=sys.stderr, flush=True)  # noqa: E731
-    outcome = run_to_accuracy(settings, report)
-    print(format_table(outcome))
-    if args.json:
-        write_json(args.json, outcome, sort_keys=False)
+    with text_output(args.json):
+        outcome = run_to_accuracy(settings, report)
+        print(format_table(outcome))
+    write_json_output(args.json, outcome)
     return 0
 
 

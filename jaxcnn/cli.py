@@ -12,9 +12,11 @@ import sys
 from typing import Sequence
 
 from jaxcnn import stop
+from jaxcnn.bench_settings import BenchSettings
 from jaxcnn.cli_parser import build_parser, split_overrides
 from jaxcnn.orbax_logs import ignore_closed_event_loop_callbacks
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.json_output import check_json_path, text_output, write_json_output
 
 def default_workdir(config_name: str) -> pathlib.Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -103,33 +105,31 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.saved import evaluate_saved, load_saved_model
-    from jaxcnn.writers import dumps_json
 
+    check_json_path(args.json)
     result = evaluate_saved(load_saved_model(args.workdir, args.step, args.member), args.split, args.data_dir)
-    if args.json:
-        print(dumps_json(result))
-    else:
-        split = args.split
+    split = args.split
+    with text_output(args.json):
         print(f"{split}_accuracy {result[f'{split}_accuracy']:.4f}  {split}_loss {result[f'{split}_loss']:.4f}  "
               f"({result[f'{split}_examples']} {split} examples, step {result['step']})  workdir {args.workdir}")
+    write_json_output(args.json, result)
     return 0
 
 
 def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.saved import check_top, load_saved_model, predict
-    from jaxcnn.writers import dumps_json
 
     check_top(args.top)  # before the model is loaded
+    check_json_path(args.json)
     if args.exported is not None:
         results = run_predict_exported(args)
     else:
         results = predict(load_saved_model(args.workdir, args.step, args.member), args.files, args.top, invert=args.invert)
-    if args.json:
-        print(dumps_json(results))
-    else:
+    with text_output(args.json):
         for result in results:
             ranked = ", ".join(f"{c['name']} ({c['probability']:.3f})" for c in result["top"])
             print(f"{result['file']}: {ranked}")
+    write_json_output(args.json, results)
     return 0
 
 
@@ -158,15 +158,12 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn import bench_accuracy
-    from jaxcnn.bench import BenchSettings, format_row, format_table, run_benchmark
-    from jaxcnn.writers import check_output_file, write_json
 
     if args.to_accuracy is not None:
         return bench_accuracy.command(args, overrides)
     if args.config or overrides:
         raise JaxcnnError("--config and --config.KEY=VALUE apply to --to-accuracy TARGET only")
-    if args.json:
-        check_output_file(args.json, "--json")  # before the benchmark, so its results cannot be lost
+    check_json_path(args.json)  # before the benchmark, so its results cannot be lost
     defaults = BenchSettings()
     settings = BenchSettings(
         models=tuple(args.model or defaults.models), modes=tuple(args.mode or defaults.modes),
@@ -174,22 +171,34 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         seed=args.seed, min_time=args.min_time, repeats=args.repeats, steps_per_call=args.steps_per_call,
         fingerprint_steps=args.fingerprint_steps, num_train=args.num_train, num_test=args.num_test,
         dataset=args.dataset, data_dir=args.data_dir, conv_impl=args.conv_impl)
-    if args.seeds is not None:  # members in one program against single runs (jaxcnn/bench_seeds.py)
-        from jaxcnn.bench_seeds import print_seeds_benchmark
-        outcome = print_seeds_benchmark(settings, args.seeds, args.compilation_cache_dir)
-    else:
-        report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)
-        outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
-        print(format_table(outcome["results"]))
-    if args.json:
-        write_json(pathlib.Path(args.json), outcome, sort_keys=False)
+    with text_output(args.json):
+        outcome = measure_bench(args, settings)
+    write_json_output(args.json, outcome)
     return 0
 
 
-def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.compare import print_comparison
+def measure_bench(args: argparse.Namespace, settings: BenchSettings) -> dict:
+    """`jaxcnn bench`'s measurements: rows on stderr as they are measured, then the table."""
+    from jaxcnn.bench import format_row, format_table, run_benchmark
 
-    return print_comparison(args.a, args.b, args.json)
+    if args.seeds is not None:  # members in one program against single runs (jaxcnn/bench_seeds.py)
+        from jaxcnn.bench_seeds import print_seeds_benchmark
+        return print_seeds_benchmark(settings, args.seeds, args.compilation_cache_dir)
+    report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)  # noqa: E731
+    outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
+    print(format_table(outcome["results"]))
+    return outcome
+
+
+def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxcnn.compare import compare, format_comparison
+
+    check_json_path(args.json)
+    result = compare(args.a, args.b)
+    with text_output(args.json):
+        print(format_comparison(result))
+    write_json_output(args.json, result)
+    return 0
 
 
 def run_verify(args: argparse.Namespace, overrides: list[str]) -> int:

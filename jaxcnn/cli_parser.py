@@ -1,9 +1,17 @@
-"""The `jaxcnn` command line's grammar: one `add_*_parser` per command; `cli.COMMANDS` runs them."""
+"""The `jaxcnn` command line's grammar: one `add_*_parser` per command; `cli.COMMANDS` runs them.
+
+Building it imports nothing heavy (no JAX, Flax, Optax, Orbax or NumPy), so that `jaxcnn --help`
+and `jaxcnn CMD --help` answer at once: the defaults it shows come from JAX-free modules
+(`bench_settings`, `export_defaults`), which the heavy modules import in turn.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
+
+from jaxcnn.bench_settings import DEFAULT_MODELS, MODES, BenchSettings
+from jaxcnn.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -34,11 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(commands)
     add_eval_parser(commands)
     add_predict_parser(commands)
-    add_export_parser(commands, STEP_HELP)
+    add_export_parser(commands)
     add_verify_parser(commands)
     add_compare_parser(commands)
     add_bench_parser(commands)
     return parser
+
+
+def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--json PATH`, one meaning in every command (`jaxcnn.json_output`): a file, or `-`."""
+    parser.add_argument("--json", metavar="PATH",
+                        help=f"write {what} as JSON to the file PATH, or with `-` to standard output "
+                             "(the text then goes to standard error)")
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
@@ -103,8 +118,7 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP)
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="dataset directory (default: the run's, or $JAXCNN_DATA_DIR)")
-    evaluate.add_argument("--json", action="store_true",
-                          help="print one JSON object keyed as summary.json (test_accuracy, test_loss, ...)")
+    add_json_argument(evaluate, "one object keyed as summary.json (test_accuracy, test_loss, ...)")
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
@@ -124,7 +138,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--step", metavar="STEP", help=STEP_HELP + "; with --workdir only")
     predict.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP + "; with --workdir only")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
-    predict.add_argument("--json", action="store_true", help="print one JSON list, one object per file")
+    add_json_argument(predict, "one list, one object per file,")
     predict.add_argument("--invert", action="store_true",
                          help="invert pixel values (255 - x) first: for dark digits on a light background, "
                               "as in photos of handwriting (MNIST digits are light on dark)")
@@ -132,9 +146,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                          help="image files (.png, .jpg, .bmp, .gif, ...) or .npy arrays")
 
 
-def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> None:
-    from jaxcnn.export import DEFAULT_PLATFORMS, EXPORT_DIR, DEFAULT_NAME
-
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export", help="write a saved model as a jax.export artifact that runs with JAX alone",
         description="Write the model of a checkpoint as a serialized jax.export artifact (StableHLO): "
@@ -143,7 +155,7 @@ def add_export_parser(commands: argparse._SubParsersAction, step_help: str) -> N
                     "FILE.json with the class names, input shape, mean/std and step. Run it with "
                     "`jaxcnn predict --exported FILE` or jax.export.deserialize (README, Exported models).")
     export.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
-    export.add_argument("--step", metavar="STEP", help=step_help)
+    export.add_argument("--step", metavar="STEP", help=STEP_HELP)
     export.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP)
     export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME})")
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
@@ -162,9 +174,6 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
-    from jaxcnn import bench_accuracy
-    from jaxcnn.bench import BenchSettings, DEFAULT_MODELS, MODES
-
     defaults = BenchSettings()
     bench = commands.add_parser(
         "bench", help="benchmark training/eval speed, compile time, memory and FLOPs per mode",
@@ -180,7 +189,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                        help=f"batch size (repeatable; default: {defaults.batch_sizes[0]})")
     bench.add_argument("--dtype", action="append", metavar="DTYPE",
                        help="float32 or bfloat16 (repeatable; default: float32)")
-    bench.add_argument("--json", metavar="FILE", help="write {env, results} as JSON to FILE")
+    add_json_argument(bench, "{env, results}")
     bench.add_argument("--seed", type=int, default=defaults.seed, help="data, init and order seed")
     bench.add_argument("--min-time", type=float, default=defaults.min_time, metavar="S",
                        help=f"seconds per timed repeat (default: {defaults.min_time})")
@@ -205,7 +214,22 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seeds", type=int, metavar="N",
                        help="with --to-accuracy: the seeds to train (default: 5); alone: N members in one "
                             "program against N single runs, in member-images/s (jaxcnn/bench_seeds.py)")
-    bench_accuracy.add_arguments(bench)
+    add_to_accuracy_arguments(bench)
+
+
+def add_to_accuracy_arguments(bench: argparse.ArgumentParser) -> None:
+    """`jaxcnn bench`'s options of the time-to-accuracy mode, here rather than in
+    `jaxcnn.bench_accuracy` (which imports JAX), so that `jaxcnn bench --help` loads no JAX."""
+    group = bench.add_argument_group(
+        "time to accuracy", "With --to-accuracy, train --config from scratch on its data, once per seed, "
+        "until a test evaluation reaches TARGET; --config.KEY=VALUE overrides apply, and --data-dir, "
+        "--seed (the first seed) and --json keep their meaning.")
+    group.add_argument("--to-accuracy", type=float, metavar="TARGET", help="test accuracy to reach, e.g. 0.99")
+    group.add_argument("--config", metavar="FILE", help="preset name or config file to train (as for train)")
+    group.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                       help="steps between test evaluations (default: four per epoch)")
+    group.add_argument("--same-process", action="store_true",
+                       help="train every seed in this process (default: each in a fresh one)")
 
 
 def add_compare_parser(commands: argparse._SubParsersAction) -> None:
@@ -216,7 +240,7 @@ def add_compare_parser(commands: argparse._SubParsersAction) -> None:
                     "needs to detect it (power 0.8, level 0.05). Reads only their summary.json.")
     compare.add_argument("a", metavar="A", help="workdir of a run (or a run of seeds)")
     compare.add_argument("b", metavar="B", help="workdir of the run to compare it with")
-    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON object")
+    add_json_argument(compare, "the comparison (one object)")
 
 
 def split_overrides(rest: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:

@@ -100,11 +100,3 @@ def format_comparison(result: dict[str, Any]) -> str:
                          f"{p:>8} {needed:>12}")
     return "\n".join(lines)
 
-
-def print_comparison(workdir_a: str | pathlib.Path, workdir_b: str | pathlib.Path, as_json: bool) -> int:
-    """`jaxcnn compare A B [--json]`."""
-    from jaxcnn.writers import dumps_json
-
-    result = compare(workdir_a, workdir_b)
-    print(dumps_json(result) if as_json else format_comparison(result))
-    return 0

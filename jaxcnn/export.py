@@ -28,16 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn.errors import JaxcnnError
+# JAX-free, so that the grammar (`jaxcnn export --help`) shows them without loading JAX.
+from jaxcnn.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR, KNOWN_PLATFORMS
 from jaxcnn.spec import LOSSES
 
-EXPORT_DIR = "export"
-DEFAULT_NAME = "model.jaxexport"
 FORMAT = "jaxcnn-export/1"
-# One artifact for every backend: JAX lowers the function once per platform and picks the branch
-# of the platform it is called on. Convolutions keep the implementation that model.conv_impl
-# chose on the exporting machine.
-DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def default_path(workdir: str | pathlib.Path, member: int | None = None) -> pathlib.Path:

@@ -1,4 +1,4 @@
-"""Same as `jaxcnn bench`: python scripts/benchmark.py [--model NAME] [--mode MODE] [--json FILE] ..."""
+"""Same as `jaxcnn bench`: python scripts/benchmark.py [--model NAME] [--mode MODE] [--json PATH] ..."""
 
 import sys
 

@@ -52,7 +52,7 @@ def test_predict_on_arrays_equals_jaxcnn_predict_on_the_same_images_saved_as_png
         files.append(tmp_path / f"{i}.png")
         Image.fromarray(image[..., 0]).save(files[-1])
     probabilities = model.predict(images)
-    assert cli.main(["predict", "--workdir", str(model.workdir), "--json", "--top", "10", *map(str, files)]) == 0
+    assert cli.main(["predict", "--workdir", str(model.workdir), "--json", "-", "--top", "10", *map(str, files)]) == 0
     printed = json.loads(capsys.readouterr().out)
     for row, result in zip(probabilities, printed):
         from_cli = np.zeros(10)

@@ -205,10 +205,16 @@ CASES = [
     ("report-predictions-labels-out-of-range", R + ["{in}/predictions_bad_labels"], "labels holds class indices"),
     ("report-predictions-one-npy-array", R + ["{in}/predictions_one_array"], "expected an .npz archive"),
     ("report-out-is-a-file", ["report", "--out", "{in}/a_file", "{run}"], "is a file, expected a folder"),
-    # bench --json, refused before the benchmark runs
+    # --json FILE, refused before the command's work
     ("bench-json-into-a-missing-folder", ["bench", "--json", "{in}/no_such_folder/bench.json"],
      "is not an existing folder"),
     ("bench-json-is-a-folder", ["bench", "--json", "{in}/results"], "is a folder, expected a file name"),
+    ("eval-json-is-a-folder", ["eval", "--workdir", "{run}", "--json", "{in}/results"],
+     "is a folder, expected a file name"),
+    ("predict-json-into-a-missing-folder", P + ["--json", "{in}/no_such_folder/p.json", "{in}/good.npy"],
+     "is not an existing folder"),
+    ("compare-json-into-a-missing-folder", ["compare", "{run}", "{run}", "--json", "{in}/no_such_folder/c.json"],
+     "is not an existing folder"),
 ]
 
 

@@ -239,7 +239,7 @@ def test_a_corrupt_latest_step_is_reported_and_the_step_before_it_is_used(tmp_pa
 
 def test_eval_reproduces_the_summary_test_accuracy_of_a_run_that_restores_its_best_epoch(straight):
     workdir, summary = straight
-    result = jaxcnn("eval", "--workdir", str(workdir), "--json")
+    result = jaxcnn("eval", "--workdir", str(workdir), "--json", "-")
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     assert output["step"] == 40  # the best epoch, not the latest step (80)
@@ -261,7 +261,7 @@ def test_predict_gives_the_same_classes_for_png_and_npy_as_the_model_itself(stra
         Image.fromarray(image[..., 0]).save(tmp_path / f"{i}.png")
         np.save(tmp_path / f"{i}.npy", image[..., 0])
         files += [str(tmp_path / f"{i}.png"), str(tmp_path / f"{i}.npy")]
-    result = jaxcnn("predict", "--workdir", str(workdir), "--json", "--top", "2", *files)
+    result = jaxcnn("predict", "--workdir", str(workdir), "--json", "-", "--top", "2", *files)
     assert result.returncode == 0, result.stderr
     predictions = json.loads(result.stdout)
     saved = load_saved_model(workdir)
@@ -295,7 +295,7 @@ def test_predict_returns_the_true_labels_of_mnist_test_images(tmp_path):
     for i in range(6):
         files.append(str(tmp_path / f"mnist_{i}.png"))
         Image.fromarray(test.images[i, ..., 0]).save(files[-1])
-    result = jaxcnn("predict", "--workdir", str(workdir), "--json", *files)
+    result = jaxcnn("predict", "--workdir", str(workdir), "--json", "-", *files)
     assert result.returncode == 0, result.stderr
     assert [p["top"][0]["class"] for p in json.loads(result.stdout)] == test.labels[:6].tolist()
 

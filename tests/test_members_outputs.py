@@ -43,14 +43,14 @@ def test_report_of_a_sweep_draws_bands_and_the_sweep_and_tables_each_sweep_value
 
 def test_compare_pairs_the_members_by_seed_and_matches_scipys_paired_t_test(runs, capsys):
     root, slow, sweep, _ = runs
-    assert main(["compare", str(root / "sweep"), str(root / "slow"), "--json"]) == 2  # a sweep against no sweep
+    assert main(["compare", str(root / "sweep"), str(root / "slow"), "--json", "-"]) == 2  # a sweep against no sweep
     assert "swept optimizer.learning_rate (2 values)" in capsys.readouterr().err
-    assert main(["compare", str(root / "slow"), str(root / "single"), "--json"]) == 0
+    assert main(["compare", str(root / "slow"), str(root / "single"), "--json", "-"]) == 0
     (group,) = json.loads(capsys.readouterr().out)["groups"]
     assert group["seeds"] == [2] and group["metrics"]["test_accuracy"]["p_value"] is None  # one pair: no test
     fast = train_and_evaluate(load_config("digits_cnn", BASE + ["seeds=(3, 2, 1, 0)", "optimizer.learning_rate=0.01"]),
                               root / "fast", quiet=True)
-    assert main(["compare", str(root / "fast"), str(root / "slow"), "--json"]) == 0
+    assert main(["compare", str(root / "fast"), str(root / "slow"), "--json", "-"]) == 0
     (group,) = json.loads(capsys.readouterr().out)["groups"]
     by_seed = lambda summary: [m["test_accuracy"] for m in sorted(summary["members"], key=lambda m: m["seed"])]
     expected = scipy_stats.ttest_rel(by_seed(fast), by_seed(slow))

@@ -300,5 +300,5 @@ def test_a_checkpoint_saved_on_one_device_count_resumes_and_evaluates_on_another
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["num_devices"] == resumed_on
     for devices in (1, 2):
-        evaluated = json.loads(cli(devices, "eval", "--workdir", str(tmp_path / "w"), "--json").stdout)
+        evaluated = json.loads(cli(devices, "eval", "--workdir", str(tmp_path / "w"), "--json", "-").stdout)
         assert evaluated["test_accuracy"] == summary["test_accuracy"]

@@ -130,10 +130,10 @@ def test_a_linen_module_outside_the_package_trains_from_the_command_line_by_impo
         "name": "jaxcnn_test_cli_usermod:Net", "options": {"features": 8}}
 
     monkeypatch.syspath_prepend(str(tmp_path))  # eval and predict, here, find the module the same way
-    code, out, err = run_cli(capsys, "eval", "--workdir", workdir, "--json")
+    code, out, err = run_cli(capsys, "eval", "--workdir", workdir, "--json", "-")
     assert code == 0 and json.loads(out)["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-5), err
     np.save(tmp_path / "image.npy", np.full((8, 8), 200, np.uint8))
-    code, out, err = run_cli(capsys, "predict", "--workdir", workdir, "--json", tmp_path / "image.npy")
+    code, out, err = run_cli(capsys, "predict", "--workdir", workdir, "--json", "-", tmp_path / "image.npy")
     assert code == 0 and len(json.loads(out)[0]["top"]) == 3, err
 
 
@@ -150,11 +150,11 @@ def test_an_nnx_module_trains_resumes_evaluates_and_predicts_by_import_path(user
     resumed = train_and_evaluate(config, workdir, quiet=True)
     assert (resumed["test_loss"], resumed["test_accuracy"]) == (summary["test_loss"], summary["test_accuracy"])
 
-    code, out, err = run_cli(capsys, "eval", "--workdir", workdir, "--json")
+    code, out, err = run_cli(capsys, "eval", "--workdir", workdir, "--json", "-")
     assert code == 0, err
     assert json.loads(out)["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
     np.save(tmp_path / "image.npy", np.full((8, 8), 200, np.uint8))
-    code, out, err = run_cli(capsys, "predict", "--workdir", workdir, "--json", "--top", "3", tmp_path / "image.npy")
+    code, out, err = run_cli(capsys, "predict", "--workdir", workdir, "--json", "-", "--top", "3", tmp_path / "image.npy")
     assert code == 0, err
     top = json.loads(out)[0]["top"]
     assert sorted(c["class"] for c in top) == [0, 1, 2]
