@@ -237,12 +237,14 @@ def package_import_edits(tree: ast.AST, moves: dict[str, str]) -> list[Edit]:
 
 
 def apply_edits(source: str, edits: list[Edit]) -> str:
-    """Replaces each edited statement bottom-up, keeping its indentation and what followed it on its
-    last line (a comment)."""
+    """Replaces each edited statement bottom-up, keeping its indentation, and what followed it on its
+    last line (a comment, which speaks of the names still imported first) after the first one."""
     lines = source.splitlines(keepends=True)
     for first, col, last, end_col, new in sorted(edits, reverse=True):
         indent, tail = lines[first - 1][:col], lines[last - 1][end_col:]
-        lines[first - 1:last] = ["\n".join(indent + statement for statement in new) + tail]
+        statements = [indent + statement for statement in new]
+        statements[0] += tail.rstrip("\r\n")
+        lines[first - 1:last] = ["\n".join(statements) + tail[len(tail.rstrip("\r\n")):]]
     return "".join(lines)
 
 
