@@ -16,11 +16,11 @@ import optax
 
 from jaxcnn import losses, models, optim, precision
 from jaxcnn.augment import augment_config, make_augment, step_key
-from jaxcnn.config import model_options
 from jaxcnn.data.device import normalize
 from jaxcnn.data.normalization import Stat
 from jaxcnn.executor import Prepare
 from jaxcnn.members import sweep_of
+from jaxcnn.spec import model_options
 from jaxcnn.state import TrainState, create_train_state
 
 

@@ -24,7 +24,7 @@ from jaxcnn.config_files import (CONFIG_SUFFIXES, CONFIGS_DIR, DEFAULT_CONFIG, a
                                  run_config_file)
 from jaxcnn import run_options
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.spec import DATASET_COMMON_KEYS  # noqa: F401 (re-exported)
+from jaxcnn.spec import DATASET_COMMON_KEYS, dataset_options, model_options  # noqa: F401 (re-exported)
 
 
 def _section(values: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -233,7 +233,7 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     and range (`spec.parse`), then the dataset's name and the model, built once through
     `jaxcnn.build` (its options, and its layers against the dataset's input shape when known)."""
     from jaxcnn import data, members, models  # the registries; data imports heavy optional pieces lazily
-    from jaxcnn.build import build  # build reads configs through this module
+    from jaxcnn.build import build  # a layer below; imported here because building starts JAX
 
     run = spec.parse(config)
     members.members_of(config)  # the seeds and the swept values
@@ -244,16 +244,6 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     if input_shape is not None:  # else checked once the data is loaded (loop.load_data)
         models.check_input_shape(parts.model, input_shape)
     return run
-
-
-def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The model constructor's keyword arguments: `config.model` without its name."""
-    return {k: v for k, v in config.model.items() if k != "name"}
-
-
-def dataset_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The dataset loader's own options: `config.dataset` without the common keys."""
-    return {k: v for k, v in config.dataset.items() if k not in DATASET_COMMON_KEYS}
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

@@ -15,7 +15,9 @@ import ml_collections
 
 from jaxcnn.errors import JaxcnnError
 
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"  # the presets, shipped in the package
+# The presets, shipped in the package: found from the package, not from this file's folder, so that
+# the module can live in any sub-package (scripts/relayout.py moves it).
+CONFIGS_DIR = pathlib.Path(importlib.util.find_spec("jaxcnn.configs").origin).resolve().parent
 DEFAULT_CONFIG = "digits_cnn"
 CONFIG_SUFFIXES = (".py", ".json")  # a Python config file, a run's config.json
 

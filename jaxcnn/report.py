@@ -18,9 +18,10 @@ from typing import Any, Sequence
 
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.run_files import Run, load_run
-from jaxcnn.report_figures import (COMPARISON_COLUMNS, DPI, FIGURE_SIZES, _fmt, mistakes_figure_size, plot_calibration,  # noqa: F401
+from jaxcnn.report_figures import (COMPARISON_COLUMNS, DPI, FIGURE_SIZES, mistakes_figure_size, plot_calibration,  # noqa: F401
                                    plot_confident_mistakes, plot_confusion_matrix, plot_curves_by_epoch,
                                    plot_curves_by_step, plot_learning_rate, plot_validation_comparison)
+from jaxcnn.report_style import fmt
 from jaxcnn.writers import PREDICTIONS_FILE, write_text_atomic
 
 def comparison_table(runs: Sequence[Run]) -> str:
@@ -29,7 +30,7 @@ def comparison_table(runs: Sequence[Run]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         cells = [run.name if run.summary else f"{run.name} (unfinished)"]
-        cells += [_fmt(get(run), kind) for _, get, kind in COMPARISON_COLUMNS]
+        cells += [fmt(get(run), kind) for _, get, kind in COMPARISON_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -37,9 +38,9 @@ def comparison_table(runs: Sequence[Run]) -> str:
 def per_class_table(metrics: dict[str, Any]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c in metrics["per_class"]:
-        cells = [_fmt(c[key], "fixed") for key in ("precision", "recall", "f1")]
+        cells = [fmt(c[key], "fixed") for key in ("precision", "recall", "f1")]
         lines.append(f"| {c['class']} | {' | '.join(cells)} | {c['support']} |")
-    cells = [_fmt(metrics.get(f"macro_{key}"), "fixed") for key in ("precision", "recall", "f1")]
+    cells = [fmt(metrics.get(f"macro_{key}"), "fixed") for key in ("precision", "recall", "f1")]
     lines.append(f"| **macro average** | {' | '.join(cells)} | {sum(c['support'] for c in metrics['per_class'])} |")
     return "\n".join(lines)
 
@@ -82,10 +83,10 @@ def _run_section(run: Run, figures: dict[str, pathlib.Path], notes: list[str], r
     lines = [f"{heading} {run.name}", "", f"Workdir: `{run.path}`", ""]
     metrics = run.summary.get("test_metrics")
     if metrics:
-        top5 = f", top-5 {_fmt(metrics['top5_accuracy'], 'accuracy')}" if "top5_accuracy" in metrics else ""
-        ece = _fmt(metrics["expected_calibration_error"], "percent")
-        lines += [f"Test accuracy {_fmt(metrics['accuracy'], 'accuracy')}{top5}, macro F1 "
-                  f"{_fmt(metrics['macro_f1'], 'fixed')}, expected calibration error {ece} "
+        top5 = f", top-5 {fmt(metrics['top5_accuracy'], 'accuracy')}" if "top5_accuracy" in metrics else ""
+        ece = fmt(metrics["expected_calibration_error"], "percent")
+        lines += [f"Test accuracy {fmt(metrics['accuracy'], 'accuracy')}{top5}, macro F1 "
+                  f"{fmt(metrics['macro_f1'], 'fixed')}, expected calibration error {ece} "
                   f"({metrics['ece_bins']} bins).", ""]
     for note in notes:
         lines += [f"*{note}.*", ""]

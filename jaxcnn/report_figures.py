@@ -9,11 +9,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxcnn.errors import JaxcnnError
 from jaxcnn.metrics import calibration_bins
+from jaxcnn.report_members import epoch_means
+from jaxcnn.report_style import DPI, epoch_axis, figure, fmt, loss_scale, percent_axis, pyplot, save  # noqa: F401 (DPI re-exported)
 from jaxcnn.run_files import Run
 
-DPI = 100
 # Width, height in inches of each figure of a fixed size; at `DPI` pixels per inch.
 FIGURE_SIZES = {
     "curves_by_step": (12.0, 4.8),
@@ -27,44 +27,9 @@ MISTAKE_COLUMNS = 5
 TRAIN_COLOR, VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange", "tab:green"
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise JaxcnnError("jaxcnn report needs matplotlib; pip install 'jaxcnn[report]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _figure(plt, name: str, size: tuple[float, float] | None = None, **kwargs):
-    return plt.subplots(figsize=size or FIGURE_SIZES[name], dpi=DPI, layout="constrained", **kwargs)
-
-
-def _save(plt, fig, path: pathlib.Path) -> pathlib.Path:
-    try:
-        fig.savefig(path, dpi=DPI)
-    except OSError as e:
-        raise JaxcnnError(f"cannot write '{path}': {e.strerror or e}") from e
-    finally:
-        plt.close(fig)
-    return path
-
-
-def _epoch_axis(ax, legend_size: int) -> None:
-    """An x axis of whole epochs, a light grid, and a legend of the curves drawn (if any)."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=legend_size)
-
-
-def _percent_axis(ax) -> None:
-    from matplotlib.ticker import PercentFormatter
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    """A figure of `FIGURE_SIZES[name]` (or `size`, for those whose size depends on the data)."""
+    return figure(plt, size or FIGURE_SIZES[name], **kwargs)
 
 
 def _epoch_axis_on_top(ax, run: Run) -> None:
@@ -78,22 +43,9 @@ def _epoch_axis_on_top(ax, run: Run) -> None:
         top.set_xlabel("epoch")
 
 
-def _loss_scale(ax, *series: Sequence[float]) -> str:
-    values = [v for s in series for v in s if v is not None and math.isfinite(v)]
-    if values and min(values) > 0 and max(values) / min(values) > 20:
-        from matplotlib.ticker import FuncFormatter
-        ax.set_yscale("log")
-        # Plain numbers (0.05, not 5×10⁻²), with the 2s and 5s between decades labelled too.
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(
-            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-        return ", log scale"
-    return ""
-
-
 def plot_curves_by_step(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Loss and accuracy against the training step: the logged training means and each epoch's validation."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "curves_by_step", ncols=2)
     train, epochs = run.events("train"), run.events("epoch")
     if len(train) > len(epochs):
@@ -113,21 +65,21 @@ def plot_curves_by_step(run: Run, path: pathlib.Path) -> pathlib.Path:
         ax.set_xlabel("training step")
         _epoch_axis_on_top(ax, run)
         ax.grid(alpha=0.3)
-    scale = _loss_scale(loss_ax, t_loss, [r["val_loss"] for r in val])
+    scale = loss_scale(loss_ax, t_loss, [r["val_loss"] for r in val])
     loss_ax.set_ylabel(f"{run.loss_name} loss{scale}")
     loss_ax.legend(loc="upper right")
     acc_ax.set_ylabel("accuracy")
-    _percent_axis(acc_ax)
+    percent_axis(acc_ax)
     acc_ax.legend(loc="lower right")
     fig.suptitle(f"{run.name}: training curves by step")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_curves_by_epoch(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Per-epoch train and validation loss and accuracy; the best epoch and the test accuracy marked."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "curves_by_epoch", ncols=2)
     epochs = run.events("epoch")
     x = [r["epoch"] for r in epochs]
@@ -140,28 +92,28 @@ def plot_curves_by_epoch(run: Run, path: pathlib.Path) -> pathlib.Path:
                     color=VAL_COLOR, label="validation")
         test = run.summary.get(f"test_{key}")
         if test is not None:
-            ax.axhline(test, color=TEST_COLOR, linestyle="--", label=f"test: {_fmt(test, key)}")
+            ax.axhline(test, color=TEST_COLOR, linestyle="--", label=f"test: {fmt(test, key)}")
         if best:
             ax.axvline(best, color="gray", linestyle=":", label=f"best validation epoch ({best})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(loc="best")  # clear of the curves and of the best-epoch line
-    scale = _loss_scale(loss_ax, [r["train_loss"] for r in epochs], [r.get("val_loss") for r in epochs])
+    scale = loss_scale(loss_ax, [r["train_loss"] for r in epochs], [r.get("val_loss") for r in epochs])
     loss_ax.set_ylabel(f"{run.loss_name} loss{scale}")
     loss_ax.set_title("Loss")
     acc_ax.set_ylabel("accuracy")
-    _percent_axis(acc_ax)
+    percent_axis(acc_ax)
     acc_ax.set_title("Accuracy")
     fig.suptitle(f"{run.name}: training curves by epoch")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_learning_rate(run: Run, path: pathlib.Path) -> pathlib.Path:
     """The learning rate in effect (after warm-up, decay and plateau cuts) at each logged step."""
     from matplotlib.ticker import FuncFormatter
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = _figure(plt, "learning_rate")
     points = sorted({r["step"]: r["learning_rate"] for r in run.records
                      if r.get("event") in ("train", "epoch") and "learning_rate" in r}.items())
@@ -177,12 +129,12 @@ def plot_learning_rate(run: Run, path: pathlib.Path) -> pathlib.Path:
     optimizer = run.config.get("optimizer", {}).get("name")
     ax.set_title(f"{run.name}: learning rate ({optimizer}, {schedule} schedule)" if schedule else
                  f"{run.name}: learning rate")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_confusion_matrix(run: Run, path: pathlib.Path) -> pathlib.Path:
     """The test confusion matrix, each row divided by its true-class count, cells annotated in %."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = run.summary["test_metrics"]
     counts = np.asarray(metrics["confusion_matrix"], np.float64)
     names = [c["class"] for c in metrics["per_class"]]
@@ -207,15 +159,15 @@ def plot_confusion_matrix(run: Run, path: pathlib.Path) -> pathlib.Path:
     fig.colorbar(image, ax=ax, shrink=0.8, format=lambda v, _: f"{100 * v:.0f}%",
                  label="share of the true class's test examples")
     ax.set_title(f"{run.name}: test confusion matrix (% of each row; {int(counts.sum())} examples, "
-                 f"accuracy {_fmt(metrics['accuracy'], 'accuracy')})", fontsize=10)
-    return _save(plt, fig, path)
+                 f"accuracy {fmt(metrics['accuracy'], 'accuracy')})", fontsize=10)
+    return save(plt, fig, path)
 
 
 def plot_calibration(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Reliability diagram: accuracy against confidence per bin, with the ECE in the title."""
     from matplotlib.ticker import FuncFormatter
 
-    plt = _pyplot()
+    plt = pyplot()
     predictions = run.predictions
     correct = predictions["labels"] == predictions["predicted"]
     num_bins = run.summary["test_metrics"]["ece_bins"]
@@ -230,7 +182,7 @@ def plot_calibration(run: Run, path: pathlib.Path) -> pathlib.Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    _percent_axis(ax)
+    percent_axis(ax)
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
     # How many examples each bar stands on: a bar of 3 examples says little.
@@ -242,8 +194,8 @@ def plot_calibration(run: Run, path: pathlib.Path) -> pathlib.Path:
     count_ax.set_xlabel("confidence (probability of the predicted class)")
     count_ax.grid(alpha=0.3)
     ece = run.summary["test_metrics"]["expected_calibration_error"]
-    ax.set_title(f"{run.name}: calibration on the test set\nECE {_fmt(ece, 'percent')} ({num_bins} bins)")
-    return _save(plt, fig, path)
+    ax.set_title(f"{run.name}: calibration on the test set\nECE {fmt(ece, 'percent')} ({num_bins} bins)")
+    return save(plt, fig, path)
 
 
 def mistakes_figure_size(count: int) -> tuple[float, float]:
@@ -255,7 +207,7 @@ def mistakes_figure_size(count: int) -> tuple[float, float]:
 
 def plot_confident_mistakes(run: Run, path: pathlib.Path) -> pathlib.Path:
     """The most confidently wrong test images with their true and predicted labels."""
-    plt = _pyplot()
+    plt = pyplot()
     predictions = run.predictions
     indices, images = predictions["mistake_indices"], predictions["mistake_images"]
     names = predictions["class_names"]
@@ -279,18 +231,17 @@ def plot_confident_mistakes(run: Run, path: pathlib.Path) -> pathlib.Path:
         axes.flat[0].text(0.0, 0.5, "no misclassified test examples", fontsize=12)
     fig.suptitle(f"{run.name}: the {count} most confidently wrong test images "
                  f"({errors} errors in {len(predictions['labels'])})")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathlib.Path:
     """Validation loss and accuracy by epoch, one line per run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, acc_ax) = _figure(plt, "compare_validation", ncols=2)
     loss_names = set()
     for run in runs:
         val = [r for r in run.events("epoch") if "val_loss" in r]
         if any("member" in r for r in val):  # a run of members: the mean over its members
-            from jaxcnn.report_members import epoch_means
             val = epoch_means(val)
         if not val:
             continue
@@ -299,33 +250,16 @@ def plot_validation_comparison(runs: Sequence[Run], path: pathlib.Path) -> pathl
         loss_ax.plot(epochs, [r["val_loss"] for r in val], "o-", markersize=3, label=run.name)
         acc_ax.plot(epochs, [r["val_accuracy"] for r in val], "o-", markersize=3, label=run.name)
     all_losses = [r["val_loss"] for run in runs for r in run.events("epoch") if "val_loss" in r]
-    scale = _loss_scale(loss_ax, all_losses)
+    scale = loss_scale(loss_ax, all_losses)
     loss_ax.set_ylabel(f"{'/'.join(sorted(loss_names)) or 'validation'} loss{scale}")
     loss_ax.set_title("Validation loss")
     acc_ax.set_ylabel("accuracy")
-    _percent_axis(acc_ax)
+    percent_axis(acc_ax)
     acc_ax.set_title("Validation accuracy")
     for ax in (loss_ax, acc_ax):
-        _epoch_axis(ax, legend_size=8)
+        epoch_axis(ax, legend_size=8)
     fig.suptitle(f"Validation curves of {len(runs)} runs")
-    return _save(plt, fig, path)
-
-
-def _fmt(value: Any, kind: str) -> str:
-    """`value` for a table or title; null (a non-finite number in the run's files) prints as "–"."""
-    if value is None:
-        return "–"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return str(value)
-    if kind == "fixed":
-        return f"{value:.4f}"
-    if kind in ("accuracy", "percent"):
-        return f"{100 * value:.2f}%"
-    if kind == "int":
-        return f"{int(value):,}"
-    if kind == "seconds":
-        return f"{value:.1f}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return save(plt, fig, path)
 
 
 COMPARISON_COLUMNS: tuple[tuple[str, Callable[[Run], Any], str], ...] = (

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxcnn.report_figures import _epoch_axis, _figure, _fmt, _loss_scale, _percent_axis, _pyplot, _save
+from jaxcnn.report_style import epoch_axis, figure, fmt, loss_scale, percent_axis, pyplot, save
 from jaxcnn.run_files import Run
 
 FIGURE_SIZES = {"members_curves": (12.0, 4.8), "sweep": (7.0, 4.8)}
@@ -56,8 +56,8 @@ def epoch_means(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_member_curves(run: Run, path: pathlib.Path) -> pathlib.Path:
     """Train (dashed) and validation (solid) loss and accuracy by epoch, one colour per sweep value."""
-    plt = _pyplot()
-    fig, (loss_ax, acc_ax) = _figure(plt, "members_curves", FIGURE_SIZES["members_curves"], ncols=2)
+    plt = pyplot()
+    fig, (loss_ax, acc_ax) = figure(plt, FIGURE_SIZES["members_curves"], ncols=2)
     losses = []
     for number, (label, members) in enumerate(member_groups(run)):
         color = f"C{number % 10}"
@@ -69,21 +69,21 @@ def plot_member_curves(run: Run, path: pathlib.Path) -> pathlib.Path:
                 losses += list(mean) if metric == "loss" else []
                 ax.plot(epochs, mean, style, color=color, label=f"{label} {'validation' if split == 'val' else split}")
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15 if split == "val" else 0.07)
-    scale = _loss_scale(loss_ax, losses)
+    scale = loss_scale(loss_ax, losses)
     loss_ax.set_ylabel(f"{run.loss_name} loss{scale}")
     acc_ax.set_ylabel("accuracy")
-    _percent_axis(acc_ax)
+    percent_axis(acc_ax)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
         ax.set_title(title)
-        _epoch_axis(ax, legend_size=7)
+        epoch_axis(ax, legend_size=7)
     fig.suptitle(f"{run.name}: mean ± std over the seeds of each sweep value")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def plot_sweep(run: Run, key: str, path: pathlib.Path) -> pathlib.Path:
     """Mean test accuracy (± std over the seeds) against the values of the swept `key`."""
-    plt = _pyplot()
-    fig, ax = _figure(plt, "sweep", FIGURE_SIZES["sweep"])
+    plt = pyplot()
+    fig, ax = figure(plt, FIGURE_SIZES["sweep"])
     groups = [(g["sweep"][key], g["metrics"]["test_accuracy"]) for g in run.summary["aggregate"]]
     values = [value for value, _ in groups]
     ax.errorbar(values, [m["mean"] for _, m in groups], yerr=[m["std"] or 0.0 for _, m in groups],
@@ -92,10 +92,10 @@ def plot_sweep(run: Run, key: str, path: pathlib.Path) -> pathlib.Path:
         ax.set_xscale("log")
     ax.set_xlabel(key)
     ax.set_ylabel("test accuracy")
-    _percent_axis(ax)
+    percent_axis(ax)
     ax.grid(alpha=0.3)
     ax.set_title(f"{run.name}: test accuracy against {key}")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def aggregate_table(run: Run) -> str:
@@ -109,15 +109,15 @@ def aggregate_table(run: Run) -> str:
             m = metrics.get(key)
             if not m or m["mean"] is None:
                 return "–"
-            return _fmt(m["mean"], kind) + (f" ± {_fmt(m['std'], kind)}" if m["std"] is not None else "")
+            return fmt(m["mean"], kind) + (f" ± {fmt(m['std'], kind)}" if m["std"] is not None else "")
 
         accuracy = metrics["test_accuracy"]
-        ci = "–" if accuracy["ci95"] is None else f"{_fmt(accuracy['ci95'][0], 'accuracy')} – " \
-                                                   f"{_fmt(accuracy['ci95'][1], 'accuracy')}"
+        ci = "–" if accuracy["ci95"] is None else f"{fmt(accuracy['ci95'][0], 'accuracy')} – " \
+                                                   f"{fmt(accuracy['ci95'][1], 'accuracy')}"
         epochs = metrics.get("epochs_run", {}).get("mean")
         lines.append(f"| {group_label(group['sweep'])} | {', '.join(map(str, group['seeds']))} | "
-                     f"{spread('test_accuracy', 'accuracy')} | {ci} | {_fmt(accuracy['min'], 'accuracy')} | "
-                     f"{_fmt(accuracy['max'], 'accuracy')} | {spread('test_loss', 'fixed')} | "
+                     f"{spread('test_accuracy', 'accuracy')} | {ci} | {fmt(accuracy['min'], 'accuracy')} | "
+                     f"{fmt(accuracy['max'], 'accuracy')} | {spread('test_loss', 'fixed')} | "
                      f"{spread('best_val_accuracy', 'accuracy')} | {'–' if epochs is None else f'{epochs:.1f}'} |")
     return "\n".join(lines)
 
@@ -126,8 +126,8 @@ def members_table(run: Run) -> str:
     lines = ["| member | seed | sweep value | test accuracy | test loss | best val accuracy | epochs |",
              "|---|---|---|---|---|---|---|"]
     for m in run.summary.get("members", []):
-        lines.append(f"| {m['member']} | {m['seed']} | {group_label(m['sweep'])} | {_fmt(m['test_accuracy'], 'accuracy')} "
-                     f"| {_fmt(m['test_loss'], 'fixed')} | {_fmt(m.get('best_val_accuracy'), 'accuracy')} | "
+        lines.append(f"| {m['member']} | {m['seed']} | {group_label(m['sweep'])} | {fmt(m['test_accuracy'], 'accuracy')} "
+                     f"| {fmt(m['test_loss'], 'fixed')} | {fmt(m.get('best_val_accuracy'), 'accuracy')} | "
                      f"{m['epochs_run']} |")
     return "\n".join(lines)
 

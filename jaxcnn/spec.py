@@ -265,6 +265,17 @@ class ModelSpec(Section):
         return {"name": self.name, **self.options}
 
 
+def model_options(config: Any) -> dict[str, Any]:
+    """The model constructor's keyword arguments: `config.model` without its name. Here, beside
+    `ModelSpec`, so that `jaxcnn.build` reads it without importing `jaxcnn.config` (which builds)."""
+    return {k: v for k, v in config.model.items() if k != "name"}
+
+
+def dataset_options(config: Any) -> dict[str, Any]:
+    """The dataset loader's own options: `config.dataset` without the common keys (`DatasetSpec`)."""
+    return {k: v for k, v in config.dataset.items() if k not in DATASET_COMMON_KEYS}
+
+
 def not_sweepable(key: str) -> str:
     """The one-line refusal of sweep key `key` (without the `sweep.` prefix)."""
     return (f"sweep.{key} cannot be swept in one program (only values that are arrays inside the "
