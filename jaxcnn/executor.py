@@ -367,7 +367,7 @@ class Executor:
         def mapped(*args, num_steps):
             inputs = args[num_replicated]
             specs = (*[P()] * num_replicated, {k: self.sharding_of(k, members).spec for k in inputs}, P())
-            return jax.shard_map(lambda *a: body(*a, num_steps), mesh=self.mesh, in_specs=specs,
+            return jax.shard_map(lambda *a: body(*a, num_steps=num_steps), mesh=self.mesh, in_specs=specs,
                                  out_specs=out_spec, check_vma=False)(*args)
 
         return mapped

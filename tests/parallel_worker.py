@@ -10,7 +10,8 @@ one device, so everything multi-device runs here, in a fresh interpreter:
 A cell is MODEL-PARALLEL-K-INPUT (e.g. `mlp-pmap-5-host`): 20 training steps of the model with that
 `parallel`, `steps_per_call` and `dataset.input`. The tests read the trained parameters back from
 each workdir's last checkpoint. A cell `...-stop30` sends this process SIGTERM after step 30, and
-one ending in `-long` trains 5 epochs (100 steps) with a checkpoint every 10 steps.
+one ending in `-long` trains 5 epochs (100 steps) with a checkpoint every 10 steps; `-members`
+trains seeds 0-3 as one run of members.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def cell_config(cell: str):
     overrides = COMMON + MODELS[model] + [f"parallel={parallel}", f"steps_per_call={k}", f"dataset.input={feed}"]
     if "long" in extra:
         overrides += ["num_epochs=5", "checkpoint.every_steps=10"]
+    if "members" in extra:  # a run of 4 members (seeds 0-3), each with its own validation split
+        overrides += ["seeds=(0, 1, 2, 3)", "dataset.val_fraction=0.1"]
     return load_config("digits_cnn", overrides)
 
 

@@ -85,15 +85,35 @@ def test_bench_seeds_measures_members_against_the_single_run_in_one_run(capsys):
     assert "--seeds must be a positive number of members, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["eval"], ["export"], ["predict", "PNG"], ["verify"]])
-def test_eval_predict_export_and_verify_refuse_a_run_of_members_in_one_line(command, runs, tmp_path, capsys):
-    workdir = str(runs[0] / "slow")
-    if command[0] == "verify":
-        args = ["verify", workdir]
-    else:
-        args = [command[0], "--workdir", workdir] + ([str(tmp_path / "digit.npy")] if command[0] == "predict" else [])
+@pytest.mark.parametrize("command", ["eval", "export", "predict"])
+def test_eval_predict_and_export_of_a_run_of_members_need_a_member_in_one_line(command, runs, tmp_path, capsys):
     import numpy as np
     np.save(tmp_path / "digit.npy", np.zeros((8, 8), np.uint8))
+    args = [command, "--workdir", str(runs[0] / "slow")] + ([str(tmp_path / "digit.npy")] if command == "predict" else [])
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("jaxcnn: error: ") and err.count("\n") == 1 and "members" in err
+    assert err.startswith("jaxcnn: error: ") and err.count("\n") == 1 and "--member K (0 to 3)" in err
+    assert main(args + ["--member", "4"]) == 2
+    assert "--member must be a member of the run, 0 to 3, got 4" in capsys.readouterr().err
+
+
+def test_eval_of_a_member_gives_the_test_numbers_its_run_recorded(runs, tmp_path, capsys):
+    root, slow = runs[0], runs[1]
+    assert main(["eval", "--workdir", str(root / "slow"), "--member", "2", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    member = slow["members"][2]
+    assert result["seed"] == member["seed"] == 2
+    assert result["test_accuracy"] == pytest.approx(member["test_accuracy"], abs=1e-6)
+    assert result["test_loss"] == pytest.approx(member["test_loss"], abs=1e-5)
+    out = tmp_path / "m1.jaxexport"
+    assert main(["export", "--workdir", str(root / "slow"), "--member", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_a_run_of_members_writes_each_members_predictions_and_certificate_and_verifies_bitwise(runs, capsys):
+    root = runs[0]
+    certificate = json.loads((root / "sweep" / "certificate.json").read_text())
+    assert [m["member"] for m in certificate["members"]] == list(range(8))
+    assert all((root / "sweep" / "members" / str(m) / "predictions.npz").is_file() for m in range(8))
+    assert main(["verify", str(root / "slow")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "bitwise"
