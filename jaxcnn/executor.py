@@ -36,14 +36,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxcnn.compilation import compiler_options
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.data.feed import WHOLE_KEYS, input_gate
+from jaxcnn.member_calls import over_members, split_members
 from jaxcnn.spec import PARALLEL, one_of
 from jaxcnn.state import TrainState
 from jaxcnn.steps import add_to_totals, eval_step, predict_step, train_step
 
 AXIS = "data"  # the mesh's one axis; under pmap also the named axis of lax.pmean and BatchNorm
-# Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
-# and split along the batch.
-WHOLE_KEYS = ("images", "labels")
 
 
 class Prepare(Protocol):
@@ -71,17 +70,6 @@ def gather(inputs: dict[str, jax.Array], i: jax.Array) -> dict[str, jax.Array]:
     if "mask" in inputs:
         batch["mask"] = inputs["mask"][i]
     return batch
-
-
-def input_gate(loss: jax.Array) -> jax.Array:
-    """0, computed from the previous step's loss, added to the next step's batch index.
-
-    In an unrolled scan nothing else orders a step's input work (gathering, normalising, the first
-    layer's shifted slices) after the previous step, and XLA:CPU ran the input work of all the
-    call's steps at once, thrashing the caches (README, "Speed"). `loss > inf` is False for every
-    float, NaN included, and XLA cannot fold it away.
-    """
-    return (loss > jnp.inf).astype(jnp.int32)
 
 
 # Evaluation and prediction loop over a call's batches without unrolling, on every backend: on the
@@ -156,56 +144,6 @@ def predict_body(prepare: Prepare, loss_name: str, top_k: int, constrain: Callab
     return call
 
 
-def members_in_turn(stacked_params: Any, backend: str | None = None) -> bool:
-    """Whether a stack of members runs as a chain of single-member calls rather than `jax.vmap`:
-    on CPU for models with convolutions. XLA:CPU runs a vmapped convolution as a grouped one, slower
-    per member than the single run's; the chain runs each member's body as the single run does
-    (8 members against 8 single runs, one call per step: the Flax-example CNN 0.90× in turn against
-    0.57× vmapped, the tiny CNN 1.35× against 0.28×; README, "Seeds and sweeps")."""
-    has_conv = any(jnp.ndim(leaf) >= 5 for leaf in jax.tree.leaves(stacked_params))
-    return has_conv and (backend or jax.default_backend()) == "cpu"
-
-
-def _in_turn(body: Callable, own: list, inputs: dict, start: jax.Array, num_steps: int) -> Any:
-    """Each member's `body` in turn; member m + 1's batches are gathered after member m's results
-    (`input_gate`), so XLA runs the members one after another instead of all at once, which
-    thrashes the caches as an unrolled scan's steps did."""
-    outs, gate = [], jnp.zeros((), jnp.int32)
-    for m in range(jax.tree.leaves(own[0])[0].shape[0]):
-        member = [jax.tree.map(lambda x: x[m], tree) for tree in own]
-        own_inputs = {key: value if key in WHOLE_KEYS else value[m] for key, value in inputs.items()}
-        out = body(*member, own_inputs, start + gate, num_steps)
-        floats = [leaf for leaf in jax.tree.leaves(out) if jnp.issubdtype(leaf.dtype, jnp.floating)]
-        gate = input_gate(jnp.sum(floats[-1]))
-        outs.append(out)
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
-
-
-def over_members(body: Callable) -> Callable:
-    """`body` (`train_body`, `eval_body`, `predict_body`) for a stack of independent members
-    (`jaxcnn.members`): `jax.vmap` over the leading axis of its state (and totals) and of every
-    input but the shared split (`WHOLE_KEYS`), or the members in turn (`members_in_turn`); the
-    call's start and step count are shared. An `active` input (one flag per member) keeps a stopped
-    member's state and totals as they were (a select over the whole state, skipped while every
-    member trains)."""
-
-    def call(*args, num_steps):
-        *own, inputs, start = args
-        inputs = dict(inputs)
-        active = inputs.pop("active", None)
-        if members_in_turn(own[0].params):
-            out = _in_turn(body, own, inputs, start, num_steps)
-        else:
-            axes = {key: None if key in WHOLE_KEYS else 0 for key in inputs}
-            out = jax.vmap(lambda *a: body(*a, start, num_steps), in_axes=(*[0] * len(own), axes))(*own, inputs)
-        if active is None:
-            return out
-        keep = lambda new, old: jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old)
-        return lax.cond(jnp.all(active), lambda: out, lambda: jax.tree.map(keep, out, tuple(own)))
-
-    return call
-
-
 @dataclasses.dataclass(frozen=True)
 class Calls:
     """The compiled calls of one run (`Executor.compile`); `programs` holds the jitted functions
@@ -230,7 +168,7 @@ class Calls:
 class Executor:
     """A 1-D mesh of the devices a strategy uses, and the one place its calls are compiled."""
 
-    def __init__(self, parallel: str = "none", devices: Sequence[jax.Device] | None = None):
+    def __init__(self, parallel: str = "none", devices: Sequence[jax.Device] | None = None, members: int = 0):
         self.name = resolve(parallel)
         if self.name == "none" and jax.process_count() > 1:
             raise JaxcnnError(f"parallel={parallel} uses one device, but {jax.process_count()} processes were "
@@ -243,7 +181,13 @@ class Executor:
         self.per_device = self.name == "pmap"
         self.replicated = NamedSharding(self.mesh, P())
         self.stacked = NamedSharding(self.mesh, P(None, AXIS))  # (steps, batch, ...): split along the batch
-        self.member_stacked = NamedSharding(self.mesh, P(None, None, AXIS))  # (members, steps, batch, ...)
+        # A run of `members` whose count the devices divide: each device trains its own members whole
+        # (the member axis split over the mesh, no cross-device traffic); else each member is
+        # data-parallel over every device, the members stacked on each.
+        self.split_members = members > 1 and len(self.devices) > 1 and members % len(self.devices) == 0
+        by_member = NamedSharding(self.mesh, P(AXIS))
+        self.member_stacked = by_member if self.split_members else NamedSharding(self.mesh, P(None, None, AXIS))
+        self.member_state = by_member if self.split_members and jax.process_count() == 1 else self.replicated
         self._indices: list[jax.Array] = []
 
     @property
@@ -254,7 +198,7 @@ class Executor:
     def bn_axis_name(self) -> str | None:
         """The models' BatchNorm `axis_name`: the named axis under pmap; none under jit, where the
         batch is global."""
-        return AXIS if self.per_device else None
+        return AXIS if self.per_device and not self.split_members else None
 
     def check_batch_size(self, batch_size: int, key: str = "batch_size") -> None:
         if batch_size % self.num_devices:
@@ -273,8 +217,11 @@ class Executor:
             return self.replicated
         return self.member_stacked if members else self.stacked
 
-    def process_rows(self, batch_size: int) -> slice:
-        """The rows of a global batch that this process's devices hold (all of them on one process)."""
+    def process_rows(self, batch_size: int, members: bool = False) -> slice:
+        """The rows of a global batch that this process's devices hold (all of them on one process;
+        all of them for members split over the devices, whose batches are whole on each)."""
+        if members and self.split_members:
+            return slice(0, batch_size)
         spans = self.stacked.addressable_devices_indices_map((1, batch_size)).values()
         return slice(min(s[1].start or 0 for s in spans), max(s[1].stop or batch_size for s in spans))
 
@@ -299,6 +246,9 @@ class Executor:
         """Stacked host batches of which this process gathered only its rows (`process_rows`), as
         global (steps, batch, ...) arrays split along the batch; (members, steps, batch, ...) with `members`."""
         sharding, lead = (self.member_stacked, 2) if members else (self.stacked, 1)
+        if members and self.split_members:  # every member gathered: this process's members kept
+            return {k: jax.make_array_from_process_local_data(sharding, v[self._local_index(sharding, v.shape)],
+                                                              v.shape) for k, v in local.items()}
         return {k: jax.make_array_from_process_local_data(
                     sharding, v, (*v.shape[:lead], batch_size, *v.shape[lead + 1:])) for k, v in local.items()}
 
@@ -339,6 +289,8 @@ class Executor:
         rows = NamedSharding(self.mesh, P(AXIS))
         constrain = ((lambda batch: batch) if self.per_device or self.num_devices == 1
                      else (lambda batch: lax.with_sharding_constraint(batch, rows)))
+        if members and self.split_members:
+            return self._compile_split(prepare_train, prepare_eval, loss_name, top_k, unroll)
         mapped = over_members if members else (lambda body: body)
         programs = {
             "train": self._jit(mapped(train_body(prepare_train, axis, constrain, unroll)), (0, 1), 2, "state",
@@ -347,6 +299,22 @@ class Executor:
                                   members),
             "predict": self._jit(mapped(predict_body(prepare_eval, loss_name, top_k, constrain, unroll)), (), 1,
                                  "outputs", members),
+        }
+        return Calls(programs, self.wait)
+
+    def _compile_split(self, prepare_train: Prepare, prepare_eval: Prepare, loss_name: str, top_k: int,
+                       unroll: bool | int | None) -> Calls:
+        """The calls of members split over the devices (`split_members`): each device runs its block of
+        members as independent programs would (`member_calls.split_members`), state and totals kept split."""
+        same = lambda batch: batch
+        out, state = self.member_state, self.member_state
+        split = lambda body, stacked, donate, outputs: jax.jit(
+            split_members(over_members(body), self.mesh, AXIS, stacked), donate_argnums=donate,
+            static_argnames=("num_steps",), out_shardings=outputs, compiler_options=compiler_options())
+        programs = {
+            "train": split(train_body(prepare_train, None, same, unroll), 2, (0, 1), (state, out)),
+            "evaluate": split(eval_body(prepare_eval, None, same, unroll), 2, (1,), out),
+            "predict": split(predict_body(prepare_eval, loss_name, top_k, same, unroll), 1, (), out),
         }
         return Calls(programs, self.wait)
 

@@ -236,7 +236,7 @@ def validate(run: Run, state: Any, loop: RunLoop, records: dict[int, dict]) -> t
         opt_state = (optim.set_lr_scale(state.opt_state, scales[0]) if not run.stacked else optim.set_lr_scale(
             state.opt_state, (members.lr_factors(run.members, run.config.optimizer.learning_rate)
                               * np.asarray(scales)).astype(np.float32)))
-        state = run.executor.put(state.replace(opt_state=opt_state))
+        state = run.put(state.replace(opt_state=opt_state))
     return state, improved
 
 

@@ -58,9 +58,9 @@ class MembersFeed:
         """What of the pool lives on the devices (shared by every member)."""
         return self.arrays
 
-    def first_member(self) -> MembersFeed:
-        """The feed of the first member alone (to measure one member's memory)."""
-        return type(self)(self.arrays, self.indices[:1], self.seeds[:1], self.executor)
+    def first_members(self, count: int) -> MembersFeed:
+        """The feed of the first `count` members alone (to measure one member's memory per device)."""
+        return type(self)(self.arrays, self.indices[:count], self.seeds[:count], self.executor)
 
     def orders(self, epoch: int, batch_size: int) -> np.ndarray:
         """Every member's epoch order into the pool, (members, steps, batch): its seed's single-run order."""
@@ -96,14 +96,14 @@ class MembersHostFeed(MembersFeed):
         return {}  # nothing of the pool is placed on the devices
 
     def train_calls(self, epoch: int, batch_size: int, calls: Sequence[tuple[int, int]]) -> Iterator[TrainCall]:
-        orders, rows = self.orders(epoch, batch_size), self.executor.process_rows(batch_size)
+        orders, rows = self.orders(epoch, batch_size), self.executor.process_rows(batch_size, members=True)
         stacks = (self._gather(orders[:, position:position + n, rows]) for position, n in calls)
         return ((inputs, self.executor.index(0)) for inputs in self._placed(stacks, batch_size))
 
     def eval_calls(self, batch_size: int, steps_per_call: int, max_batches: int = 0) -> Iterator[EvalCall]:
         size = self.executor.eval_batch_size(batch_size, len(self))
         order, mask = eval_batches(len(self), size, max_batches)
-        rows, pieces = self.executor.process_rows(size), chunks(len(order), steps_per_call)
+        rows, pieces = self.executor.process_rows(size, members=True), chunks(len(order), steps_per_call)
         masks = np.tile(mask[None], (self.num_members, 1, 1))
         stacks = ({**self._gather(self.indices[:, order[s:s + n, rows]]), "mask": masks[:, s:s + n, rows]}
                   for s, n in pieces)

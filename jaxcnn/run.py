@@ -60,7 +60,12 @@ class Program:
 
     def zeros(self, tree: Any) -> Any:
         """`tree` (zero sums) placed on the devices: one per member for a stacked state."""
-        return self.executor.put(members.stacked_zeros(tree, self.num_members) if self.stacked else tree)
+        return self.put(members.stacked_zeros(tree, self.num_members) if self.stacked else tree)
+
+    def put(self, tree: Any) -> Any:
+        """Device values of the run's state's kind placed as its calls keep them: a stack of
+        members split over the devices where the executor splits them, else replicated."""
+        return self.executor.put(tree, self.executor.member_state if self.stacked else None)
 
     def train_calls(self, epoch: int, plan: list[tuple[int, int]]) -> Any:
         """The inputs of each planned call of `epoch`: each member's own order (its seed's)."""
@@ -102,9 +107,11 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
         return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
     init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
                                              some, config.optimizer.learning_rate)
-    if len(member_list) > 1:
-        check_memory(calls, feeds, executor.put(init(member_list[:1])), len(member_list), config)
-    state = executor.put(init(member_list))
+    if len(member_list) > 1:  # one member per device measured (members split over the devices: one each)
+        measured = executor.num_devices if executor.split_members else 1
+        check_memory(calls, feeds, executor.put(init(member_list[:measured]), executor.member_state),
+                     len(member_list) // measured, config)
+    state = executor.put(init(member_list), executor.member_state)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
 
 
@@ -141,11 +148,12 @@ def check_index_memory(num_members: int, num_examples: int, executor: Executor) 
 
 def check_memory(calls: Calls, feeds: dict[str, MembersFeed], one_state: Any, num_members: int,
                  config: ml_collections.ConfigDict) -> None:
-    """Refuses (one line) a run whose members would not fit: one member measured (`members_memory`)."""
+    """Refuses (one line) a run whose members would not fit: one member (per device) measured
+    (`members_memory`); `num_members`: how many each device holds."""
     train = feeds["train"]
-    one = train.first_member()
-    inputs, start = next(iter(one.train_calls(1, config.batch_size, [(0, 1)])))
-    totals = train.executor.put(members.stacked_zeros(zero_train_totals(), 1))
+    measured = jax.tree.leaves(one_state)[0].shape[0]
+    inputs, start = next(iter(train.first_members(measured).train_calls(1, config.batch_size, [(0, 1)])))
+    totals = train.executor.put(members.stacked_zeros(zero_train_totals(), measured), train.executor.member_state)
     tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
     shared = sum(x.nbytes for feed in (train, feeds["test"]) for x in jax.tree.leaves(feed.device_arrays))
     check_fits(num_members, member_bytes(calls.programs["train"], (one_state, totals, inputs, start), tracks_best),
@@ -211,8 +219,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     unfinished run."""
     validate_config(config)
     determinism.apply(config)  # a GPU backend started without the deterministic flag: refused
-    members.members_of(config)  # bad seeds or sweep values: refused before the workdir is touched
-    executor = Executor(config.parallel)
+    member_list = members.members_of(config)  # bad seeds or sweep values: refused before the workdir is touched
+    executor = Executor(config.parallel, members=len(member_list or ()))
     executor.check_batch_size(config.batch_size)
     claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
     with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
@@ -246,7 +254,7 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
     config, workdir, saver = run.config, run.workdir, run.saver
     loop = RunLoop.start(config, run.num_members)
     if run.stacked and run.tracks_best:  # each member's best so far, selected per member (keep_best)
-        run.best_variables = run.executor.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+        run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
     restored = saver.restore_latest(run.saved(state), run.totals, RunLoop.from_json) if resuming else None
     if restored is not None:
         saved, run.totals, loop = restored

@@ -11,7 +11,8 @@ A cell is MODEL-PARALLEL-K-INPUT (e.g. `mlp-pmap-5-host`): 20 training steps of 
 `parallel`, `steps_per_call` and `dataset.input`. The tests read the trained parameters back from
 each workdir's last checkpoint. A cell `...-stop30` sends this process SIGTERM after step 30, and
 one ending in `-long` trains 5 epochs (100 steps) with a checkpoint every 10 steps; `-members`
-trains seeds 0-3 as one run of members.
+trains seeds 0-3 as one run of members (member 0 is the cell's single run), and `-val` holds out
+a validation split.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ COMMON = ["dataset.name=synthetic", "dataset.image_shape=(8, 8, 1)", "dataset.nu
 MODELS = {
     "mlp": ["model.name=mlp", "model.hidden=(32,)"],
     "bn_cnn": ["model.name=cnn", "model.blocks=((8,), (16,))", "model.hidden=(32,)", "model.batch_norm=true"],
+    "tiny": ["model.name=tiny_cnn"],
 }
 
 
@@ -52,8 +54,10 @@ def cell_config(cell: str):
     overrides = COMMON + MODELS[model] + [f"parallel={parallel}", f"steps_per_call={k}", f"dataset.input={feed}"]
     if "long" in extra:
         overrides += ["num_epochs=5", "checkpoint.every_steps=10"]
-    if "members" in extra:  # a run of 4 members (seeds 0-3), each with its own validation split
-        overrides += ["seeds=(0, 1, 2, 3)", "dataset.val_fraction=0.1"]
+    if "members" in extra:  # a run of 4 members (seeds 0-3)
+        overrides += ["seeds=(0, 1, 2, 3)"]
+    if "val" in extra:  # a validation split (each member carves its own)
+        overrides += ["dataset.val_fraction=0.1"]
     return load_config("digits_cnn", overrides)
 
 

@@ -226,7 +226,7 @@ def test_a_run_of_members_trains_on_a_dataset_built_from_arrays(tmp_path):
 def test_members_of_a_cnn_on_cpu_run_in_turn_and_equal_their_single_runs_bitwise(tmp_path):
     """On CPU a model with convolutions trains its members one after another inside the program
     (`executor.members_in_turn`): each member is then exactly its single run."""
-    from jaxcnn.executor import members_in_turn
+    from jaxcnn.member_calls import members_in_turn
 
     overrides = ["model.name=tiny_cnn", "num_epochs=1", "log_every_steps=15", "steps_per_call=3"]
     summary = train_and_evaluate(load_config("digits_cnn", overrides + ["seeds=(0, 5)"]), tmp_path / "m", quiet=True)

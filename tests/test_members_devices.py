@@ -12,7 +12,7 @@ from jaxcnn.saved import load_saved_model
 from jaxcnn.writers import read_jsonl
 from test_parallel import two_processes, worker
 
-REFERENCE = "mlp-none-1-device-members"
+REFERENCE = "mlp-none-1-device-members-val"
 
 
 def member_variables(workdir, member: int) -> dict[str, np.ndarray]:
@@ -34,8 +34,8 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("num_devices, cells", [
-    (2, ["mlp-sharded-1-device-members", "mlp-pmap-5-host-members"]),
-    (4, ["mlp-sharded-5-host-members", "bn_cnn-pmap-1-device-members"]),
+    (2, ["mlp-sharded-1-device-members-val", "mlp-pmap-5-host-members-val"]),
+    (4, ["mlp-sharded-5-host-members-val", "bn_cnn-pmap-1-device-members-val"]),
 ])
 def test_members_on_several_devices_end_where_they_end_on_one(num_devices, cells, reference, tmp_path):
     bn_reference = REFERENCE.replace("mlp", "bn_cnn")  # parallel=none: one device of the same process
@@ -51,6 +51,18 @@ def test_members_on_several_devices_end_where_they_end_on_one(num_devices, cells
 
 
 def test_members_on_two_processes_end_where_they_end_on_one_device(reference, tmp_path):
-    cell = "mlp-sharded-1-host-members"
+    cell = "mlp-sharded-1-host-members-val"
     two_processes(str(tmp_path), cell)
     assert largest_member_difference(tmp_path / cell, reference) < 1e-5
+
+
+def test_a_member_alone_on_its_device_is_bitwise_its_single_run(tmp_path):
+    """4 members on 4 devices: each device trains its one member as the single run's program (no
+    cross-device traffic), so member 0 (seed 0) ends bitwise where the single run of seed 0 ends.
+    (The synthetic data is drawn from the run's seed, so only member 0 shares its single run's data.)"""
+    worker(4, "train", str(tmp_path), "tiny-sharded-1-device-members")
+    worker(1, "train", str(tmp_path), "tiny-none-1-device")
+    mine = member_variables(tmp_path / "tiny-sharded-1-device-members", 0)
+    single = load_saved_model(tmp_path / "tiny-none-1-device", "latest").state
+    theirs = jax.device_get({"params": single.params, "batch_stats": single.batch_stats})
+    assert all(np.array_equal(a, b) for a, b in zip(mine.values(), jax.tree.leaves(theirs)))

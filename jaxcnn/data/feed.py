@@ -23,6 +23,10 @@ from jaxcnn.data.device import epoch_order, eval_order
 from jaxcnn.data.host import choose_input, prefetch
 from jaxcnn.data.splits import Split
 
+# Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
+# and split along the batch.
+WHOLE_KEYS = ("images", "labels")
+
 # A call's inputs (see `executor.gather`) and its first batch index.
 TrainCall = tuple[dict[str, Any], jax.Array]
 EvalCall = tuple[dict[str, Any], jax.Array, int]
@@ -37,6 +41,17 @@ def eval_batches(num_examples: int, batch_size: int, max_batches: int = 0) -> tu
     """`eval_order`, cut to its first `max_batches` batches when that is > 0."""
     order, mask = eval_order(num_examples, batch_size)
     return (order[:max_batches], mask[:max_batches]) if max_batches > 0 else (order, mask)
+
+
+def input_gate(loss: jax.Array) -> jax.Array:
+    """0, computed from the previous step's loss, added to the next step's batch index.
+
+    In an unrolled scan nothing else orders a step's input work (gathering, normalising, the first
+    layer's shifted slices) after the previous step, and XLA:CPU ran the input work of all the
+    call's steps at once, thrashing the caches (README, "Speed"). `loss > inf` is False for every
+    float, NaN included, and XLA cannot fold it away.
+    """
+    return (loss > jnp.inf).astype(jnp.int32)
 
 
 class DeviceFeed:
