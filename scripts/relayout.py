@@ -55,6 +55,7 @@ MOVES = {
     "jaxcnn.layers": "jaxcnn.models.layers",
     "jaxcnn.im2col": "jaxcnn.models.im2col",
     "jaxcnn.members_feed": "jaxcnn.data.members",
+    "jaxcnn.member_calls": "jaxcnn.core.member_calls",
     # config: presets, config files, overrides -> spec
     "jaxcnn.config": "jaxcnn.config",
     "jaxcnn.config_files": "jaxcnn.config.files",
@@ -79,8 +80,11 @@ MOVES = {
     "jaxcnn.checkpoint": "jaxcnn.files.checkpoint",
     "jaxcnn.certificate": "jaxcnn.files.certificate",
     "jaxcnn.run_files": "jaxcnn.files.run_files",
+    "jaxcnn.json_output": "jaxcnn.files.json_output",
     # training: the loop and its host-side bookkeeping
     "jaxcnn.loop": "jaxcnn.training.loop",
+    "jaxcnn.run": "jaxcnn.training.run",
+    "jaxcnn.summary": "jaxcnn.training.summary",
     "jaxcnn.members_loop": "jaxcnn.training.members_loop",
     "jaxcnn.members_state": "jaxcnn.training.members_state",
     "jaxcnn.members_summary": "jaxcnn.training.members_summary",
@@ -94,6 +98,7 @@ MOVES = {
     "jaxcnn.verify": "jaxcnn.commands.verify",
     "jaxcnn.ulps": "jaxcnn.commands.ulps",
     "jaxcnn.compare": "jaxcnn.commands.compare",
+    "jaxcnn.export_defaults": "jaxcnn.commands.export_defaults",
     # report
     "jaxcnn.report": "jaxcnn.report.markdown",
     "jaxcnn.report_figures": "jaxcnn.report.figures",
@@ -104,6 +109,7 @@ MOVES = {
     "jaxcnn.bench_accuracy": "jaxcnn.bench.accuracy",
     "jaxcnn.bench_seeds": "jaxcnn.bench.seeds",
     "jaxcnn.baseline": "jaxcnn.bench.baseline",
+    "jaxcnn.bench_settings": "jaxcnn.bench.settings",
 }
 
 # The layer packages and the one-line docstring of the `__init__.py` this script creates. The
