@@ -10,7 +10,7 @@ from typing import Any
 _EXPORTS = {"Dataset": "jaxcnn.data", "JaxcnnError": "jaxcnn.errors", "Model": "jaxcnn.api",
             "base_config": "jaxcnn.config", "create_model": "jaxcnn.models", "load": "jaxcnn.api",
             "load_config": "jaxcnn.config", "load_dataset": "jaxcnn.data", "register_dataset": "jaxcnn.data",
-            "register_model": "jaxcnn.models", "train": "jaxcnn.api", "train_and_evaluate": "jaxcnn.loop"}
+            "register_model": "jaxcnn.models", "train": "jaxcnn.api", "train_and_evaluate": "jaxcnn.training.loop"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -26,8 +26,8 @@ from jaxcnn.config import load_config
 from jaxcnn.data import Dataset
 from jaxcnn.data.arrays import as_images
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.saved import SavedModel, classifier, load_saved_model
-from jaxcnn.state import TrainState
+from jaxcnn.commands.saved import SavedModel, classifier, load_saved_model
+from jaxcnn.core.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +83,8 @@ def train(config: str | ml_collections.ConfigDict | None = None, overrides: Iter
     `workdir`: default a new temporary folder (its path is `model.workdir`); `dataset`: an
     already built dataset, e.g. `Dataset.from_arrays(x_train, y_train, x_test, y_test)`."""
     from jaxcnn.config import apply_overrides, validate_config
-    from jaxcnn import members
-    from jaxcnn.loop import fit
+    from jaxcnn.core import members
+    from jaxcnn.training.loop import fit
 
     if isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)

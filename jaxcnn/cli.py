@@ -11,12 +11,12 @@ import pathlib
 import sys
 from typing import Sequence
 
-from jaxcnn import stop
-from jaxcnn.bench_settings import BenchSettings
+from jaxcnn.runtime import stop
+from jaxcnn.bench.settings import BenchSettings
 from jaxcnn.cli_parser import build_parser, split_overrides
-from jaxcnn.orbax_logs import ignore_closed_event_loop_callbacks
+from jaxcnn.runtime.orbax_logs import ignore_closed_event_loop_callbacks
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.json_output import check_json_path, text_output, write_json_output
+from jaxcnn.files.json_output import check_json_path, text_output, write_json_output
 
 def default_workdir(config_name: str) -> pathlib.Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -29,12 +29,12 @@ def default_workdir(config_name: str) -> pathlib.Path:
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.checkpoint import TrainingInterrupted
-    from jaxcnn import determinism
+    from jaxcnn.files.checkpoint import TrainingInterrupted
+    from jaxcnn.runtime import determinism
     from jaxcnn.config import config_name, config_to_json, read_config, validate_config
-    from jaxcnn.divergence import TrainingDiverged
-    from jaxcnn.loop import train_and_evaluate
-    from jaxcnn.distributed import initialize_distributed, is_main_process
+    from jaxcnn.training.divergence import TrainingDiverged
+    from jaxcnn.training.loop import train_and_evaluate
+    from jaxcnn.runtime.distributed import initialize_distributed, is_main_process
 
     # Before anything touches a device: JAX's distributed runtime must start first.
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
@@ -58,8 +58,8 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except TrainingDiverged as diverged:
         print(f"jaxcnn: {diverged}", file=sys.stderr)
         return diverged.exit_status
-    if is_main_process() and "members" in summary:  # seeds or a sweep (jaxcnn/members.py)
-        from jaxcnn.summary import summary_lines
+    if is_main_process() and "members" in summary:  # seeds or a sweep (jaxcnn/core/members.py)
+        from jaxcnn.training.summary import summary_lines
         print("\n".join(summary_lines(summary, workdir)))
     elif is_main_process():
         print(f"test_accuracy {summary['test_accuracy']:.4f}  test_loss {summary['test_loss']:.4f}  "
@@ -69,7 +69,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_report(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.report import write_report
+    from jaxcnn.report.markdown import write_report
 
     report = write_report(args.workdirs, args.out)
     figures = sorted(report.parent.rglob("*.png"))
@@ -104,7 +104,7 @@ def run_models(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.saved import evaluate_saved, load_saved_model
+    from jaxcnn.commands.saved import evaluate_saved, load_saved_model
 
     check_json_path(args.json)
     result = evaluate_saved(load_saved_model(args.workdir, args.step, args.member), args.split, args.data_dir)
@@ -117,7 +117,7 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.saved import check_top, load_saved_model, predict
+    from jaxcnn.commands.saved import check_top, load_saved_model, predict
 
     check_top(args.top)  # before the model is loaded
     check_json_path(args.json)
@@ -134,7 +134,7 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_predict_exported(args: argparse.Namespace) -> list[dict]:
-    from jaxcnn.export import predict_exported
+    from jaxcnn.commands.export import predict_exported
 
     if args.member is not None:
         raise JaxcnnError("--member applies to --workdir; an exported model holds one member (choose it at "
@@ -146,7 +146,7 @@ def run_predict_exported(args: argparse.Namespace) -> list[dict]:
 
 
 def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.export import parse_platforms, sidecar_path, write_export
+    from jaxcnn.commands.export import parse_platforms, sidecar_path, write_export
 
     out, meta = write_export(args.workdir, args.step, args.out, parse_platforms(args.platforms), args.member)
     shape = "x".join(map(str, meta["input_shape"]))
@@ -157,7 +157,7 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn import bench_accuracy
+    from jaxcnn.bench import accuracy as bench_accuracy
 
     if args.to_accuracy is not None:
         return bench_accuracy.command(args, overrides)
@@ -179,10 +179,10 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def measure_bench(args: argparse.Namespace, settings: BenchSettings) -> dict:
     """`jaxcnn bench`'s measurements: rows on stderr as they are measured, then the table."""
-    from jaxcnn.bench import format_row, format_table, run_benchmark
+    from jaxcnn.bench.throughput import format_row, format_table, run_benchmark
 
-    if args.seeds is not None:  # members in one program against single runs (jaxcnn/bench_seeds.py)
-        from jaxcnn.bench_seeds import print_seeds_benchmark
+    if args.seeds is not None:  # members in one program against single runs (jaxcnn/bench/seeds.py)
+        from jaxcnn.bench.seeds import print_seeds_benchmark
         return print_seeds_benchmark(settings, args.seeds, args.compilation_cache_dir)
     report = lambda row: print("  ".join(format_row(row)), file=sys.stderr, flush=True)  # noqa: E731
     outcome = run_benchmark(settings, cache_dir=args.compilation_cache_dir, report=report)
@@ -191,7 +191,7 @@ def measure_bench(args: argparse.Namespace, settings: BenchSettings) -> dict:
 
 
 def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.compare import compare, format_comparison
+    from jaxcnn.commands.compare import compare, format_comparison
 
     check_json_path(args.json)
     result = compare(args.a, args.b)
@@ -202,7 +202,7 @@ def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_verify(args: argparse.Namespace, overrides: list[str]) -> int:
-    from jaxcnn.verify import verify
+    from jaxcnn.commands.verify import verify
 
     return verify(args.workdir, args.steps, args.data_dir)
 
@@ -213,7 +213,7 @@ COMMANDS = {"train": run_train, "report": run_report, "models": run_models, "eva
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # SIGINT/SIGTERM are a flag from here on, before JAX is imported (jaxcnn.stop)
+    if argv[:1] == ["train"]:  # SIGINT/SIGTERM are a flag from here on, before JAX is imported (jaxcnn.runtime.stop)
         with stop.watching_from_the_start():
             return run_command(argv)
     return run_command(argv)

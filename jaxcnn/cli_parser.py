@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from jaxcnn.bench_settings import DEFAULT_MODELS, MODES, BenchSettings
-from jaxcnn.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR
+from jaxcnn.bench.settings import DEFAULT_MODELS, MODES, BenchSettings
+from jaxcnn.commands.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_json_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--json PATH`, one meaning in every command (`jaxcnn.json_output`): a file, or `-`."""
+    """`--json PATH`, one meaning in every command (`jaxcnn.files.json_output`): a file, or `-`."""
     parser.add_argument("--json", metavar="PATH",
                         help=f"write {what} as JSON to the file PATH, or with `-` to standard output "
                              "(the text then goes to standard error)")
@@ -213,13 +213,13 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
                             "first compilation is cold)")
     bench.add_argument("--seeds", type=int, metavar="N",
                        help="with --to-accuracy: the seeds to train (default: 5); alone: N members in one "
-                            "program against N single runs, in member-images/s (jaxcnn/bench_seeds.py)")
+                            "program against N single runs, in member-images/s (jaxcnn/bench/seeds.py)")
     add_to_accuracy_arguments(bench)
 
 
 def add_to_accuracy_arguments(bench: argparse.ArgumentParser) -> None:
     """`jaxcnn bench`'s options of the time-to-accuracy mode, here rather than in
-    `jaxcnn.bench_accuracy` (which imports JAX), so that `jaxcnn bench --help` loads no JAX."""
+    `jaxcnn.bench.accuracy` (which imports JAX), so that `jaxcnn bench --help` loads no JAX."""
     group = bench.add_argument_group(
         "time to accuracy", "With --to-accuracy, train --config from scratch on its data, once per seed, "
         "until a test evaluation reaches TARGET; --config.KEY=VALUE overrides apply, and --data-dir, "

@@ -40,17 +40,17 @@ class LossEntry:
     label_smoothing: bool = False  # whether it supports loss.label_smoothing > 0
 
 
-OPTIMIZERS = Registry("optimizer", "optimizer.name", "jaxcnn.optim")  # name -> (OptimizerSpec, lr) -> [optax parts]
-SCHEDULES = Registry("schedule", "schedule.name", "jaxcnn.optim")  # name -> (lr, ScheduleSpec, steps/epoch, epochs)
-LOSSES = Registry("loss", "loss.name", "jaxcnn.losses")  # name -> LossEntry
-ACTIVATIONS = Registry("activation", "model.activation", "jaxcnn.layers")  # name -> x -> y
-POOLS = Registry("pool kind", "model.pool", "jaxcnn.layers")  # name -> layers.Pool (Flax function, reduction)
-DTYPES = Registry("dtype", "dtype", "jaxcnn.precision")  # name -> jnp dtype
+OPTIMIZERS = Registry("optimizer", "optimizer.name", "jaxcnn.core.optim")  # name -> (OptimizerSpec, lr) -> [optax parts]
+SCHEDULES = Registry("schedule", "schedule.name", "jaxcnn.core.optim")  # name -> (lr, ScheduleSpec, steps/epoch, epochs)
+LOSSES = Registry("loss", "loss.name", "jaxcnn.core.losses")  # name -> LossEntry
+ACTIVATIONS = Registry("activation", "model.activation", "jaxcnn.models.layers")  # name -> x -> y
+POOLS = Registry("pool kind", "model.pool", "jaxcnn.models.layers")  # name -> layers.Pool (Flax function, reduction)
+DTYPES = Registry("dtype", "dtype", "jaxcnn.core.precision")  # name -> jnp dtype
 REGISTRIES = (OPTIMIZERS, SCHEDULES, LOSSES, ACTIVATIONS, POOLS, DTYPES)
 PARALLEL = ("auto", "none", "pmap", "sharded")
 INPUT_MODES = ("auto", "device", "host")
 MONITORS = ("val_loss", "val_accuracy")
-# What a run of members can sweep in one program: values that are arrays inside the step (jaxcnn/members.py).
+# What a run of members can sweep in one program: values that are arrays inside the step (jaxcnn/core/members.py).
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "loss.label_smoothing", "loss.l2")
 input_mode = choice(INPUT_MODES, "input mode", "auto puts the data on the device when it fits dataset.device_budget_mb")
 
@@ -267,7 +267,7 @@ class ModelSpec(Section):
 
 def model_options(config: Any) -> dict[str, Any]:
     """The model constructor's keyword arguments: `config.model` without its name. Here, beside
-    `ModelSpec`, so that `jaxcnn.build` reads it without importing `jaxcnn.config` (which builds)."""
+    `ModelSpec`, so that `jaxcnn.core.build` reads it without importing `jaxcnn.config` (which builds)."""
     return {k: v for k, v in config.model.items() if k != "name"}
 
 
@@ -298,7 +298,7 @@ def _sweep_values(name: str, value: Any) -> Any:
 @dataclasses.dataclass(frozen=True)
 class SweepSpec(Section):
     """`sweep.SECTION.KEY=(v0, v1, ...)`: a group of members per value, trained in one program with
-    the seeds (jaxcnn/members.py); None: not swept. Only the `SWEEPABLE` keys."""
+    the seeds (jaxcnn/core/members.py); None: not swept. Only the `SWEEPABLE` keys."""
 
     KEY: ClassVar[str] = "sweep"
     optimizer: Any = key(None, _sweep_values)
@@ -340,10 +340,10 @@ class RunSpec(Section):
     limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
     dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
     # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
-    # that cannot be written), a folder, or '' = off (jaxcnn/compilation.py).
+    # that cannot be written), a folder, or '' = off (jaxcnn/runtime/compilation.py).
     compilation_cache_dir: str = key("auto", string)
     on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
-    deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/determinism.py); recorded always
+    deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/runtime/determinism.py); recorded always
     profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)

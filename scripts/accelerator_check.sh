@@ -79,8 +79,8 @@ import datetime, json, pathlib, sys, time
 
 import jax
 
-from jaxcnn.saved import evaluate_saved, load_saved_model
-from jaxcnn.writers import read_jsonl
+from jaxcnn.commands.saved import evaluate_saved, load_saved_model
+from jaxcnn.files.writers import read_jsonl
 
 out, quick, start, data_dir = pathlib.Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] or None
 

@@ -26,16 +26,18 @@ import sys
 import jax
 import numpy as np
 
-from jaxcnn import checkpoint, losses, models, optim, writers
-from jaxcnn.build import prepare_fn
+from jaxcnn import models
+from jaxcnn.core import losses, optim
+from jaxcnn.files import checkpoint, writers
+from jaxcnn.core.build import prepare_fn
 from jaxcnn.config import load_config
 from jaxcnn.data import Split
 from jaxcnn.data.feed import make_feeds
-from jaxcnn.distributed import initialize_distributed
-from jaxcnn.evaluation import evaluate
-from jaxcnn.executor import Executor
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.state import create_train_state
+from jaxcnn.runtime.distributed import initialize_distributed
+from jaxcnn.core.evaluation import evaluate
+from jaxcnn.core.executor import Executor
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.core.state import create_train_state
 
 # 640 training examples at global batch 32 and 1 epoch: 20 steps. 100 test examples: padded evals.
 COMMON = ["dataset.name=synthetic", "dataset.image_shape=(8, 8, 1)", "dataset.num_train=640",

@@ -12,7 +12,7 @@ from conftest import REPO
 from jaxcnn import cli, data, models
 from jaxcnn.config import list_presets, load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.writers import read_jsonl
+from jaxcnn.files.writers import read_jsonl
 
 QUICK = ["num_epochs=1", "max_steps=6", "batch_size=32", "log_every_steps=3", "limit_eval_batches=2",
          "eval_batch_size=50"]

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import build, loop
-from jaxcnn.augment import AugmentConfig, augment_config, cutout, make_augment, random_crop, random_flip, step_key
+from jaxcnn.core import build
+from jaxcnn.training import loop
+from jaxcnn.core.augment import AugmentConfig, augment_config, cutout, make_augment, random_crop, random_flip, step_key
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
 

@@ -27,8 +27,8 @@ import pytest
 from conftest import REPO
 from jaxcnn import cli
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.saved import load_saved_model, predict
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.saved import load_saved_model, predict
 
 Image = pytest.importorskip("PIL.Image", reason="predict reads images with Pillow")
 
@@ -286,7 +286,7 @@ def test_invert_classifies_a_dark_on_light_png_as_its_light_on_dark_original(fil
 
 def test_report_draws_a_run_whose_files_hold_null_for_non_finite_numbers(files, tmp_path):
     """What a diverged run writes: null losses, a null calibration error, NaN confidences."""
-    report = pytest.importorskip("jaxcnn.report")
+    report = pytest.importorskip("jaxcnn.report.markdown")
     pytest.importorskip("matplotlib")
     run = shutil.copytree(files / "run", tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -5,7 +5,7 @@ empty folder. The table folds into the larger one of tests/test_bad_inputs_outpu
 
 The cases run `jaxcnn.cli.main` in this process. A read-only workdir is a read-only bind mount
 (root) or a `chmod` (other users), a full disk a small tmpfs (root); where neither can be made,
-those cases are skipped with the reason. The fault-injection hook of `jaxcnn.checkpoint` makes a
+those cases are skipped with the reason. The fault-injection hook of `jaxcnn.files.checkpoint` makes a
 background checkpoint save fail as a full disk would, wherever the tests run.
 """
 
@@ -19,9 +19,10 @@ import warnings
 
 import pytest
 
-from jaxcnn import checkpoint, cli, workdir
+from jaxcnn import cli
+from jaxcnn.files import checkpoint, workdir
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 # A tiny run: 8x8 grey synthetic images, an MLP, one epoch, checkpointed.
 RUN = ["dataset.name=synthetic", "dataset.image_shape=(8, 8, 1)", "dataset.num_train=64", "dataset.num_test=32",

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from jaxcnn import bench
+from jaxcnn.bench import throughput as bench
 from jaxcnn.errors import JaxcnnError
 
 RESULT_FIELDS = {"model", "mode", "batch_size", "dtype", "train_images_per_s", "eval_images_per_s",

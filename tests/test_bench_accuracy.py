@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from jaxcnn import bench_accuracy
-from jaxcnn.bench_accuracy import AccuracySettings
+from jaxcnn.bench import accuracy as bench_accuracy
+from jaxcnn.bench.accuracy import AccuracySettings
 from jaxcnn.errors import JaxcnnError
 
 FAST = ["--config.model.name=mlp", "--config.model.hidden=(32,)", "--config.num_epochs=3"]

@@ -16,16 +16,18 @@ import numpy as np
 import pytest
 
 from conftest import REPO, real_data_dir, requires_mnist
-from jaxcnn import checkpoint, losses, models, optim, workdir
+from jaxcnn import models
+from jaxcnn.core import losses, optim
+from jaxcnn.files import checkpoint, workdir
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.loop_state import EarlyStopping, LoopState
-from jaxcnn.steps import zero_train_totals
-from jaxcnn.workdir import LOCK_FILE
-from jaxcnn.saved import load_saved_model
-from jaxcnn.state import create_train_state
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.core.loop_state import EarlyStopping, LoopState
+from jaxcnn.core.steps import zero_train_totals
+from jaxcnn.files.workdir import LOCK_FILE
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.core.state import create_train_state
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 # A small MLP with dropout and a warm-up + cosine schedule: resuming must restore the dropout key's
 # step, the schedule's count and the optimizer moments. 40 steps per epoch on digits. Early

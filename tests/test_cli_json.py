@@ -8,7 +8,7 @@ import pytest
 
 from cli_run import run_cli
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 TINY_RUN = ["model.name=mlp", "model.hidden=(16,)", "schedule.name=constant", "num_epochs=1", "seed=2"]
 TINY_BENCH = ["--model", "mlp", "--mode", "step", "--batch-size", "16", "--min-time", "0.02", "--repeats", "1",

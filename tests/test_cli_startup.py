@@ -32,8 +32,9 @@ def test_help_of_every_command_imports_no_jax(command):
 
 
 def test_the_help_shows_the_defaults_of_the_jax_modules():
-    """The grammar's defaults are those of `jaxcnn.bench` and `jaxcnn.export`, from one definition."""
-    from jaxcnn import bench, bench_settings, export, export_defaults
+    """The grammar's defaults are those of `jaxcnn.bench.throughput` and `jaxcnn.commands.export`, from one definition."""
+    from jaxcnn.bench import throughput as bench, settings as bench_settings
+    from jaxcnn.commands import export, export_defaults
 
     assert bench.BenchSettings is bench_settings.BenchSettings and bench.MODES is bench_settings.MODES
     assert export.DEFAULT_PLATFORMS is export_defaults.DEFAULT_PLATFORMS

@@ -7,7 +7,7 @@ import pytest
 
 import jaxcnn
 from conftest import REPO
-from jaxcnn import workdir
+from jaxcnn.files import workdir
 from jaxcnn.data.normalization import record_mean_std
 from jaxcnn.config import (CONFIGS_DIR, base_config, config_from_json, config_name, config_to_json, list_presets,
                            load_config, validate_config)

@@ -6,16 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import losses, models, optim
-from jaxcnn.augment import AugmentConfig, make_augment
-from jaxcnn.build import prepare_fn
+from jaxcnn import models
+from jaxcnn.core import losses, optim
+from jaxcnn.core.augment import AugmentConfig, make_augment
+from jaxcnn.core.build import prepare_fn
 from jaxcnn.data import Split
 from jaxcnn.data.device import epoch_order
 from jaxcnn.data.feed import DeviceFeed, HostFeed, chunks
-from jaxcnn.evaluation import evaluate, predict
-from jaxcnn.executor import Executor, input_gate, plan_calls
-from jaxcnn.state import create_train_state
-from jaxcnn.steps import zero_train_totals
+from jaxcnn.core.evaluation import evaluate, predict
+from jaxcnn.core.executor import Executor, input_gate, plan_calls
+from jaxcnn.core.state import create_train_state
+from jaxcnn.core.steps import zero_train_totals
 
 
 def small_state(model_name, conv_impl="auto"):

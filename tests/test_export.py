@@ -16,9 +16,9 @@ from PIL import Image
 from conftest import REPO
 from jaxcnn import cli, models
 from jaxcnn.config import load_config, model_options
-from jaxcnn.export import export_model, predict_exported, sidecar_path, write_export
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.saved import classifier, load_saved_model, predict
+from jaxcnn.commands.export import export_model, predict_exported, sidecar_path, write_export
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.saved import classifier, load_saved_model, predict
 
 # One training step each on 8x8x3 synthetic images: an MLP, a CNN (shift and XLA convolutions on
 # CPU) and a ResNet of one BatchNorm basic block.
@@ -198,7 +198,7 @@ def test_bad_export_and_predict_options_are_one_line_and_write_nothing(runs, ima
 
 
 def test_a_bfloat16_run_is_evaluated_and_exported_computing_in_bfloat16(tmp_path, images):
-    from jaxcnn.saved import evaluate_saved
+    from jaxcnn.commands.saved import evaluate_saved
 
     workdir = tmp_path / "bf16"
     summary = train_and_evaluate(load_config("digits_cnn", COMMON + RUNS["mlp"] + ["dtype=bfloat16"]), workdir,

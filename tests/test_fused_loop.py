@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxcnn import checkpoint, writers
+from jaxcnn.files import checkpoint, writers
 from jaxcnn.config import load_config, validate_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.saved import load_saved_model
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 # digits: 40 steps per epoch at batch 32. Augmentation on; logging every 7 steps (not a multiple of 3).
 RUN = ["model.name=tiny_cnn", "num_epochs=2", "log_every_steps=7", "augment.crop_padding=1", "augment.flip=true",
@@ -84,7 +84,7 @@ def test_a_stop_mid_epoch_with_fused_steps_resumes_to_the_per_step_run(tmp_path,
 SHARDED_RUNS = """
 import sys, jax
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 assert jax.device_count() == 2
 for k in (1, 3):
     run = ["parallel=sharded", "model.name=mlp", "num_epochs=1", "log_every_steps=7", "schedule.name=constant",

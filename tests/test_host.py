@@ -8,19 +8,20 @@ import threading
 import numpy as np
 import pytest
 
-from jaxcnn import losses, models, optim
+from jaxcnn import models
+from jaxcnn.core import losses, optim
 from jaxcnn.config import config_from_json, load_config
 from jaxcnn.data import Split, load_dataset
-from jaxcnn.build import prepare_fn
+from jaxcnn.core.build import prepare_fn
 from jaxcnn.data.feed import DeviceFeed, HostFeed, make_feeds
 from jaxcnn.data.host import choose_input, prefetch
-from jaxcnn.evaluation import evaluate
-from jaxcnn.executor import Executor, gather
+from jaxcnn.core.evaluation import evaluate
+from jaxcnn.core.executor import Executor, gather
 from jaxcnn.data.normalization import channel_stats
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.state import create_train_state
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.core.state import create_train_state
+from jaxcnn.files.writers import read_jsonl, without_timing
 from test_augment import AUGMENTED
 
 # Dropout and augmentation on, per-channel statistics measured: every source of step randomness

@@ -8,7 +8,7 @@ import pytest
 PROBE = """
 import resource, sys
 import numpy as np
-from jaxcnn.host_memory import keep_freed_host_memory
+from jaxcnn.runtime.host_memory import keep_freed_host_memory
 
 def faults_of_steps():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

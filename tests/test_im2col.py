@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcnn import im2col, models
+from jaxcnn import models
+from jaxcnn.models import im2col
 from jaxcnn.errors import JaxcnnError
 
 NHWC = ("NHWC", "HWIO", "NHWC")

@@ -10,7 +10,7 @@ from cli_run import assert_one_line_error, run_cli
 from jaxcnn.config import load_config
 from jaxcnn.data import image_folder, load_dataset
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 CLASSES = ("bottom_left", "top_left", "top_right")  # sorted, as the class names come out
 

@@ -1,4 +1,4 @@
-"""Activations, convolution options and pooling in jaxcnn.layers."""
+"""Activations, convolution options and pooling in jaxcnn.models.layers."""
 
 import math
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import layers
+from jaxcnn.models import layers
 from jaxcnn.errors import JaxcnnError
 
 POINTS = np.array([-3.0, -0.5, 0.0, 0.5, 3.0], dtype=np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.losses import (
+from jaxcnn.core.losses import (
     l1_loss,
     l2_penalty,
     make_classification_loss,

@@ -1,4 +1,4 @@
-"""Seeds in one program (`config.seeds`, jaxcnn/members.py): each member is the single run of its
+"""Seeds in one program (`config.seeds`, jaxcnn/core/members.py): each member is the single run of its
 seed (within the tolerance vmap's batched matmuls allow), bitwise repeatable, resumable."""
 
 import json
@@ -11,11 +11,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxcnn import checkpoint, writers
+from jaxcnn.files import checkpoint, writers
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.saved import load_saved_model
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 # mnist_mlp's model and optimizer (Dense 512, RMSprop 1e-3) on the bundled digits: 40 steps per epoch.
 MLP = ["model.name=mlp", "model.hidden=(512,)", "optimizer.name=rmsprop", "optimizer.learning_rate=0.001",
@@ -226,7 +226,7 @@ def test_a_run_of_members_trains_on_a_dataset_built_from_arrays(tmp_path):
 def test_members_of_a_cnn_on_cpu_run_in_turn_and_equal_their_single_runs_bitwise(tmp_path):
     """On CPU a model with convolutions trains its members one after another inside the program
     (`executor.members_in_turn`): each member is then exactly its single run."""
-    from jaxcnn.member_calls import members_in_turn
+    from jaxcnn.core.member_calls import members_in_turn
 
     overrides = ["model.name=tiny_cnn", "num_epochs=1", "log_every_steps=15", "steps_per_call=3"]
     summary = train_and_evaluate(load_config("digits_cnn", overrides + ["seeds=(0, 5)"]), tmp_path / "m", quiet=True)

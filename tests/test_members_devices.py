@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcnn.saved import load_saved_model
-from jaxcnn.writers import read_jsonl
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.files.writers import read_jsonl
 from test_parallel import two_processes, worker
 
 REFERENCE = "mlp-none-1-device-members-val"

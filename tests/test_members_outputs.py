@@ -8,8 +8,8 @@ from scipy import stats as scipy_stats
 
 from jaxcnn.cli import main
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.writers import read_jsonl
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.files.writers import read_jsonl
 
 BASE = ["model.name=mlp", "model.hidden=(16,)", "schedule.name=constant", "num_epochs=2", "log_every_steps=20"]
 
@@ -71,8 +71,8 @@ def test_compare_refuses_runs_without_a_common_seed_in_one_line(runs, tmp_path, 
 
 
 def test_bench_seeds_measures_members_against_the_single_run_in_one_run(capsys):
-    from jaxcnn.bench import BenchSettings
-    from jaxcnn.bench_seeds import format_seeds_table, run_seeds_benchmark
+    from jaxcnn.bench.throughput import BenchSettings
+    from jaxcnn.bench.seeds import format_seeds_table, run_seeds_benchmark
 
     settings = BenchSettings(models=("mlp",), batch_sizes=(16,), min_time=0.05, repeats=2, steps_per_call=2,
                              fingerprint_steps=2, num_test=16)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxcnn.metrics import (calibration_bins, classification_metrics, confusion_matrix,
+from jaxcnn.core.metrics import (calibration_bins, classification_metrics, confusion_matrix,
                             expected_calibration_error, most_confident_mistakes, precision_recall_f1)
 
 NUM_CLASSES = 7

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.optim import (
+from jaxcnn.core.optim import (
     PlateauScheduler,
     create_optimizer,
     default_optimizer_config,

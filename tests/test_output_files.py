@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import writers
+from jaxcnn.files import writers
 from jaxcnn.config import config_to_json, load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.writers import (MetricsWriter, check_output_file, check_output_paths, check_writable, read_jsonl,
+from jaxcnn.files.writers import (MetricsWriter, check_output_file, check_output_paths, check_writable, read_jsonl,
                             to_builtin, write_json, write_text_atomic)
 
 

@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxcnn import distributed, executor
+from jaxcnn.core import executor
+from jaxcnn.runtime import distributed
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.saved import load_saved_model
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 WORKER = str(REPO / "tests" / "parallel_worker.py")
 GRID_1 = [f"mlp-{p}-{k}-{i}" for p, k, i in itertools.product(("none", "pmap", "sharded"), (1, 5), ("device", "host"))]
@@ -116,7 +117,7 @@ def test_twenty_steps_change_the_parameters(grid):
     """Guards the comparisons above: equal results must not come from parameters that never moved."""
     trained = variables(grid / "p1" / REFERENCE)
     config = load_config("digits_cnn", ["model.name=mlp", "model.hidden=(32,)"])
-    from jaxcnn.build import build
+    from jaxcnn.core.build import build
 
     initial = build(config, 10, 20).init_state(config, (8, 8, 1)).params["Dense_0"]["kernel"]
     assert float(np.max(np.abs(trained["['params']['Dense_0']['kernel']"] - np.asarray(initial)))) > 1e-3

@@ -8,9 +8,9 @@ import pytest
 from jaxcnn import cli
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.profiling import Profiler
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.training.profiling import Profiler
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 # 7 steps per epoch (460 training examples, batch 64), a record every 2 steps.
 TINY = ["dataset.name=synthetic", "dataset.image_shape=(8, 8, 1)", "dataset.num_train=512", "dataset.num_test=64",

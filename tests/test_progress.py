@@ -4,7 +4,7 @@ import io
 import re
 import sys
 
-from jaxcnn.writers import Progress
+from jaxcnn.files.writers import Progress
 
 
 class Terminal(io.StringIO):

@@ -19,7 +19,7 @@ from conftest import REPO
 from jaxcnn import models
 from jaxcnn.config import load_config, model_section
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 from jaxcnn.models import registry
 
 USER_MODULE = '''

@@ -11,10 +11,10 @@ import pytest
 
 from conftest import REPO
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow (a matplotlib dependency) reads the PNGs")
-report = pytest.importorskip("jaxcnn.report")
+report = pytest.importorskip("jaxcnn.report.markdown")
 pytest.importorskip("matplotlib", reason="matplotlib is in the `report` and `test` extras")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

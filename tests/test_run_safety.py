@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxcnn import checkpoint, cli, workdir
-from jaxcnn.checkpoint import TrainingInterrupted
+from jaxcnn import cli
+from jaxcnn.files import checkpoint, workdir
+from jaxcnn.files.checkpoint import TrainingInterrupted
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.saved import load_saved_model
-from jaxcnn.writers import read_jsonl
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.saved import load_saved_model
+from jaxcnn.files.writers import read_jsonl
 from test_bad_inputs_train import DIVERGES, RUN
 from test_data import fake_mnist_dir
 

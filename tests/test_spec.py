@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import layers, losses, optim, precision, spec
+from jaxcnn import spec
+from jaxcnn.core import losses, optim, precision
+from jaxcnn.models import layers
 from jaxcnn.config import base_config, load_config
 from jaxcnn.errors import JaxcnnError
 

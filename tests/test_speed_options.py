@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxcnn import compilation, losses, models, optim
+from jaxcnn import models
+from jaxcnn.core import losses, optim
+from jaxcnn.runtime import compilation
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.state import create_train_state
-from jaxcnn.steps import train_step
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.core.state import create_train_state
+from jaxcnn.core.steps import train_step
 
 
 def mlp_state(grad_accum_steps, dtype=jnp.float32, model="mlp", **options):

@@ -1,11 +1,11 @@
-"""The statistics of seeds and comparisons (jaxcnn/stats.py) against SciPy on fixed inputs."""
+"""The statistics of seeds and comparisons (jaxcnn/core/stats.py) against SciPy on fixed inputs."""
 
 import math
 
 import pytest
 from scipy import stats as scipy_stats
 
-from jaxcnn import stats
+from jaxcnn.core import stats
 
 SAMPLES = [[0.9812, 0.9797, 0.9820, 0.9789, 0.9805, 0.9811, 0.9799, 0.9818], [0.5, 0.7], [1.0, 2.0, 4.0, 8.0, 16.0]]
 

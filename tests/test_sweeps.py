@@ -1,11 +1,11 @@
-"""Sweeps in one program (`config.sweep`, jaxcnn/members.py): members = sweep values × seeds, each
+"""Sweeps in one program (`config.sweep`, jaxcnn/core/members.py): members = sweep values × seeds, each
 agreeing with the single run of its value and seed; the aggregate per sweep value."""
 
 import pytest
 
-from jaxcnn import stats
+from jaxcnn.core import stats
 from jaxcnn.config import load_config
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 # A small MLP on the bundled digits: 40 steps per epoch at batch 32.
 BASE = ["model.name=mlp", "model.hidden=(16,)", "schedule.name=constant", "num_epochs=1", "log_every_steps=20"]

@@ -10,7 +10,7 @@ import pytest
 from jaxcnn.config import load_config
 from jaxcnn.data import load_dataset
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
+from jaxcnn.training.loop import train_and_evaluate
 
 tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed (extra [tfds])")
 

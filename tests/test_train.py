@@ -5,19 +5,20 @@ import numpy as np
 import pytest
 
 from conftest import real_data_dir, requires_mnist
-from jaxcnn import losses, models, optim
+from jaxcnn import models
+from jaxcnn.core import losses, optim
 from jaxcnn.config import load_config
 from jaxcnn.data import Split
 from jaxcnn.data.device import epoch_order, eval_order
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.build import prepare_fn
+from jaxcnn.core.build import prepare_fn
 from jaxcnn.data.feed import DeviceFeed
-from jaxcnn.evaluation import evaluate
-from jaxcnn.executor import Executor
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.loop_state import EarlyStopping
-from jaxcnn.state import create_train_state
-from jaxcnn.writers import read_jsonl, without_timing
+from jaxcnn.core.evaluation import evaluate
+from jaxcnn.core.executor import Executor
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.core.loop_state import EarlyStopping
+from jaxcnn.core.state import create_train_state
+from jaxcnn.files.writers import read_jsonl, without_timing
 
 FAST = ["model.name=mlp", "model.hidden=(32,)", "num_epochs=2", "log_every_steps=10",
         "schedule.name=constant", "optimizer.learning_rate=0.001"]

@@ -10,13 +10,14 @@ import jax
 import pytest
 
 from conftest import REPO
-from jaxcnn import cli, determinism
-from jaxcnn.certificate import CERTIFICATE_FILE, metrics_sha256
+from jaxcnn import cli
+from jaxcnn.runtime import determinism
+from jaxcnn.files.certificate import CERTIFICATE_FILE, metrics_sha256
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.ulps import max_ulps
-from jaxcnn.verify import verify
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.commands.ulps import max_ulps
+from jaxcnn.commands.verify import verify
 
 # 7 steps per epoch (460 training examples, batch 64), a record every 2 steps, a checkpoint per epoch.
 TINY = ["dataset.name=synthetic", "dataset.image_shape=(8, 8, 1)", "dataset.num_train=512", "dataset.num_test=64",

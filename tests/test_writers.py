@@ -6,8 +6,8 @@ import pytest
 
 from jaxcnn.config import load_config
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.loop import train_and_evaluate
-from jaxcnn.writers import MetricsWriter, read_jsonl
+from jaxcnn.training.loop import train_and_evaluate
+from jaxcnn.files.writers import MetricsWriter, read_jsonl
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn import im2col, layers
+from jaxcnn.models import im2col, layers
 from jaxcnn.errors import JaxcnnError
 
 
@@ -18,7 +18,7 @@ class ConvNet(nn.Module):
 
     `blocks` holds one tuple of conv feature counts per block. Conv options (`kernel_size`, `strides`,
     `padding`, `dilation`, `groups`, `use_bias`) apply to every conv; with `batch_norm` each conv is
-    conv → BatchNorm → activation; `conv_impl` picks how convolutions are computed (`jaxcnn.im2col`). `input_padding` zero-pads the input on each side first (LeNet-5
+    conv → BatchNorm → activation; `conv_impl` picks how convolutions are computed (`jaxcnn.models.im2col`). `input_padding` zero-pads the input on each side first (LeNet-5
     uses 2 to see 28×28 MNIST as its classic 32×32). Dropout comes before each Dense layer.
     The defaults are the Flax MNIST example CNN (preset `cnn`).
     """
@@ -43,7 +43,7 @@ class ConvNet(nn.Module):
     hidden: Sequence[int] = (256,)
     dropout: float = 0.0
     dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.executor)
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.core.executor)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.

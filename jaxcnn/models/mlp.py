@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn import layers
+from jaxcnn.models import layers
 
 
 class MLP(nn.Module):

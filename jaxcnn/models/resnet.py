@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn import im2col, layers
+from jaxcnn.models import im2col, layers
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.layers import Activation
+from jaxcnn.models.layers import Activation
 
 
 class BasicBlock(nn.Module):
@@ -53,7 +53,7 @@ class ResNet(nn.Module):
     negative_slope: float = 0.01
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
-    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.executor)
+    bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.core.executor)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad config value fails in create_model, before any data loads.

@@ -1,0 +1,351 @@
+"""The benchmark: training and evaluation throughput, compile times, memory and FLOPs per mode.
+
+Modes:
+- `baseline`: the way typical Flax code trains, kept as the yardstick: a `flax.training`
+  TrainState, one `jax.jit` step per batch over NumPy batches sliced on the host (as the Flax MNIST
+  example does), XLA's own convolution (`nn.Conv`).
+- `step`: jaxcnn, one compiled call per step, data on the device, state donated.
+- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them (`jaxcnn.core.executor`).
+
+Each (model, mode, batch size, dtype) gets a fresh, seeded state. The `fingerprint` is the loss of
+the `fingerprint_steps`-th step from that state: identical across runs with the same seed.
+Throughput is the median of `repeats` timed repeats (each at least `min_time` seconds) after a
+warm-up; compile time is cold (first compilation, which fills a persistent compilation cache) and
+warm (the same program again, now loaded from that cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcnn import data, models
+from jaxcnn.bench import baseline
+from jaxcnn.core import losses, optim, precision
+from jaxcnn.models import im2col
+# JAX-free, so that the grammar (`jaxcnn bench --help`) shows the defaults without loading JAX.
+from jaxcnn.bench.settings import MODES, BenchSettings
+from jaxcnn.core.build import prepare_fn
+from jaxcnn.runtime.compilation import enable_compilation_cache
+from jaxcnn.data.device import epoch_order
+from jaxcnn.data.feed import DeviceFeed, chunks
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.core.evaluation import evaluate
+from jaxcnn.core.executor import Executor
+from jaxcnn.runtime.host_memory import keep_freed_host_memory
+from jaxcnn.core.metrics import TOP_K
+from jaxcnn.core.state import create_train_state
+from jaxcnn.core.steps import zero_train_totals
+
+LEARNING_RATE, MOMENTUM = 0.01, 0.9  # SGD with momentum for every mode: the Flax example's optimizer
+
+
+def check_settings(settings: BenchSettings) -> None:
+    for mode in settings.modes:
+        if mode not in MODES:
+            raise JaxcnnError(f"unknown benchmark mode {mode!r} (--mode); expected one of: {', '.join(MODES)}")
+    for name in settings.models:
+        models.create_model(name, 10)  # unknown names fail here, listing the known ones
+    for dtype in settings.dtypes:
+        precision.compute_dtype(dtype)
+    im2col.resolve_conv_impl(settings.conv_impl)
+    for key in ("repeats", "steps_per_call", "fingerprint_steps", "eval_batch_size", "num_train", "num_test"):
+        value = getattr(settings, key)
+        if not isinstance(value, int) or value < 1:
+            raise JaxcnnError(f"benchmark setting {key} must be a positive integer, got {value!r}")
+    if any(not isinstance(b, int) or b < 1 for b in settings.batch_sizes):
+        raise JaxcnnError(f"--batch-size must be positive integers, got {list(settings.batch_sizes)}")
+    if not settings.min_time > 0:
+        raise JaxcnnError(f"--min-time must be > 0 seconds, got {settings.min_time}")
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def timed_rate(run: Callable[[], int], sync: Callable[[], Any], min_time: float, repeats: int) -> float:
+    """Median items/s of `repeats` repeats; each calls `run` (dispatches work, returns the items it
+    covers) until at least `min_time` seconds have passed, then waits for the results (`sync`)."""
+    rates = []
+    for _ in range(repeats):
+        sync()
+        items, start = 0, time.perf_counter()
+        while True:
+            items += run()
+            if time.perf_counter() - start >= min_time:
+                break
+        sync()
+        rates.append(items / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def compile_times(jitted: Any, args: tuple, kwargs: dict | None = None) -> tuple[Any, float, float]:
+    """(compiled, cold seconds, warm seconds): trace, lower and compile twice. In between, JAX's
+    in-memory caches are cleared, so the second time is that of a new process: the program is
+    traced and lowered again and loaded from the persistent compilation cache the first filled."""
+    kwargs = kwargs or {}
+    start = time.perf_counter()
+    jitted.lower(*args, **kwargs).compile()
+    cold = time.perf_counter() - start
+    jax.clear_caches()
+    start = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, cold, time.perf_counter() - start
+
+
+def flops_of(jitted: Any, args: tuple, kwargs: dict | None = None) -> float | None:
+    """XLA's FLOP count of one call of `jitted` (None where the backend does not report it)."""
+    analysis = jitted.lower(*args, **(kwargs or {})).compile().cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024
+
+
+def peak_device_memory_mb() -> float | None:
+    stats = jax.devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / 2**20
+
+
+# ---------------------------------------------------------------------------- the modes
+
+
+@dataclasses.dataclass
+class Workload:
+    """One model × batch size × dtype on one dataset: everything the modes share."""
+
+    name: str
+    batch_size: int
+    dtype: str
+    train: data.Split
+    test: data.Split
+    num_classes: int
+    order: np.ndarray  # (steps, batch) training indices, the same for every mode
+    mean: float
+    std: float
+
+    def model(self, conv_impl: str) -> Any:
+        options = {"conv_impl": conv_impl} if "conv_impl" in models.model_defaults(self.name) else {}
+        return models.create_model(self.name, self.num_classes, dtype=precision.compute_dtype(self.dtype),
+                                   **options)
+
+
+def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -> dict[str, Any]:
+    """jaxcnn's own calls (`jaxcnn.core.executor`), as the training loop makes them: `steps_per_call`
+    steps per compiled call (1: the `step` mode), the data on the device, state donated."""
+    tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
+                                {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
+    loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
+    model, shape = work.model(settings.conv_impl), tuple(work.train.images.shape[1:])
+    executor = Executor("none")
+    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed))
+    prepare = prepare_fn(work.mean, work.std)
+    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K)
+    train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)
+    inputs = {**train_feed.arrays, "order": executor.put(work.order, executor.stacked)}
+    state, totals = new_state(), executor.put(zero_train_totals())
+    program = calls.programs["train"]
+    args = (state, totals, inputs, executor.index(0))
+    compiled, cold, warm = compile_times(program, args, {"num_steps": steps_per_call})
+    # The fingerprint: the loss of step `fingerprint_steps` alone (fresh totals for it).
+    for start, n in chunks(settings.fingerprint_steps - 1, steps_per_call):
+        state, totals = calls.train(state, totals, inputs, executor.index(start), n)
+    state, totals = calls.train(state, executor.put(zero_train_totals()), inputs,
+                                executor.index(settings.fingerprint_steps - 1), 1)
+    fingerprint = float(totals["loss"])
+    cycle = TrainCycle(compiled, new_state(), executor.put(zero_train_totals()), inputs,
+                       call_starts(executor, len(work.order), steps_per_call), work.batch_size * steps_per_call)
+    # FLOPs of one step (XLA does not multiply a scan body's cost by its trip count).
+    flops = flops_of(program, args, {"num_steps": 1})
+    eval_batch = min(settings.eval_batch_size, len(work.test.labels))
+
+    def eval_pass() -> int:
+        evaluate(calls, cycle.state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
+        return len(work.test.labels)
+
+    return _measure(cycle, eval_pass, lambda: cycle.state, settings, cold, warm, flops, work, fingerprint)
+
+
+@dataclasses.dataclass
+class TrainCycle:
+    """A compiled training call made over an epoch's full calls in turn, as the benchmark times it:
+    each call of the cycle makes the next one and returns the images it trained (summed over the
+    members of a stacked state)."""
+
+    compiled: Callable
+    state: Any
+    totals: Any
+    inputs: dict[str, Any]
+    starts: list[Any]  # the placed start index of each full call of the epoch
+    images_per_call: int
+    cursor: int = 0
+
+    def __call__(self) -> int:
+        start = self.starts[self.cursor % len(self.starts)]
+        self.state, self.totals = self.compiled(self.state, self.totals, self.inputs, start)
+        self.cursor += 1
+        return self.images_per_call
+
+    def sync(self) -> None:
+        jax.block_until_ready(self.state)
+
+
+def call_starts(executor: Executor, num_steps: int, steps_per_call: int) -> list[Any]:
+    """The placed start index of each call of `steps_per_call` steps that fits in `num_steps`."""
+    return [executor.index(s) for s, n in chunks(num_steps, steps_per_call) if n == steps_per_call]
+
+
+def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_state: Callable[[], Any],
+             settings: BenchSettings, cold: float, warm: float, flops_per_step: float | None,
+             work: Workload, fingerprint: float) -> dict[str, Any]:
+    """Warm up, then time training and evaluation; returns one result row."""
+    sync = lambda: jax.block_until_ready(get_state())
+    train_some()
+    train_rate = timed_rate(train_some, sync, settings.min_time, settings.repeats)
+    eval_pass()
+    eval_rate = timed_rate(eval_pass, sync, settings.min_time, settings.repeats)
+    flops_per_image = flops_per_step / work.batch_size if flops_per_step else None
+    return {
+        "train_images_per_s": train_rate,
+        "eval_images_per_s": eval_rate,
+        "compile_s": cold,
+        "warm_compile_s": warm,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_device_memory_mb": peak_device_memory_mb(),
+        "flops_per_image": flops_per_image,
+        "gflops": flops_per_image * train_rate / 1e9 if flops_per_image else None,
+        "fingerprint": fingerprint,
+    }
+
+
+def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -> Workload:
+    """Seeded synthetic data of the model's default input shape (or the chosen real dataset): an
+    epoch of `num_train` examples in whole batches, as `jaxcnn train` reads them (59,904 at batch
+    128), at least one fused call's worth."""
+    num_train = batch_size * max(settings.num_train // batch_size, settings.steps_per_call, settings.fingerprint_steps)
+    if settings.dataset == "synthetic":
+        dataset = data.load_dataset("synthetic", val_fraction=0.0, seed=settings.seed,
+                                    image_shape=models.default_input_shape(name), num_classes=10,
+                                    num_train=num_train, num_test=settings.num_test)
+    else:
+        dataset = data.load_dataset(settings.dataset, data_dir=settings.data_dir, val_fraction=0.0,
+                                    seed=settings.seed)
+    if settings.dataset != "synthetic":  # at most the real training split, in whole batches
+        num_train = max(min(num_train, len(dataset.train.labels) // batch_size * batch_size),
+                        batch_size * max(settings.steps_per_call, settings.fingerprint_steps))
+    if len(dataset.train.labels) < num_train:
+        raise JaxcnnError(f"dataset {settings.dataset!r} has {len(dataset.train.labels)} training examples; "
+                          f"batch size {batch_size} × steps_per_call needs {num_train}; lower --steps-per-call")
+    train = data.Split(dataset.train.images[:num_train], dataset.train.labels[:num_train])
+    test = data.Split(dataset.test.images[:settings.num_test], dataset.test.labels[:settings.num_test])
+    order = np.asarray(epoch_order(settings.seed, 1, num_train, batch_size))
+    return Workload(name, batch_size, dtype, train, test, dataset.num_classes, order, 0.0, 1.0)
+
+
+def environment(settings: BenchSettings) -> dict[str, Any]:
+    device = jax.devices()[0]
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    return {
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": versions,
+        "seed": settings.seed,
+        "config": {k: list(v) if isinstance(v, (list, tuple)) else v
+                   for k, v in dataclasses.asdict(settings).items()},
+    }
+
+
+def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
+                  report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measures every model × batch size × dtype × mode; returns `{"env": ..., "results": [...]}`.
+
+    Compile times need the persistent compilation cache: it is enabled in `cache_dir` (default a
+    fresh temporary folder, so the first compilation is cold). Run it in a fresh process (as
+    `jaxcnn bench` does): JAX reads the cache setting at its first compilation.
+    `report` is called with each result row in the results' order. Every `baseline` is measured
+    first, with the C library's default allocator settings as a plain Flax script has them; the
+    jaxcnn modes then run with `host_memory.keep_freed_host_memory`, which `jaxcnn train` applies.
+    """
+    check_settings(settings)
+    with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
+        enable_compilation_cache(cache_dir or tmp)
+        cases = [(name, batch_size, dtype) for name in settings.models for batch_size in settings.batch_sizes
+                 for dtype in settings.dtypes]
+        workloads = {case: _workload(*case, settings) for case in cases}
+        # Every baseline first, with the C library's default allocator settings, as a plain Flax
+        # script runs; then jaxcnn's modes with the settings `jaxcnn train` applies (process-wide).
+        baselines = {case: baseline.run(workloads[case], settings, _measure, compile_times, flops_of, LEARNING_RATE,
+                                        MOMENTUM) for case in cases} if "baseline" in settings.modes else {}
+        keep_freed_host_memory()
+        results = []
+        for case in cases:
+            baseline_rate = baselines[case]["train_images_per_s"] if case in baselines else None
+            for mode in settings.modes:
+                if mode == "baseline":
+                    row = baselines[case]
+                else:
+                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else 1)
+                name, batch_size, dtype = case
+                row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row,
+                       "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None}
+                results.append(row)
+                if report:
+                    report(row)
+    return {"env": environment(settings), "results": results}
+
+
+TABLE_COLUMNS = (
+    ("model", "model", "{}"), ("mode", "mode", "{}"), ("batch", "batch_size", "{}"), ("dtype", "dtype", "{}"),
+    ("train img/s", "train_images_per_s", "{:,.0f}"), ("× baseline", "speedup_vs_baseline", "{:.2f}"),
+    ("eval img/s", "eval_images_per_s", "{:,.0f}"), ("compile s", "compile_s", "{:.2f}"),
+    ("warm s", "warm_compile_s", "{:.2f}"), ("MFLOP/img", "flops_per_image", "{}"),
+    ("GFLOP/s", "gflops", "{:.1f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"), ("fingerprint", "fingerprint", "{:.6f}"),
+)
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    cells = []
+    for _, key, fmt in TABLE_COLUMNS:
+        value = row.get(key)
+        if value is None:
+            cells.append("-")
+        elif key == "flops_per_image":
+            cells.append(f"{value / 1e6:.2f}")
+        else:
+            cells.append(fmt.format(value))
+    return cells
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the result rows."""
+    lines = ["| " + " | ".join(title for title, _, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(format_row(row)) + " |" for row in results]
+    return "\n".join(lines)

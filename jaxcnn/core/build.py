@@ -1,0 +1,79 @@
+"""The one place a config becomes a model, an optimizer, a loss and a `TrainState`.
+
+Training (`loop`), saved runs (`saved`: eval, predict), the benchmark and config validation all
+build through here, so they cannot disagree on what a config means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from jaxcnn import models
+from jaxcnn.core import losses, optim, precision
+from jaxcnn.core.augment import augment_config, make_augment, step_key
+from jaxcnn.data.device import normalize
+from jaxcnn.data.normalization import Stat
+from jaxcnn.core.executor import Prepare
+from jaxcnn.core.members import sweep_of
+from jaxcnn.spec import model_options
+from jaxcnn.core.state import TrainState, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What a config builds, before any array exists."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    loss_fn: Callable
+
+    def init_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
+                   seed: Any = None) -> TrainState:
+        """The initial state (parameters from `config.seed`, or `seed`: a member's, possibly traced)
+        for inputs of `input_shape` (H, W, C)."""
+        return create_train_state(self.model, self.tx, self.loss_fn, input_shape,
+                                  config.seed if seed is None else seed, config.loss.l2)
+
+    def abstract_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> TrainState:
+        """The state's shapes and dtypes only (nothing computed), e.g. to restore a checkpoint into."""
+        return jax.eval_shape(lambda: self.init_state(config, input_shape))
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int,
+          bn_axis_name: str | None = None) -> Parts:
+    """Model, optimizer (its schedule over `steps_per_epoch` × `num_epochs`) and loss of `config`.
+    `bn_axis_name`: BatchNorm's cross-device axis, under pmap (`Executor.bn_axis_name`)."""
+    model = models.create_model(config.model.name, num_classes, dtype=precision.compute_dtype(config.dtype),
+                                bn_axis_name=bn_axis_name, **model_options(config))
+    swept = sweep_of(config)  # swept values become arrays inside the step (jaxcnn.core.members)
+    tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
+                                config.grad_accum_steps, sweep_weight_decay="optimizer.weight_decay" in swept)
+    loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing,
+                                              sweep_label_smoothing="loss.label_smoothing" in swept)
+    return Parts(model, tx, loss_fn)
+
+
+def make_prepare(config: ml_collections.ConfigDict, train: bool) -> Prepare:
+    """The run's `prepare`: normalised with `dataset.mean`/`std`; for training also augmented
+    (`config.augment`)."""
+    augment_fn = make_augment(augment_config(config.augment)) if train else None
+    return prepare_fn(config.dataset.mean, config.dataset.std, augment_fn)
+
+
+def prepare_fn(mean: Stat, std: Stat, augment_fn: Callable | None = None) -> Prepare:
+    """`prepare(batch, state)`: a uint8 batch normalised, and augmented with the step's own key
+    (`augment.step_key`) when `augment_fn` is given."""
+
+    def prepare(batch: dict, state: TrainState) -> dict:
+        images = normalize(batch["image"], mean, std)
+        if augment_fn is not None:
+            images = augment_fn(images, step_key(state.rng, state.step))
+        return {**batch, "image": images}
+
+    return prepare

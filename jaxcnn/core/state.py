@@ -1,0 +1,79 @@
+"""The training state: one pytree holding everything that changes during training."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+class TrainState(struct.PyTreeNode):
+    """params, batch_stats, opt_state, step and rng; the functions that use them are static fields.
+
+    `rng` is a raw uint32 key: dropout draws from `fold_in(rng, step)`, so a step's randomness
+    depends only on the seed and the step number (and survives checkpoint/resume unchanged).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    rng: jax.Array
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss_fn: Callable = struct.field(pytree_node=False)
+    l2: float = struct.field(pytree_node=False, default=0.0)
+
+    def variables(self, params: Any = None) -> dict[str, Any]:
+        """The variables dict for `apply_fn`: params, plus batch_stats when the model has any."""
+        variables = {"params": self.params if params is None else params}
+        if self.batch_stats:
+            variables["batch_stats"] = self.batch_stats
+        return variables
+
+
+class SweptTrainState(TrainState):
+    """The state of a member of a sweep of loss values (`jaxcnn.core.members`): `hyper` holds them,
+    arrays inside the step ("label_smoothing", "l2"). A single run's `TrainState` has none, so its
+    pytree (and its checkpoints) are as they were."""
+
+    hyper: dict[str, jax.Array] = struct.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, state: TrainState, hyper: dict[str, jax.Array]) -> SweptTrainState:
+        fields = {name: getattr(state, name) for name in state.__dataclass_fields__}
+        return cls(**{**fields, "hyper": {**fields.get("hyper", {}), **hyper}})
+
+
+def hyper_of(state: TrainState) -> dict[str, jax.Array]:
+    """The swept loss values of a state (`SweptTrainState.hyper`); none for a `TrainState`."""
+    return getattr(state, "hyper", {})
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable,
+    input_shape: tuple[int, ...],
+    seed: int,
+    l2: float = 0.0,
+) -> TrainState:
+    """Initialises the model on a dummy batch of `input_shape` (H, W, C) and the optimizer."""
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(init_key)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=dropout_key,
+        apply_fn=model.apply,
+        tx=tx,
+        loss_fn=loss_fn,
+        l2=float(l2),
+    )

@@ -1,0 +1,108 @@
+"""Pure training and evaluation steps: arrays in, arrays out; no I/O, no Python randomness.
+
+Strategies (plain jit, pmap, sharded jit, fused scans) wrap these at the call site.
+A batch is a dict: `image` float32 (B, H, W, C), `label` int32 (B,), and for evaluation `mask`
+float32 (B,) marking the real examples of a padded batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcnn.core import losses, optim
+from jaxcnn.core.state import TrainState, hyper_of
+
+Metrics = dict[str, jax.Array]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               axis_name: str | None = None) -> tuple[TrainState, Metrics]:
+    """One optimizer step on one batch; returns the new state and the batch's mean metrics.
+
+    Under `pmap`, `axis_name` names the device axis: `batch` is this device's equal slice of the
+    global batch; gradients and metrics are averaged over the devices (`lax.pmean`), so every
+    device applies the global-batch update, and each device draws its own dropout mask.
+    """
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+
+    def objective(params):
+        outputs, updates = state.apply_fn(
+            state.variables(params), batch["image"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        loss = loss_of(state)(outputs, batch["label"]).mean()
+        hyper = hyper_of(state)
+        l2 = hyper.get("l2", state.l2)
+        penalty = l2 * losses.l2_penalty(params) if "l2" in hyper or state.l2 else 0.0
+        return loss + penalty, (loss, outputs, updates.get("batch_stats", {}))
+
+    grads, (loss, logits, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "learning_rate": optim.learning_rate_in_effect(opt_state),
+    }
+    if axis_name is not None:
+        metrics = jax.lax.pmean(metrics, axis_name)
+    return new_state, metrics
+
+
+def loss_of(state: TrainState):
+    """The state's per-example loss `(logits, labels)`; with a swept label smoothing, the member's."""
+    smoothing = hyper_of(state).get("label_smoothing")
+    if smoothing is None:
+        return state.loss_fn
+    return lambda logits, labels: state.loss_fn(logits, labels, smoothing)
+
+
+def zero_train_totals() -> Metrics:
+    """The loop's on-device training totals before any step: summed loss and accuracy, step count."""
+    return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
+
+
+def add_to_totals(totals: Metrics, metrics: Metrics) -> Metrics:
+    """The training totals with one step's metrics (`train_step`'s) added."""
+    return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
+            "steps": totals["steps"] + 1}
+
+
+def zero_eval_sums() -> Metrics:
+    """`eval_step`'s sums before any batch."""
+    return {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(loss_of(state)(logits, batch["label"]) * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str, top_k: int = 5) -> Metrics:
+    """Per-example outputs for the final metrics: predicted class, its probability (the confidence,
+    by the output activation of `loss_name`), and whether the true class is among the `top_k` scores."""
+    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    probabilities = losses.predict_probabilities(loss_name, logits)
+    true_score = jnp.take_along_axis(logits, batch["label"][:, None], axis=-1)
+    return {
+        "predicted": jnp.argmax(logits, -1).astype(jnp.int32),
+        "confidence": jnp.max(probabilities, -1),
+        "in_top_k": jnp.sum(logits > true_score, axis=-1) < top_k,
+    }

@@ -1,0 +1,1 @@
+"""The report layer: `jaxcnn report`'s figures and report.md."""

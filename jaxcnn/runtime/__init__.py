@@ -1,0 +1,1 @@
+"""The runtime layer: processes, stop signals, XLA compilation settings, determinism, host memory."""

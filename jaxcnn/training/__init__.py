@@ -1,0 +1,1 @@
+"""The training layer: the loop (a table of contents) and its host-side bookkeeping."""

@@ -1,0 +1,286 @@
+"""A run: what it trains with (`Program`, built by `setup`, the one setup of `jaxcnn train`, the
+Python API and the benches) and where it writes (`Run`, built by `build_run`).
+
+A run trains M members: one for a plain run, or one per seed and swept value (`jaxcnn.core.members`).
+Members change three places, all decided here once: the compiled calls (vmapped over a stacked
+state, `executor.over_members`), the feed (one pool, index arrays per member, `members_feed`) and
+the host bookkeeping (`loop_state.RunLoop`, one tracker per member). A plain run keeps the
+un-vmapped program (`stacked` is False), so its numbers and checkpoints are what they always were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcnn import data, models
+from jaxcnn.core import members
+from jaxcnn.files import checkpoint
+from jaxcnn.runtime import determinism, stop
+from jaxcnn.training import divergence, profiling
+from jaxcnn.core.build import build, make_prepare
+from jaxcnn.training.clock import Clock
+from jaxcnn.runtime.compilation import enable_compilation_cache
+from jaxcnn.config import config_to_json, dataset_options, validate_config
+from jaxcnn.data.feed import make_feeds
+from jaxcnn.data.normalization import mean_std_for, record_mean_std
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.core.evaluation import evaluate, evaluate_sums
+from jaxcnn.core.executor import Calls, Executor
+from jaxcnn.runtime.host_memory import keep_freed_host_memory
+from jaxcnn.core.loop_state import RunLoop
+from jaxcnn.data.members import MembersFeed, make_member_feeds
+from jaxcnn.training.members_memory import available_bytes, check_fits, member_bytes
+from jaxcnn.core.metrics import TOP_K
+from jaxcnn.core.steps import zero_eval_sums, zero_train_totals
+from jaxcnn.files.workdir import Claim, claim_workdir, record_data_dir
+from jaxcnn.files.writers import RunWriter
+
+
+@dataclasses.dataclass
+class Program:
+    """What a run trains with: its data and feeds, its members, compiled calls and initial state."""
+
+    config: ml_collections.ConfigDict  # with the normalisation and data directory it uses
+    dataset: data.Dataset
+    executor: Executor
+    feeds: dict[str, Any]  # "train", "val", "test"
+    steps_per_epoch: int
+    members: list[members.Member]
+    stacked: bool  # the state holds a stack of members (seeds or a sweep); False: the plain run
+    calls: Calls
+    state: Any
+    cache_dir: pathlib.Path | None  # the persistent compilation cache (None: off)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def zeros(self, tree: Any) -> Any:
+        """`tree` (zero sums) placed on the devices: one per member for a stacked state."""
+        return self.put(members.stacked_zeros(tree, self.num_members) if self.stacked else tree)
+
+    def put(self, tree: Any) -> Any:
+        """Device values of the run's state's kind placed as its calls keep them: a stack of
+        members split over the devices where the executor splits them, else replicated."""
+        return self.executor.put(tree, self.executor.member_state if self.stacked else None)
+
+    def train_calls(self, epoch: int, plan: list[tuple[int, int]]) -> Any:
+        """The inputs of each planned call of `epoch`: each member's own order (its seed's)."""
+        feed, batch_size = self.feeds["train"], self.config.batch_size
+        if self.stacked:
+            return feed.train_calls(epoch, batch_size, plan)
+        return feed.train_calls(self.config.seed, epoch, batch_size, plan)
+
+    def evaluate(self, state: Any, split: str) -> dict[str, np.ndarray]:
+        """Loss, accuracy and count over `split`, one value per member."""
+        config = self.config
+        if not self.stacked:
+            one = evaluate(self.calls, state, self.feeds[split], config.eval_batch_size,
+                           max_batches=config.limit_eval_batches)
+            return {key: np.asarray([value]) for key, value in one.items()}
+        sums = evaluate_sums(self.calls, state, self.feeds[split], config.eval_batch_size,
+                             self.zeros(zero_eval_sums()), max_batches=config.limit_eval_batches)
+        return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
+                "count": sums["count"].astype(int)}
+
+
+def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str | None,
+          dataset: data.Dataset | None = None) -> Program:
+    """Data, members, model, compiled calls and initial state of `config`: the one setup of every
+    run, timed or not. A run of members that would not fit in memory is refused here (one line)."""
+    cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
+    keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
+    member_list = members.members_of(config)
+    stacked = member_list is not None
+    member_list = member_list or [members.Member(0, config.seed)]
+    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset,
+                                                        member_list if stacked else None)
+    parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
+    models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
+    calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
+                             config.loss.name, TOP_K, members=stacked)
+    if not stacked:
+        state = executor.put(parts.init_state(config, dataset.input_shape))
+        return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
+    init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
+                                             some, config.optimizer.learning_rate)
+    if len(member_list) > 1:  # one member per device measured (members split over the devices: one each)
+        measured = executor.num_devices if executor.split_members else 1
+        check_memory(calls, feeds, executor.put(init(member_list[:measured]), executor.member_state),
+                     len(member_list) // measured, config)
+    state = executor.put(init(member_list), executor.member_state)
+    return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
+
+
+def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
+              dataset: data.Dataset | None = None, member_list: list[members.Member] | None = None):
+    """The dataset (`dataset` if given, else the config's), its feeds, the steps per epoch, and the
+    config with the normalisation it uses. For members (`member_list`) the training split is one
+    pool, whole; each member carves its own validation split from it (`members_feed`)."""
+    dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
+                                val_fraction=0.0 if member_list else config.dataset.val_fraction, seed=config.seed,
+                                download=config.dataset.download, **dataset_options(config))
+    if member_list:
+        check_index_memory(len(member_list), len(dataset.train) + len(dataset.test), executor)
+        feeds = make_member_feeds(dataset.train, dataset.test, config.dataset.val_fraction,
+                                  [m.seed for m in member_list], executor, config.dataset.input,
+                                  config.dataset.device_budget_mb)
+    else:
+        splits = (dataset.train, dataset.val, dataset.test)
+        feeds = dict(zip(("train", "val", "test"), make_feeds(splits, config.dataset.input,
+                                                               config.dataset.device_budget_mb, executor)))
+    if config.batch_size > len(feeds["train"]):
+        raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
+                          f"({len(feeds['train'])} examples of {dataset.name}); lower batch_size")
+    config = record_mean_std(config, *mean_std_for(config.dataset, dataset.train))  # config.json holds them
+    config = record_data_dir(config, data_dir or config.dataset.data_dir or None)  # eval and resume use it
+    return config, dataset, feeds, len(feeds["train"]) // config.batch_size
+
+
+def check_index_memory(num_members: int, num_examples: int, executor: Executor) -> None:
+    """Refuses, before any member's data is built, more members than their index arrays (4 bytes
+    per example and member, on the host and on the device) leave room for."""
+    check_fits(num_members, 2 * 4 * num_examples, 0, available_bytes(executor.devices[0]))
+
+
+def check_memory(calls: Calls, feeds: dict[str, MembersFeed], one_state: Any, num_members: int,
+                 config: ml_collections.ConfigDict) -> None:
+    """Refuses (one line) a run whose members would not fit: one member (per device) measured
+    (`members_memory`); `num_members`: how many each device holds."""
+    train = feeds["train"]
+    measured = jax.tree.leaves(one_state)[0].shape[0]
+    inputs, start = next(iter(train.first_members(measured).train_calls(1, config.batch_size, [(0, 1)])))
+    totals = train.executor.put(members.stacked_zeros(zero_train_totals(), measured), train.executor.member_state)
+    tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
+    shared = sum(x.nbytes for feed in (train, feeds["test"]) for x in jax.tree.leaves(feed.device_arrays))
+    check_fits(num_members, member_bytes(calls.programs["train"], (one_state, totals, inputs, start), tracks_best),
+               shared, available_bytes(train.executor.devices[0]))
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run(Program):
+    """A `Program` with its workdir: checkpoints, writers, clock, and the loop's device values."""
+
+    workdir: pathlib.Path = None
+    saver: checkpoint.Checkpointer = None
+    writer: RunWriter = None
+    clock: Clock = None
+    totals: Any = None  # the on-device sums of the current logging interval
+    best_variables: Any = None  # (params, batch_stats) of the best epoch (per member), for restore_best
+    watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
+    claim: Claim | None = None  # the workdir's lock, released on close
+    profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.feeds["val"]) > 0
+
+    @property
+    def tracks_best(self) -> bool:
+        stopping = self.config.early_stopping
+        return stopping.enabled and stopping.restore_best and self.has_val
+
+    def saved(self, state: Any) -> Any:
+        """What a checkpoint holds: the state; for members also each member's best variables."""
+        if not self.stacked:
+            return state
+        return {"state": state, **({"best": self.best_variables} if self.best_variables is not None else {})}
+
+    def epoch_end(self, loop: RunLoop) -> int:
+        """The epoch position training stops at in `loop`'s epoch: its end, or where `max_steps` is."""
+        if not self.config.max_steps:
+            return self.steps_per_epoch
+        return min(self.steps_per_epoch, loop.position + max(self.config.max_steps - loop.step, 0))
+
+    def out_of_steps(self, loop: RunLoop) -> bool:
+        return 0 < self.config.max_steps <= loop.step
+
+    def close(self) -> None:
+        try:
+            self.profiler.stop()  # a trace still running when training stopped early or failed
+            if self.writer is not None:
+                self.writer.close()
+            if self.saver is not None:
+                self.saver.close()
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
+              quiet: bool, fresh: bool, dataset: data.Dataset | None = None) -> tuple[Run, Any, RunLoop]:
+    """The run's program and workdir; resumed from the workdir's last checkpoint when it holds an
+    unfinished run."""
+    validate_config(config)
+    determinism.apply(config)  # a GPU backend started without the deterministic flag: refused
+    member_list = members.members_of(config)  # bad seeds or sweep values: refused before the workdir is touched
+    executor = Executor(config.parallel, members=len(member_list or ()))
+    executor.check_batch_size(config.batch_size)
+    claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
+    with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
+        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset)
+
+
+def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
+                 quiet: bool, dataset: data.Dataset | None = None) -> tuple[Run, Any, RunLoop]:
+    """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
+    clock = Clock()
+    program = setup(config, executor, data_dir, dataset)
+    config = program.config
+    profiler = profiling.Profiler(config, claim.path, program.steps_per_epoch)  # a range beyond the run: refused
+    stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
+    saver = checkpoint.Checkpointer(claim.path, config, {
+        "dataset": program.dataset.name, "input_shape": program.dataset.input_shape,
+        "num_classes": program.dataset.num_classes, "class_names": program.dataset.class_names,
+        "steps_per_epoch": program.steps_per_epoch,
+        **({"members": [m.to_json() for m in program.members]} if program.stacked else {})}, watch_signals=True)
+    fields = {f.name: getattr(program, f.name) for f in dataclasses.fields(Program)}
+    run = Run(**fields, workdir=claim.path, saver=saver, clock=clock, totals=program.zeros(zero_train_totals()),
+              claim=claim, profiler=profiler)
+    state, loop = start_or_resume(run, program.state, claim.resuming, quiet)
+    run.state = None  # the loop owns the state from here (donated to every call)
+    run.watch = divergence.Watch(config.on_nonfinite, loop.step, saver)
+    return run, state, loop
+
+
+def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[Any, RunLoop]:
+    """The initial (or restored) state and trackers; the writer; the first lines."""
+    config, workdir, saver = run.config, run.workdir, run.saver
+    loop = RunLoop.start(config, run.num_members)
+    if run.stacked and run.tracks_best:  # each member's best so far, selected per member (keep_best)
+        run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+    restored = saver.restore_latest(run.saved(state), run.totals, RunLoop.from_json) if resuming else None
+    if restored is not None:
+        saved, run.totals, loop = restored
+        state, run.best_variables = (saved["state"], saved.get("best")) if run.stacked else (saved, None)
+        if not run.stacked and run.tracks_best and saver.best_step is not None:
+            run.best_variables = saver.restore_variables(saver.best_step, state, run.totals)
+    run.writer = RunWriter(workdir, tensorboard=config.logging.tensorboard, quiet=quiet,
+                           total_steps=run.steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
+                           metrics_bytes=loop.metrics_bytes if restored is not None else None)
+    run.writer.write_text("config.json", config_to_json(config) + "\n")
+    if restored is not None:
+        run.writer.progress.resume(loop.step)
+        run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
+    run.writer.line(start_line(run, state))
+    return state, loop
+
+
+def start_line(run: Run, state: Any) -> str:
+    config, dataset = run.config, run.dataset
+    params = jax.tree.map(lambda leaf: leaf[0], state.params) if run.stacked else state.params
+    what = (f"{run.num_members} members ({', '.join(m.label for m in run.members[:4])}"
+            f"{', ...' * (run.num_members > 4)}) of " if run.stacked else "")
+    return (f"training {what}{config.model.name} ({models.count_params(params):,} parameters) on "
+            f"{len(run.feeds['train']):,} {dataset.name} images: {config.num_epochs} epochs of {run.steps_per_epoch} "
+            f"steps of {config.batch_size}; compiling")
