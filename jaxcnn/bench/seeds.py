@@ -1,9 +1,10 @@
 """`jaxcnn bench --seeds N`: N members in one compiled program against N single runs one by one.
 
-Both sides train the same model on the same data with the training loop's own calls
-(`executor.compile`, `steps_per_call` steps per call, data on the device, state donated): the
-single run with one seed, the members with the seeds `seed`, ..., `seed + N - 1`, each with its own
-epoch order (`executor.over_members`). Throughput is member-images per second: images trained per
+Both sides are built by `jaxcnn train`'s own setup (`training.run.setup`: the run's config, its
+data on the device, its compiled calls with `steps_per_call` steps per call, state donated) on the
+devices there are: the single run with one seed, the members with the seeds `seed`, ...,
+`seed + N - 1`, each with its own epoch order (members over the devices as `jaxcnn train` places
+them). Throughput is member-images per second: images trained per
 second summed over the members. N single runs one after another train one member at a time, so
 their member-images per second is the single run's images per second (each run's compilation
 excluded, as it is from the members' rate; both compile times are reported). The two programs are
@@ -21,60 +22,59 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from jaxcnn.core import losses, members, optim
-from jaxcnn.bench.throughput import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload, call_starts,
-                          check_settings, environment, timed_rate)
-from jaxcnn.core.build import prepare_fn
-from jaxcnn.runtime.compilation import enable_compilation_cache
-from jaxcnn.data.device import epoch_order
-from jaxcnn.data.feed import DeviceFeed
-from jaxcnn.errors import JaxcnnError
+from jaxcnn.bench.throughput import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload,
+                                     check_settings, environment, timed_rate)
+from jaxcnn.config import base_config, validate_config
 from jaxcnn.core.executor import Executor
-from jaxcnn.runtime.host_memory import keep_freed_host_memory
-from jaxcnn.core.members import stacked_zeros
-from jaxcnn.core.metrics import TOP_K
-from jaxcnn.core.state import create_train_state
 from jaxcnn.core.steps import zero_train_totals
+from jaxcnn.data import Dataset
+from jaxcnn.data.feed import chunks
+from jaxcnn.errors import JaxcnnError
+from jaxcnn.training.run import setup
 
 
-def _program(work: Workload, settings: BenchSettings, num_members: int | None) -> dict[str, Any]:
-    """The compiled training call of a single run (`num_members` None) or of a stack of
-    `num_members` members, warmed up: `train_some` (one call; returns the member-images it trained),
-    `sync` (waits for the state) and the cold `compile_s`."""
-    tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
-                                {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
-    loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
-    model, shape = work.model(settings.conv_impl), tuple(work.train.images.shape[1:])
-    executor = Executor("none")
-    prepare = prepare_fn(work.mean, work.std)
-    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K, members=num_members is not None)
-    init = lambda seed: create_train_state(model, tx, loss_fn, shape, seed)
-    if num_members is None:
-        state, totals = executor.put(init(settings.seed)), executor.put(zero_train_totals())
-        order, count = work.order, 1
-    else:
-        group = [members.Member(i, settings.seed + i) for i in range(num_members)]
-        state = executor.put(members.init_members(init, group, LEARNING_RATE))
-        totals = executor.put(stacked_zeros(zero_train_totals(), num_members))
-        order = np.stack([np.asarray(epoch_order(m.seed, 1, len(work.train.labels), work.batch_size)) for m in group])
-        count = num_members
-    inputs = {**DeviceFeed(work.train, executor).arrays, "order": executor.put(order)}
+def _config(work: Workload, settings: BenchSettings, num_members: int | None, cache_dir: str) -> Any:
+    """The run `jaxcnn train` would build for the workload: its model, SGD with momentum at a
+    constant rate, one epoch of its batches; `seeds` N for the members."""
+    config = base_config(model=work.name)
+    config.update_from_flattened_dict({
+        "seed": settings.seed, "seeds": num_members, "batch_size": work.batch_size, "num_epochs": 1,
+        "steps_per_call": settings.steps_per_call, "dtype": work.dtype, "compilation_cache_dir": cache_dir,
+        "optimizer.name": "sgd", "optimizer.learning_rate": LEARNING_RATE, "optimizer.momentum": MOMENTUM,
+        "schedule.name": "constant", "dataset.val_fraction": 0.0, "dataset.mean": work.mean,
+        "dataset.std": work.std, "dataset.input": "device"})
+    if "conv_impl" in config.model:
+        config.model.conv_impl = settings.conv_impl
+    validate_config(config)
+    return config
+
+
+def _program(work: Workload, settings: BenchSettings, num_members: int | None, cache_dir: str) -> dict[str, Any]:
+    """The training call of a single run (`num_members` None) or of a run of `num_members` members,
+    built by `jaxcnn train`'s own setup (`training.run.setup`) on the devices there are, warmed up:
+    `train_some` (one call; returns the member-images it trained), `sync` and the cold `compile_s`."""
+    config = _config(work, settings, num_members, cache_dir)
+    names = [str(c) for c in range(work.num_classes)]
+    dataset = Dataset.from_arrays(work.train.images, work.train.labels, work.test.images, work.test.labels, names)
+    program = setup(config, Executor(config.parallel, members=num_members or 0), None, dataset)
     k = settings.steps_per_call
+    full = [(position, k) for position, n in chunks(program.steps_per_epoch, k) if n == k]
+    calls = list(program.train_calls(1, full))
+    totals = program.zeros(zero_train_totals())
     start = time.perf_counter()
-    compiled = calls.programs["train"].lower(state, totals, inputs, executor.index(0), num_steps=k).compile()
+    compiled = program.calls.programs["train"].lower(program.state, totals, calls[0][0], calls[0][1],
+                                                     num_steps=k).compile()
     compile_s = time.perf_counter() - start
-    cycle = TrainCycle(compiled, state, totals, inputs, call_starts(executor, len(work.order), k),
-                       work.batch_size * k * count)
+    cycle = TrainCycle(compiled, program.state, totals, calls[0][0], [s for _, s in calls],
+                       work.batch_size * k * program.num_members)
     cycle()
     return {"train_some": cycle, "sync": cycle.sync, "compile_s": compile_s}
 
 
-def _rates(work: Workload, settings: BenchSettings, num_members: int) -> dict[str, Any]:
+def _rates(work: Workload, settings: BenchSettings, num_members: int, cache_dir: str) -> dict[str, Any]:
     """Both programs, timed in alternation (`repeats` times each), so that the load of a shared
     machine weighs on both alike: the medians of their rates and of the ratio of each pair."""
-    single, stacked = _program(work, settings, None), _program(work, settings, num_members)
+    single, stacked = _program(work, settings, None, cache_dir), _program(work, settings, num_members, cache_dir)
     pairs = []
     for _ in range(settings.repeats):
         one = timed_rate(single["train_some"], single["sync"], settings.min_time, 1)
@@ -93,15 +93,13 @@ def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: st
     if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
         raise JaxcnnError(f"--seeds must be a positive number of members, got {num_members!r}")
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
-        enable_compilation_cache(cache_dir or tmp)
-        keep_freed_host_memory()
         results = []
         for name in settings.models:
             for batch_size in settings.batch_sizes:
                 for dtype in settings.dtypes:
                     work = _workload(name, batch_size, dtype, settings)
                     row = {"model": name, "batch_size": batch_size, "dtype": dtype, "members": num_members,
-                           **_rates(work, settings, num_members), "load": os.getloadavg()[0]}
+                           **_rates(work, settings, num_members, cache_dir or tmp), "load": os.getloadavg()[0]}
                     results.append(row)
                     if report:
                         report(row)

@@ -11,7 +11,7 @@ the training pool as index arrays (`jaxcnn.data.members`). Its swept values are 
 step: the learning rate as the optimizer's `lr_scale` (the schedule scaled by value / the
 configured rate), the weight decay as an injected optimizer hyperparameter, label smoothing and L2
 in `TrainState.hyper`. One program runs them all over the stacked state: `jax.vmap`, or on CPU for
-convolutional models the members in turn (`executor.over_members`, `executor.members_in_turn`).
+convolutional models the members in turn (`member_calls.over_members`, `member_calls.members_in_turn`).
 """
 
 from __future__ import annotations

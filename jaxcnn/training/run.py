@@ -3,7 +3,7 @@ Python API and the benches) and where it writes (`Run`, built by `build_run`).
 
 A run trains M members: one for a plain run, or one per seed and swept value (`jaxcnn.core.members`).
 Members change three places, all decided here once: the compiled calls (vmapped over a stacked
-state, `executor.over_members`), the feed (one pool, index arrays per member, `members_feed`) and
+state, `member_calls.over_members`), the feed (one pool, index arrays per member, `data.members`) and
 the host bookkeeping (`loop_state.RunLoop`, one tracker per member). A plain run keeps the
 un-vmapped program (`stacked` is False), so its numbers and checkpoints are what they always were.
 """
@@ -92,12 +92,13 @@ class Program:
 
 
 def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str | None,
-          dataset: data.Dataset | None = None) -> Program:
+          dataset: data.Dataset | None = None, member_list: list[members.Member] | None = None) -> Program:
     """Data, members, model, compiled calls and initial state of `config`: the one setup of every
-    run, timed or not. A run of members that would not fit in memory is refused here (one line)."""
+    run, timed or not. `member_list`: the config's members when the caller has them already (None:
+    worked out here). A run of members that would not fit in memory is refused here (one line)."""
     cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
-    member_list = members.members_of(config)
+    member_list = member_list if member_list is not None else members.members_of(config)
     stacked = member_list is not None
     member_list = member_list or [members.Member(0, config.seed)]
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset,
@@ -228,14 +229,15 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     executor.check_batch_size(config.batch_size)
     claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
     with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
-        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset)
+        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset, member_list)
 
 
 def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
-                 quiet: bool, dataset: data.Dataset | None = None) -> tuple[Run, Any, RunLoop]:
+                 quiet: bool, dataset: data.Dataset | None = None,
+                 member_list: list[members.Member] | None = None) -> tuple[Run, Any, RunLoop]:
     """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
     clock = Clock()
-    program = setup(config, executor, data_dir, dataset)
+    program = setup(config, executor, data_dir, dataset, member_list)
     config = program.config
     profiler = profiling.Profiler(config, claim.path, program.steps_per_epoch)  # a range beyond the run: refused
     stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
