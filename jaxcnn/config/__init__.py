@@ -242,7 +242,7 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     data.check_dataset_name(config.dataset.name)
     parts = build(config, num_classes=2, steps_per_epoch=1)
     input_shape = data.expected_input_shape(config.dataset)
-    if input_shape is not None:  # else checked once the data is loaded (loop.load_data)
+    if input_shape is not None:  # else checked once the data is loaded (training.run.load_data)
         models.check_input_shape(parts.model, input_shape)
     return run
 

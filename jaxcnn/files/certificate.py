@@ -1,7 +1,7 @@
 """`certificate.json`: what a run produced, as hashes, and what it ran on, so that `jaxcnn verify`
 can re-run it and say whether the reproduction is bitwise.
 
-Written by every run at its end (`loop.finish`, through the run's writer: process 0 only):
+Written by every run at its end (`training.summary.finish`, through the run's writer: process 0 only):
 
 - `params_sha256`: the final parameters and BatchNorm statistics (`variables_sha256`);
   `best_params_sha256`: those of the best epoch when `early_stopping.restore_best` tested them
@@ -104,7 +104,7 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, final: Any, 
 
 
 def write(run: Any, final: Any, steps: int) -> None:
-    """`WORKDIR/certificate.json` of a finished run (`loop.finish`; only process 0 writes)."""
+    """`WORKDIR/certificate.json` of a finished run (`training.summary.finish`; only process 0 writes)."""
     config = run.config
     restored_best = config.early_stopping.enabled and config.early_stopping.restore_best
     best = run.best_variables if restored_best and run.best_variables is not None else None
