@@ -82,15 +82,14 @@ def train(config: str | ml_collections.ConfigDict | None = None, overrides: Iter
     ConfigDict (default: the default preset); `overrides`: `KEY=VALUE` strings as after `--config.`;
     `workdir`: default a new temporary folder (its path is `model.workdir`); `dataset`: an
     already built dataset, e.g. `Dataset.from_arrays(x_train, y_train, x_test, y_test)`."""
-    from jaxcnn.config import apply_overrides, validate_config
+    from jaxcnn.config import apply_overrides
     from jaxcnn.core import members
     from jaxcnn.training.loop import fit
 
     if isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
         config.lock()
-        apply_overrides(config, overrides)
-        validate_config(config)
+        apply_overrides(config, overrides)  # checked once, as every run's config, by `fit`
     else:
         config = load_config(config, overrides)
     if members.is_multi(config):  # several states: `jaxcnn train` writes them, a Model holds one

@@ -42,10 +42,10 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     config = read_config(args.config, overrides + ["dataset.download=true"] * args.download)
     determinism.apply(config)  # before anything starts JAX's backend (validating builds the model)
     stop.check_startup()  # a Ctrl-C while the libraries loaded
-    validate_config(config)
     if args.show_config:
+        validate_config(config)
         print(config_to_json(config))
-        return 0
+        return 0  # else the run checks its config once, first thing (training.run.build_run)
     if not args.workdir and (args.num_processes or 1) > 1:
         raise JaxcnnError("several processes train into one shared workdir: pass the same --workdir to every process")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config_name(args.config))
