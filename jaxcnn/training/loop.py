@@ -185,12 +185,13 @@ def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     loop.start_epoch(active)
     agreed = run.saver.stop_agreed(True)
     last = loop.epoch > config.num_epochs or loop.all_stopped or run.out_of_steps(loop)
-    # A single run's epoch ends are ranked for `checkpoint.keep_best`; members keep their best in the state.
-    best = improved is not None and not run.stacked and bool(improved[0])
+    # A single run's validated epoch ends are ranked for `checkpoint.keep_best`; members keep their
+    # best variables in the saved state instead.
+    ranked = improved is not None and not run.stacked
+    best = ranked and bool(improved[0])
     if run.saver.due_at_epoch_end(loop.step, best, last, agreed):
-        monitor = loop.members[0].stopping.monitor
-        single_val = improved is not None and not run.stacked
-        save(run, state, loop, agreed, best if single_val else None, records[0].get(monitor) if single_val else None)
+        value = records[0].get(loop.members[0].stopping.monitor) if ranked else None
+        save(run, state, loop, agreed, best if ranked else None, value)
     elif agreed:
         interrupt(run, loop, saved=False)
     early_stopping_lines(run, loop, records)
