@@ -27,6 +27,7 @@ from jaxcnn import losses, members, optim
 from jaxcnn.bench import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload, call_starts,
                           check_settings, environment, timed_rate)
 from jaxcnn.build import prepare_fn
+from jaxcnn.checks import check_seed_count
 from jaxcnn.compilation import enable_compilation_cache
 from jaxcnn.data.device import epoch_order
 from jaxcnn.data.feed import DeviceFeed
@@ -90,8 +91,7 @@ def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: st
                         report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """For each model × batch size × dtype: N members in one program against the single run."""
     check_settings(settings)
-    if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
-        raise JaxcnnError(f"--seeds must be a positive number of members, got {num_members!r}")
+    check_seed_count(num_members)
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
         enable_compilation_cache(cache_dir or tmp)
         keep_freed_host_memory()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import sys
+import traceback
 from typing import Sequence
 
 from jaxcnn import stop
@@ -155,9 +157,12 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn import bench_accuracy
+    from jaxcnn.checks import check_seed_count
     from jaxcnn.bench import BenchSettings, format_row, format_table, run_benchmark
     from jaxcnn.writers import check_output_file, write_json
 
+    if args.seeds is not None:
+        check_seed_count(args.seeds)  # before anything runs, with --to-accuracy or without
     if args.to_accuracy is not None:
         return bench_accuracy.command(args, overrides)
     if args.config or overrides:
@@ -218,6 +223,8 @@ def run_command(argv: list[str]) -> int:
     try:
         return COMMANDS[args.command](args, overrides)
     except JaxcnnError as e:
+        if os.environ.get("JAXCNN_TRACEBACK") == "1":  # the cause's traceback, e.g. of a user's model
+            traceback.print_exception(e)
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
     except stop.StartupInterrupted as e:  # a stop signal before training began
