@@ -39,6 +39,7 @@ _IMPORTED_AT = time.perf_counter()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxcnn.checks import check_seed_count  # noqa: E402
 from jaxcnn.errors import JaxcnnError  # noqa: E402
 
 

@@ -67,7 +67,11 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
                                     jax.ShapeDtypeStruct((2, *shape), jnp.float32))
         except JaxcnnError as e:
             raise JaxcnnError(f"{where}: {e}") from e
-        except Exception as e:  # anything a user's module raises: one line, not a traceback
+        except (ValueError, TypeError) as e:  # shapes or options that do not fit this input
+            raise JaxcnnError(f"{where}: the model cannot take it ({label} raised {_one_line(e)} while tracing "
+                              f"with train={train}); check the model's options against the data "
+                              "(JAXCNN_TRACEBACK=1 shows the traceback)") from e
+        except Exception as e:  # anything else a user's module raises: one line, not a traceback
             raise JaxcnnError(f"{where}: {label} raised {_one_line(e)} while tracing with train={train}; "
                               "fix the model (JAXCNN_TRACEBACK=1 shows the traceback)") from e
         _check_output(output, num_classes, label, where, train)
