@@ -59,11 +59,11 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
     if len(shape) != 3 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in shape):
         raise JaxcnnError(f"invalid input shape {input_shape!r}; expected 3 positive ints (height, width, "
                           "channels)")
-    num_classes, label = getattr(model, EXPECTED_ATTRIBUTE, (None, f"model {type(model).__name__}"))
+    num_classes, label, axis_name = getattr(model, EXPECTED_ATTRIBUTE, (None, f"model {type(model).__name__}", None))
     where = f"input shape {'x'.join(map(str, shape))}"
     for train in (False, True):
         try:
-            output = jax.eval_shape(functools.partial(_outputs, model, train=train),
+            output = jax.eval_shape(functools.partial(_outputs, model, train=train, axis_name=axis_name),
                                     jax.ShapeDtypeStruct((2, *shape), jnp.float32))
         except JaxcnnError as e:
             raise JaxcnnError(f"{where}: {e}") from e
@@ -77,14 +77,20 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
         _check_output(output, num_classes, label, where, train)
 
 
-def _outputs(model: nn.Module, x: jax.Array, *, train: bool) -> Any:
+def _outputs(model: nn.Module, x: jax.Array, *, train: bool, axis_name: str | None = None) -> Any:
     """The model's output as a training step (`train=True`, dropout, batch statistics) or an
-    evaluation computes it: Flax's pure call convention, as in `jaxcnn.steps`."""
+    evaluation computes it: Flax's pure call convention, as in `jaxcnn.steps`. A model built for
+    pmap (BatchNorm over `axis_name`) trains inside a mapped axis of that name: a vmap of one."""
     variables = model.init(jax.random.key(0), x[:1])
     if not train:
         return model.apply(variables, x, train=False)
-    output, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
-    return output
+
+    def step(x: jax.Array) -> Any:
+        output, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                mutable=["batch_stats"])
+        return output
+
+    return jax.vmap(step, axis_name=axis_name)(x[None])[0] if axis_name else step(x)
 
 
 def _check_output(output: Any, num_classes: int | None, label: str, where: str, train: bool) -> None:

@@ -138,5 +138,5 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_
     module = imported.build(factory, label, num_classes, merged)
     # What `check_input_shape` checks the output against; a plain attribute, not a field, so the
     # module's parameters and checkpoints are those of the module itself.
-    object.__setattr__(module, EXPECTED_ATTRIBUTE, (num_classes, label))
+    object.__setattr__(module, EXPECTED_ATTRIBUTE, (num_classes, label, bn_axis_name))
     return module
