@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.data.paths import not_a_regular_file
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import LOSSES
 
@@ -190,8 +191,10 @@ def load_exported(path: str | pathlib.Path) -> tuple[jax.export.Exported, dict[s
     """The deserialized artifact at `path` and its sidecar (None when missing). Deserializing runs
     whatever the file holds: load only files you trust."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise JaxcnnError(f"--exported {path}: no such file; pass the file written by `jaxcnn export`")
+    problem = not_a_regular_file(path)  # a FIFO is never opened: reading it would block
+    if problem:
+        problem = "no such file" if problem == "does not exist" else problem
+        raise JaxcnnError(f"--exported {path}: {problem}; pass the file written by `jaxcnn export`")
     blob = path.read_bytes()
     try:
         exported = jax.export.deserialize(bytearray(blob))

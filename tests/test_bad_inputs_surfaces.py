@@ -107,6 +107,8 @@ CASES = [
     ("export-unknown-platform", EXPORT + ["{root}/new.jaxexport", "--platforms", "gpu"], "--platforms"),
     ("exported-missing-file", ["predict", "--exported", "{root}/nowhere.jaxexport", "{root}/digit.png"], "nowhere"),
     ("exported-not-an-export", ["predict", "--exported", "{root}/a_file", "{root}/digit.png"], "a_file"),
+    ("exported-fifo-artifact", ["predict", "--exported", "{root}/fifo.png", "{root}/digit.png"],
+     "fifo.png: is a FIFO (named pipe), not a regular file"),
     ("exported-with-step", EXPORTED + ["--step", "1", "{root}/digit.png"], "--step applies to --workdir"),
     ("exported-fifo-image", EXPORTED + ["{root}/fifo.png"], "fifo.png: is a FIFO"),
     ("exported-dangling-image", EXPORTED + ["{root}/dangling.png"], "dangling.png: is a dangling symbolic link"),

@@ -103,8 +103,8 @@ def _check_output(output: Any, num_classes: int | None, label: str, where: str, 
         raise JaxcnnError(f"{where}: {label} returned a {what} with train={train}; expected float logits of "
                           f"shape {expected}")
     if len(got) != 2 or got[0] != 2 or (num_classes is not None and got[1] != num_classes):
-        shown = "(batch," + ", ".join(map(str, got[1:])) + ")" if got and got[0] == 2 else str(tuple(got))
-        shown = shown.replace("(batch,", "(batch, ") if len(got) > 1 else shown
+        dims = ["batch" if got and got[0] == 2 else str(d) for d in got[:1]] + [str(d) for d in got[1:]]
+        shown = f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
         raise JaxcnnError(f"{where}: {label} returned logits of shape {shown} with train={train} for a batch of "
                           f"2, expected {expected}; the model's last layer must give one logit per class "
                           "(flatten spatial outputs, use num_classes)")
