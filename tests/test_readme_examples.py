@@ -62,7 +62,7 @@ def run_step(step, folder, env):
 
 def run_section(title, newcomer):
     folder, env = newcomer
-    data_dir = real_data_dir()
+    data_dir = real_data_dir() and real_data_dir().resolve()  # CI's is relative; the steps run elsewhere
     steps = steps_of(title, sections((REPO / "README.md").read_text())[title], str(data_dir or "../shared/data"))
     assert steps, f"README section {title!r} has no examples"
     if any(needs_data_dir(step) for step in steps) and (data_dir is None or not (data_dir / "mnist").is_dir()):
