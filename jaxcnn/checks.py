@@ -28,6 +28,13 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_seed_count(value: Any, flag: str = "--seeds") -> None:
+    """`--seeds N` of every command: a whole number >= 1 (0 and negatives are refused alike, never
+    read as "the default"), in one message wherever it is given."""
+    if not is_int(value) or value < 1:
+        raise JaxcnnError(f"{flag} must be a whole number of seeds >= 1, got {value!r}")
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

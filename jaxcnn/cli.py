@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import sys
+import traceback
 from typing import Sequence
 
 from jaxcnn.runtime import stop
@@ -158,7 +160,10 @@ def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.bench import accuracy as bench_accuracy
+    from jaxcnn.checks import check_seed_count
 
+    if args.seeds is not None:
+        check_seed_count(args.seeds)  # before anything runs, with --to-accuracy or without
     if args.to_accuracy is not None:
         return bench_accuracy.command(args, overrides)
     if args.config or overrides:
@@ -230,6 +235,8 @@ def run_command(argv: list[str]) -> int:
     try:
         return COMMANDS[args.command](args, overrides)
     except JaxcnnError as e:
+        if os.environ.get("JAXCNN_TRACEBACK") == "1":  # the cause's traceback, e.g. of a user's model
+            traceback.print_exception(e)
         print(f"jaxcnn: error: {e}", file=sys.stderr)
         return 2
     except stop.StartupInterrupted as e:  # a stop signal before training began

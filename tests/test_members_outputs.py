@@ -82,7 +82,7 @@ def test_bench_seeds_measures_members_against_the_single_run_in_one_run(capsys):
     assert row["members_member_images_per_s"] > 0 and row["sequential_member_images_per_s"] > 0
     assert row["speedup_vs_sequential"] > 0 and "× sequential" in format_seeds_table(outcome["results"])
     assert main(["bench", "--seeds", "0", "--model", "mlp"]) == 2
-    assert "--seeds must be a positive number of members, got 0" in capsys.readouterr().err
+    assert "--seeds must be a whole number of seeds >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["eval", "export", "predict"])

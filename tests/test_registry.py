@@ -205,7 +205,9 @@ def test_register_model_adds_a_model_to_configs_and_the_models_list(user_module,
     def small(num_classes, width=4, activation="relu", table=None):
         import flax.linen as nn
 
-        return nn.Sequential([lambda x: x.reshape((x.shape[0], -1)), nn.Dense(width), nn.relu, nn.Dense(num_classes)])
+        # Sequential passes `train` on to its first layer, which must take it (the loop calls it with train).
+        return nn.Sequential([lambda x, train=False: x.reshape((x.shape[0], -1)), nn.Dense(width), nn.relu,
+                              nn.Dense(num_classes)])
 
     jaxcnn.register_model("small", small, {"width": 6}, input_shape=(4, 4, 1))
     assert "small" in models.list_models()

@@ -39,6 +39,7 @@ _IMPORTED_AT = time.perf_counter()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxcnn.checks import check_seed_count  # noqa: E402
 from jaxcnn.errors import JaxcnnError  # noqa: E402
 
 
@@ -71,7 +72,8 @@ def check_settings(settings: AccuracySettings) -> None:
     if isinstance(settings.target, bool) or not isinstance(settings.target, (int, float)) \
             or not 0 < settings.target <= 1:
         raise JaxcnnError(f"--to-accuracy must be a test accuracy in (0, 1], e.g. 0.99, got {settings.target!r}")
-    for key, lowest in (("seeds", 1), ("seed", 0), ("eval_every", 0)):
+    check_seed_count(settings.seeds)
+    for key, lowest in (("seed", 0), ("eval_every", 0)):
         value = getattr(settings, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
             raise JaxcnnError(f"--{key.replace('_', '-')} must be a whole number >= {lowest}, got {value!r}")
@@ -243,7 +245,8 @@ def command(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.files.json_output import check_json_path, text_output, write_json_output
 
     check_json_path(args.json)
-    settings = AccuracySettings(args.to_accuracy, args.config, tuple(overrides), args.data_dir, args.seeds or 5,
+    settings = AccuracySettings(args.to_accuracy, args.config, tuple(overrides), args.data_dir,
+                                5 if args.seeds is None else args.seeds,
                                 args.seed, args.eval_every, not args.same_process)
     report = lambda row: print(format_row(row), file=sys.stderr, flush=True)  # noqa: E731
     with text_output(args.json):

@@ -24,6 +24,7 @@ from typing import Any
 
 from jaxcnn.bench.throughput import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload,
                                      check_settings, environment, timed_rate)
+from jaxcnn.checks import check_seed_count
 from jaxcnn.config import base_config, validate_config
 from jaxcnn.core.executor import Executor
 from jaxcnn.core.steps import zero_train_totals
@@ -90,8 +91,7 @@ def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: st
                         report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """For each model × batch size × dtype: N members in one program against the single run."""
     check_settings(settings)
-    if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
-        raise JaxcnnError(f"--seeds must be a positive number of members, got {num_members!r}")
+    check_seed_count(num_members)
     with tempfile.TemporaryDirectory(prefix="jaxcnn-bench-cache-") as tmp:
         results = []
         for name in settings.models:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcnn.data.paths import not_a_regular_file
 from jaxcnn.errors import JaxcnnError
 # JAX-free, so that the grammar (`jaxcnn export --help`) shows them without loading JAX.
 from jaxcnn.commands.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR, KNOWN_PLATFORMS
@@ -115,6 +116,24 @@ def _check_out(out: pathlib.Path) -> None:
                               f"{out / DEFAULT_NAME}")
     if out.parent.exists() and not out.parent.is_dir():
         raise JaxcnnError(f"--out {out}: {out.parent} is a file, not a folder")
+    _check_writable(out)
+
+
+def _check_writable(out: pathlib.Path) -> None:
+    """Probes the folder `out` goes in (or the nearest existing one above it, where the folder
+    would be created), so that a read-only run or `--out` is refused before the model is loaded."""
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise JaxcnnError(f"--out {out}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".jaxcnn-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as e:
+        raise JaxcnnError(f"--out {out}: cannot write in {folder} ({e.strerror or e}); pass --out FILE in a "
+                          "writable folder") from e
 
 
 def write_export(workdir: str | pathlib.Path, step: str | None = None, out: str | pathlib.Path | None = None,
@@ -131,9 +150,13 @@ def write_export(workdir: str | pathlib.Path, step: str | None = None, out: str 
     exported = export_model(saved, platforms)
     blob = bytes(exported.serialize())
     meta = export_metadata(saved, exported, blob)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out, blob)
-    _write_atomically(sidecar_path(out), (json.dumps(meta, indent=2) + "\n").encode())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(out, blob)
+        _write_atomically(sidecar_path(out), (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as e:  # a full disk, or permissions changed since the probe
+        raise JaxcnnError(f"--out {out}: cannot be written ({e.strerror or e}); pass --out FILE in a "
+                          "writable folder with free space") from e
     return out, meta
 
 
@@ -167,8 +190,10 @@ def load_exported(path: str | pathlib.Path) -> tuple[jax.export.Exported, dict[s
     """The deserialized artifact at `path` and its sidecar (None when missing). Deserializing runs
     whatever the file holds: load only files you trust."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise JaxcnnError(f"--exported {path}: no such file; pass the file written by `jaxcnn export`")
+    problem = not_a_regular_file(path)  # a FIFO is never opened: reading it would block
+    if problem:
+        problem = "no such file" if problem == "does not exist" else problem
+        raise JaxcnnError(f"--exported {path}: {problem}; pass the file written by `jaxcnn export`")
     blob = path.read_bytes()
     try:
         exported = jax.export.deserialize(bytearray(blob))

@@ -83,8 +83,26 @@ def _read(reader: Any, manager: Any, step: int, directory: pathlib.Path, *args: 
     try:
         return reader(manager, step, *args)
     except Exception as e:  # Orbax and tensorstore raise many types for damaged files
+        text = " ".join(str(e).split())[:200]  # Orbax's messages run over several lines: one line
         raise JaxcnnError(f"checkpoint step {step} in {directory} cannot be read ({type(e).__name__}: "
-                          f"{str(e)[:200]}); pick another with --step") from e
+                          f"{text}); pick another with --step") from e
+
+
+def check_same_run(workdir: pathlib.Path, saved_config: dict[str, Any]) -> None:
+    """Refuses checkpoints whose config is not the run's `config.json` (a `checkpoints/` folder
+    replaced by another run's), which eval and predict would otherwise use silently; the keys a
+    resumed run may change are ignored. Nothing to compare without a readable config.json."""
+    from jaxcnn.files.workdir import config_differences
+
+    try:
+        recorded = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    differing = config_differences(saved_config, recorded) if isinstance(recorded, dict) else []
+    if differing:
+        raise JaxcnnError(f"the checkpoints in {workdir / checkpoint.CHECKPOINT_DIR} are not of the run in "
+                          f"{workdir / 'config.json'}: {', '.join(differing)[:300]}; were they copied from another "
+                          "run? restore the run's own checkpoints/")
 
 
 def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, member: int | None = None) -> SavedModel:
@@ -101,6 +119,7 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, membe
             raise JaxcnnError(f"{directory} holds no committed checkpoint; train longer or resume the run first")
         latest_meta = _read(checkpoint.read_meta, manager, manager.latest_step(), directory)
         check_member(workdir, latest_meta.get("members"), member)
+        check_same_run(workdir, latest_meta["config"])
         config = config_from_json(json.dumps(latest_meta["config"]))
         chosen = _choose_step(manager, step, latest_meta, config, directory)
         meta = _read(checkpoint.read_meta, manager, chosen, directory)

@@ -61,7 +61,35 @@ def read_certificate(path: pathlib.Path) -> dict[str, Any] | None:
                           "was it written by jaxcnn?") from e
     if not isinstance(value, dict) or not isinstance(value.get("versions", {}), dict):
         raise JaxcnnError(f"'{path}' is not a jaxcnn run certificate (expected a JSON object with versions)")
+    problem = certificate_problem(value)
+    if problem:
+        raise JaxcnnError(f"'{path}' is not a jaxcnn run certificate: {problem}; was it written by jaxcnn?")
     return value
+
+
+SHA256_FIELDS = ("params_sha256", "metrics_sha256", "config_sha256")
+
+
+def certificate_problem(value: dict[str, Any]) -> str | None:
+    """What makes `value` no certificate `jaxcnn train` writes (None: nothing): the hashes verify
+    compares, the steps it re-runs and the environment it warns about, each of its type."""
+    is_hash = lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)  # noqa: E731
+    for key in SHA256_FIELDS:
+        if not is_hash(value.get(key)):
+            return f"{key} is {json.dumps(value.get(key))[:40]}, expected a sha256 (64 hex digits)"
+    if value.get("best_params_sha256") is not None and not is_hash(value["best_params_sha256"]):
+        return "best_params_sha256 is neither a sha256 nor null"
+    steps = value.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        return f"steps is {json.dumps(steps)[:40]}, expected a whole number >= 0"
+    versions = value.get("versions")
+    if not isinstance(versions, dict) or not all(v is None or isinstance(v, str) for v in versions.values()):
+        return "versions is not an object of version strings"
+    for key in ("device_count", "process_count"):
+        count = value.get(key)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            return f"{key} is {json.dumps(count)[:40]}, expected a whole number >= 1"
+    return None
 
 
 def read_original(workdir: str | pathlib.Path, steps: int | None) -> Original:

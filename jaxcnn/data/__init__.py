@@ -73,7 +73,9 @@ class DatasetSource:
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    reads_files: bool = True  # False: made in memory, the data directory plays no part
+    # False: the data directory plays no part (made in memory, or read from `dataset.path` as
+    # image_folder and arrays are, or by a registered loader): a run needs and records no data dir.
+    reads_files: bool = True
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -103,9 +105,9 @@ _DATASETS: dict[str, DatasetSource] = {
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
                                options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
-                                  options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS),
+                                  options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS, reads_files=False),
     "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
-                            options=arrays.OPTIONS, defaults=arrays.DEFAULTS),
+                            options=arrays.OPTIONS, defaults=arrays.DEFAULTS, reads_files=False),
 }
 DATASETS = MappingProxyType(_DATASETS)  # read-only view; add entries with `register_dataset`
 
@@ -137,7 +139,8 @@ def register_dataset(name: str, loader: Callable[..., Dataset], defaults: Mappin
                               "jaxcnn.Dataset; return e.g. Dataset.from_arrays(x_train, y_train, x_test, y_test)")
         return dataclasses.replace(dataset, name=name)
 
-    _DATASETS[name] = DatasetSource(load, options=tuple(defaults), defaults=MappingProxyType(defaults))
+    _DATASETS[name] = DatasetSource(load, options=tuple(defaults), defaults=MappingProxyType(defaults),
+                                    reads_files=False)
 
 
 def dataset_defaults(name: str) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def as_images(array: Any, where: str) -> np.ndarray:
     if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[3] not in (1, 3, 4):
         raise JaxcnnError(f"{where}: shape {array.shape} looks channels-first (N, C, H, W); jaxcnn needs "
                           "channels last: pass images.transpose(0, 2, 3, 1)")
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+    real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if array.dtype == np.bool_ or not real:  # complex pixels too: their imaginary part would be dropped
         raise JaxcnnError(f"{where}: expected pixel values (uint8 0..255 or floats), got dtype {array.dtype}")
     low, high = array.min(), array.max()
     if np.issubdtype(array.dtype, np.floating):
@@ -63,6 +64,8 @@ def as_labels(array: Any, where: str, count: int) -> np.ndarray:
         raise JaxcnnError(f"{where}: {len(array)} labels for {count} images; give one label per image")
     if array.min() < 0:
         raise JaxcnnError(f"{where}: negative label {array.min()}; labels are class indices 0..K-1")
+    if array.max() > np.iinfo(np.int32).max:
+        raise JaxcnnError(f"{where}: label {array.max()} is out of range; labels are class indices 0..K-1")
     return array.astype(np.int32)
 
 
@@ -94,6 +97,7 @@ def dataset_arrays(x_train: Any, y_train: Any, x_test: Any = None, y_test: Any =
 def _class_names(class_names: Sequence[str] | None, train: Split, test: Split, where: str) -> tuple[str, ...]:
     top = int(max(train.labels.max(), test.labels.max(initial=0)))
     if class_names is None:
+        _check_no_empty_class(train, test, top, where)
         class_names = [str(c) for c in range(top + 1)]
     class_names = tuple(str(name) for name in class_names)
     if top >= len(class_names):
@@ -104,6 +108,17 @@ def _class_names(class_names: Sequence[str] | None, train: Split, test: Split, w
     if len(test) == 0:
         raise JaxcnnError(f"{where}: the test split is empty; give more examples or a larger test_fraction")
     return class_names
+
+
+def _check_no_empty_class(train: Split, test: Split, top: int, where: str) -> None:
+    """Without class names the classes are 0..the largest label: each must have an example, so
+    that one stray label (1,000,000) cannot build a model of a million classes."""
+    present = np.union1d(np.unique(train.labels), np.unique(test.labels))
+    if len(present) < top + 1:
+        empty = top + 1 - len(present)
+        raise JaxcnnError(f"{where}: label {top} makes {top + 1} classes, {empty} of them without any example; "
+                          "labels are class indices 0..K-1 (renumber them, or pass class_names to declare "
+                          "classes without examples)")
 
 
 def check_test_fraction(value: Any, key: str = "test_fraction") -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxcnn.data.splits import Split
+from jaxcnn.data.paths import not_a_regular_file
 from jaxcnn.errors import JaxcnnError
 
 UINT8_TYPE_CODE = 0x08
@@ -72,8 +73,10 @@ def load_idx_dataset(directory: str | os.PathLike, prefix_train: str = "train",
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise JaxcnnError(f"{path}: file not found; expected an IDX file there, check the path")
+    problem = not_a_regular_file(path)
+    if problem:
+        problem = "file not found" if problem == "does not exist" else problem
+        raise JaxcnnError(f"{path}: {problem}; expected an IDX file there, check the path")
     data = path.read_bytes()
     if path.suffix != ".gz":
         return data
@@ -123,12 +126,22 @@ def _locate(directory: Path, stems: list[str]) -> list[Path]:
         if not directory.is_dir():
             problem = "directory not found"
         else:
-            problem = "missing " + ", ".join(f"{s}.gz" for s, p in zip(stems, found) if p is None)
+            problem = "; ".join(_what_is_there(directory, s) for s, p in zip(stems, found) if p is None)
         expected = ", ".join(str(directory / f"{s}.gz") for s in stems)
         raise JaxcnnError(
             f"{directory}: {problem}; expected the IDX files {expected} (or the same without .gz); "
             f"put them there, or point --data-dir / JAXCNN_DATA_DIR at the folder that holds {directory.name}/")
     return found
+
+
+def _what_is_there(directory: Path, stem: str) -> str:
+    """'missing NAME.gz', or what stands at its path instead of a file (a folder, a FIFO, a dangling
+    link), so that a user does not look for a file that seems to be there."""
+    for path in (directory / f"{stem}.gz", directory / stem):
+        problem = not_a_regular_file(path)
+        if problem != "does not exist":
+            return f"{path.name} {problem}"
+    return f"missing {stem}.gz"
 
 
 def _describe(dims: tuple[int, ...]) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxcnn.data.arrays import check_path, check_test_fraction
 from jaxcnn.data.images import IMAGE_SUFFIXES, load_image, read_header
+from jaxcnn.data.paths import not_a_regular_file
 from jaxcnn.data.splits import Split, stratified_holdout
 from jaxcnn.errors import JaxcnnError
 
@@ -130,10 +131,18 @@ def _cache_key(root: pathlib.Path, files: list[pathlib.Path], labels: np.ndarray
     sizes and modification times; a newer hash for the same SIZE replaces the older one."""
     digest = hashlib.sha256(json.dumps([CACHE_VERSION, num_train]).encode())
     for file, label in zip(files, labels.tolist()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{file.relative_to(root)}\0{label}\0{_stamp(file)}\n".encode())
     tag = f"{size[0]}x{size[1]}" if size else "native"
     return f"{tag}{'-skip' if skip_bad_images else ''}-{digest.hexdigest()[:24]}"
+
+
+def _stamp(file: pathlib.Path) -> str:
+    """Size and modification time of a regular file; for anything else (a dangling or looping
+    link, a FIFO) what it is, so the key is made without failing and decoding names the file."""
+    if not_a_regular_file(file):
+        return not_a_regular_file(file) or ""
+    stat = file.stat()
+    return f"{stat.st_size}\0{stat.st_mtime_ns}"
 
 
 def _cache_parents(root: pathlib.Path) -> list[pathlib.Path]:
@@ -153,6 +162,7 @@ def cached_pixels(root: pathlib.Path, files: list[pathlib.Path], labels: np.ndar
         if loaded is not None:
             return _report_skipped(root, *loaded)
     for parent in _cache_parents(root):
+        created = not parent.exists()  # removed again when decoding fails: a failed start leaves nothing
         try:
             parent.mkdir(parents=True, exist_ok=True)
             staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=parent))
@@ -165,11 +175,23 @@ def cached_pixels(root: pathlib.Path, files: list[pathlib.Path], labels: np.ndar
         except OSError as e:
             raise JaxcnnError(f"dataset.path: {root}: cannot write the decoded images to {parent} ({e}); "
                               "free some space or make the folder writable") from e
+        except JaxcnnError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                _remove_empty(parent)
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return _report_skipped(root, *_read_cache(parent / key))
     raise JaxcnnError(f"dataset.path: {root}: cannot write the decoded images to any of "
                       f"{', '.join(map(str, _cache_parents(root)))}; make one of them writable")
+
+
+def _remove_empty(folder: pathlib.Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (another run's cache) or already gone
 
 
 def _report_skipped(root: pathlib.Path, images: np.ndarray, labels: np.ndarray, meta: dict) -> tuple:

@@ -13,11 +13,15 @@ import warnings
 
 import numpy as np
 
+from jaxcnn.data.paths import not_a_regular_file
 from jaxcnn.errors import JaxcnnError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+# Pillow's 16-bit grey modes ("I" is how older Pillows open a 16-bit PNG): values 0..65535, rescaled
+# to 0..255 by x / 257 (65535 -> 255), never clipped. "F" (float TIFF) is taken as pixel values 0..255.
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 # Larger images (width x height) are refused, from the header, before decoding them.
 MAX_IMAGE_PIXELS = 64_000_000
 
@@ -81,11 +85,7 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise JaxcnnError(f"{path}: {width}x{height} pixels is over predict's limit of "
                                       f"{MAX_IMAGE_PIXELS:,} pixels; resize it first")
-                if "A" in image.getbands() or image.mode == "P":
-                    mode = "RGBA"
-                else:
-                    mode = "L" if len(image.getbands()) == 1 else "RGB"
-                return np.asarray(image.convert(mode))
+                return _decoded(image)
         except Image.DecompressionBombError as e:
             raise JaxcnnError(f"{path}: the image is over predict's limit of {MAX_IMAGE_PIXELS:,} pixels; "
                               "resize it first") from e
@@ -93,6 +93,19 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
             raise
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
             raise JaxcnnError(f"{path}: cannot be read as an image ({_one_line(e)})") from e
+
+
+def _decoded(image: "Image.Image") -> np.ndarray:
+    """Pixels of an open image, without losing its range: 16-bit grey as x / 257 (floats 0..255; a
+    32-bit "I" image over 65535 is then refused by `_check_pixels`), float grey as it is, palettes
+    and transparency as RGBA, other modes as grey ("L") or RGB."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return np.asarray(image, np.float64) / 257.0
+    if image.mode == "F":
+        return np.asarray(image, np.float64)
+    if "A" in image.getbands() or image.mode == "P":
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("L" if len(image.getbands()) == 1 else "RGB"))
 
 
 def _to_pixels(array: np.ndarray, input_shape: tuple[int, int, int], invert: bool) -> np.ndarray:
@@ -123,8 +136,10 @@ def load_image(path: str | pathlib.Path, input_shape: tuple[int, int, int], inve
     if suffix != ".npy" and suffix not in IMAGE_SUFFIXES:
         raise JaxcnnError(f"{path}: unsupported file type '{suffix}'; pass image files "
                           f"({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
-    if not path.is_file():
-        raise JaxcnnError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}; expected an image file")
+    problem = not_a_regular_file(path)
+    if problem:
+        problem = {"does not exist": "no such file", "is a folder, not a regular file": "is a folder"}.get(problem, problem)
+        raise JaxcnnError(f"{path}: {problem}; expected an image file")
     array = _read_npy(path) if suffix == ".npy" else _read_image(path)
     return _to_pixels(_check_pixels(array, path), input_shape, invert)
 
@@ -133,6 +148,9 @@ def read_header(path: pathlib.Path) -> tuple[int, int, bool]:
     """(height, width, is_grey) of an image file, read without decoding its pixels."""
     from PIL import Image, UnidentifiedImageError
 
+    problem = not_a_regular_file(path)  # opening a FIFO would block: never open one
+    if problem:
+        raise JaxcnnError(f"{path}: {problem}; expected an image file")
     try:
         with Image.open(path, formats=PILLOW_FORMATS) as image:
             width, height = image.size

@@ -316,7 +316,7 @@ class Checkpointer:
                 loop = loop_from_json(meta["loop"])
             except Exception as e:  # any failure to read a step means that step is unusable
                 print(f"jaxcnn: warning: checkpoint step {step} cannot be read ({type(e).__name__}: "
-                      f"{str(e)[:200]}); trying the step before it", file=sys.stderr, flush=True)
+                      f"{' '.join(str(e).split())[:200]}); trying the step before it", file=sys.stderr, flush=True)
                 unreadable.append((step, e))
                 continue
             if tuple(meta["input_shape"]) != tuple(self.static_meta["input_shape"]):

@@ -28,6 +28,9 @@ RECORD_FIELDS = {"train": (("step",), ("loss", "accuracy")),
 OPTIONAL_NUMBERS = ("val_loss", "val_accuracy", "learning_rate")
 CONFIG_SECTIONS = ("model", "loss", "optimizer", "schedule")
 SUMMARY_NUMBERS = ("best_epoch", "test_loss", "test_accuracy")
+# A member's numbers in a run of members' summary.json (jaxcnn.training.summary.AGGREGATED).
+MEMBER_NUMBERS = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_macro_f1",
+                  "test_expected_calibration_error", "best_val_accuracy", "best_val_loss", "epochs_run")
 PREDICTION_ARRAYS = ("labels", "predicted", "confidence", "class_names", "mistake_indices", "mistake_images")
 
 
@@ -118,6 +121,8 @@ def _read_object(path: pathlib.Path) -> dict[str, Any]:
 def _check_summary(summary: dict[str, Any], path: pathlib.Path) -> None:
     for key in SUMMARY_NUMBERS:
         _expect(_is_number_or_null(summary.get(key)), path, f"'{key}' is not a number or null")
+    if "members" in summary or "aggregate" in summary:
+        _check_members(summary, path)
     if "test_metrics" not in summary:
         return
     metrics = summary["test_metrics"]
@@ -139,6 +144,41 @@ def _check_summary(summary: dict[str, Any], path: pathlib.Path) -> None:
             and all(isinstance(row, list) and len(row) == k and all(_is_int(c) and c >= 0 for c in row)
                     for row in confusion), path,
             f"test_metrics.confusion_matrix is not {k}x{k} counts, one row per class")
+
+
+def _check_members(summary: dict[str, Any], path: pathlib.Path) -> None:
+    """The fields of a run of members that `report` and `compare` read: each member's seed, sweep
+    values and metrics, each aggregate group's sweep, members and statistics."""
+    members = summary.get("members")
+    _expect(isinstance(members, list) and len(members) > 0, path, "'members' is not a list of members")
+    for i, member in enumerate(members):
+        _expect(isinstance(member, dict), path, f"members[{i}] is not an object")
+        _expect(_is_int(member.get("seed")) and member["seed"] >= 0, path, f"members[{i}].seed is not a whole number >= 0")
+        _expect(_is_sweep(member.get("sweep")), path, f"members[{i}].sweep is not an object of swept numbers")
+        for key in MEMBER_NUMBERS:
+            _expect(_is_number_or_null(member.get(key)), path, f"members[{i}].{key} is not a number or null")
+    groups = summary.get("aggregate", [])
+    _expect(isinstance(groups, list), path, "'aggregate' is not a list of groups")
+    for i, group in enumerate(groups):
+        _expect(isinstance(group, dict) and _is_sweep(group.get("sweep")), path, f"aggregate[{i}].sweep is not an object")
+        indices = group.get("members")
+        _expect(isinstance(indices, list) and all(_is_int(m) and 0 <= m < len(members) for m in indices), path,
+                f"aggregate[{i}].members is not a list of member indices below {len(members)}")
+        metrics = group.get("metrics")
+        _expect(isinstance(metrics, dict) and all(isinstance(v, dict) and all(map(_is_statistic, v.values()))
+                                                  for v in metrics.values()), path,
+                f"aggregate[{i}].metrics is not an object of statistics (numbers or null)")
+
+
+def _is_statistic(value: Any) -> bool:
+    """A number, null, or an interval of two (ci95)."""
+    return _is_number_or_null(value) or (isinstance(value, list) and len(value) == 2
+                                         and all(map(_is_number_or_null, value)))
+
+
+def _is_sweep(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _is_number_or_null(v) and v is not None
+                                           for k, v in value.items())
 
 
 def _read_predictions(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -107,6 +107,9 @@ def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+EXPECTED_ATTRIBUTE = "_jaxcnn_expected_output"
+
+
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_name: str | None = None,
                  **options: Any) -> nn.Module:
     """Model `name` with `num_classes` logits, as a linen Module; `options` override its defaults
@@ -132,4 +135,8 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_
         factory, label = _entry(name).factory, f"model {name!r}"
     extra = {"dtype": dtype, "bn_axis_name": bn_axis_name}
     merged.update({k: v for k, v in extra.items() if v is not None and imported.accepts(factory, k, named=True)})
-    return imported.build(factory, label, num_classes, merged)
+    module = imported.build(factory, label, num_classes, merged)
+    # What `check_input_shape` checks the output against; a plain attribute, not a field, so the
+    # module's parameters and checkpoints are those of the module itself.
+    object.__setattr__(module, EXPECTED_ATTRIBUTE, (num_classes, label, bn_axis_name))
+    return module

@@ -6,6 +6,9 @@ the writers ask which process they are in (`jaxcnn.files.writers`).
 
 from __future__ import annotations
 
+import socket
+import time
+
 import jax
 import numpy as np
 
@@ -32,8 +35,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
             raise JaxcnnError(f"--process-id must be in [0, {num_processes}) and --num-processes >= 1, "
                               f"got --process-id {process_id} --num-processes {num_processes}")
         host, sep, port = coordinator.rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise JaxcnnError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), got '{coordinator}'")
+        if timeout_s < 1:
+            raise JaxcnnError(f"--init-timeout must be a whole number of seconds >= 1, got {timeout_s}")
+        if process_id != 0:  # process 0 starts the coordinator; the others must reach it
+            wait_for_coordinator(host.strip("[]"), int(port), timeout_s)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id,
                                    initialization_timeout=timeout_s)
@@ -42,6 +49,28 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         raise JaxcnnError(f"jax.distributed.initialize failed ({first_line}); check --coordinator, "
                           f"--num-processes and --process-id, and that every process was started") from e
     return True
+
+
+def wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+    """Returns once a TCP connection to the coordinator opens, or raises one line after `timeout_s`.
+
+    Why: JAX's client aborts the whole process (SIGABRT, a C++ stack dump) when it cannot reach the
+    coordinator in time, so nothing could report it in one line; a plain socket, tried until the
+    same timeout, finds that out first. Process 0 may start later than the others: hence the retries.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+                return
+        except OSError as e:
+            error = e
+        if time.monotonic() + 0.25 >= deadline:
+            break
+        time.sleep(0.25)
+    raise JaxcnnError(f"the coordinator {host}:{port} could not be reached within {timeout_s} s "
+                      f"({error.strerror or error}); start process 0 (--process-id 0) with the same --coordinator, "
+                      "check the address and port, or raise --init-timeout")
 
 
 def is_main_process() -> bool:
