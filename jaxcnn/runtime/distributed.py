@@ -6,19 +6,24 @@ the writers ask which process they are in (`jaxcnn.files.writers`).
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.runtime import cluster
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, auto_detect: bool = False,
-                           timeout_s: int = 300) -> bool:
+                           local_devices: str | None = None, timeout_s: int = 300) -> bool:
     """Joins JAX's distributed runtime before any device is used; returns whether it did.
 
     Either all of `coordinator` ("HOST:PORT"), `num_processes` and `process_id` are given, or
     `auto_detect` asks JAX to read them from the cluster environment it recognises (SLURM, Open
     MPI, Kubernetes JobSets, Cloud TPU pods). With neither, nothing happens (one process).
+    `local_devices` is `--local-devices` (`jaxcnn.runtime.cluster.parse_local_devices`): which of
+    the node's GPUs this process drives.
     """
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
     if not auto_detect and all(v is None for v in given.values()):
@@ -34,14 +39,29 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         host, sep, port = coordinator.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise JaxcnnError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), got '{coordinator}'")
+    local_device_ids = cluster.parse_local_devices(local_devices)
+    launcher = cluster.detect_launcher() if auto_detect else None
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id,
+        jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
                                    initialization_timeout=timeout_s)
     except (RuntimeError, ValueError) as e:  # unreachable coordinator, timeout, no cluster found
+        if auto_detect:
+            raise cluster.not_initialised(launcher, e) from e
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JaxcnnError(f"jax.distributed.initialize failed ({first_line}); check --coordinator, "
                           f"--num-processes and --process-id, and that every process was started") from e
     return True
+
+
+def note_local_devices() -> None:
+    """Says in one line on stderr when this process drives fewer GPUs than its node shows. Called
+    once the backend may start (after `determinism.apply`)."""
+    if jax.process_count() == 1 or jax.default_backend() != "gpu":
+        return
+    line = cluster.fewer_devices_line(jax.process_index(), jax.local_device_count(), cluster.visible_gpus(),
+                                      cluster.local_processes())
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def is_main_process() -> bool:
