@@ -36,19 +36,22 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.config import config_name, config_to_json, read_config, validate_config
     from jaxcnn.training.divergence import TrainingDiverged
     from jaxcnn.training.loop import train_and_evaluate
-    from jaxcnn.runtime.distributed import initialize_distributed, is_main_process
+    from jaxcnn.runtime.distributed import initialize_distributed, is_main_process, note_local_devices
 
     # Before anything touches a device: JAX's distributed runtime must start first.
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                           auto_detect=args.distributed, timeout_s=args.init_timeout)
+    joined = initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                    auto_detect=args.distributed, local_devices=args.local_devices,
+                                    timeout_s=args.init_timeout)
     config = read_config(args.config, overrides + ["dataset.download=true"] * args.download)
     determinism.apply(config)  # before anything starts JAX's backend (validating builds the model)
+    if joined:
+        note_local_devices()  # a process driving fewer GPUs than its node has says so
     stop.check_startup()  # a Ctrl-C while the libraries loaded
     if args.show_config:
         validate_config(config)
         print(config_to_json(config))
         return 0  # else the run checks its config once, first thing (training.run.build_run)
-    if not args.workdir and (args.num_processes or 1) > 1:
+    if not args.workdir and ((args.num_processes or 1) > 1 or args.distributed):
         raise JaxcnnError("several processes train into one shared workdir: pass the same --workdir to every process")
     workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(config_name(args.config))
     try:

@@ -92,6 +92,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     distributed.add_argument("--distributed", action="store_true",
                              help="let JAX read the three values above from the cluster it runs in "
                                   "(SLURM, Open MPI, Kubernetes, Cloud TPU pods)")
+    distributed.add_argument("--local-devices", metavar="all|I,J,...",
+                             help="the node's GPUs this process drives: `all` for one process per node "
+                                  "(default under SLURM and Open MPI: the one GPU of the process's local rank)")
     distributed.add_argument("--init-timeout", type=int, default=300, metavar="SECONDS",
                              help="how long to wait for all processes to connect (default: 300)")
 

@@ -110,16 +110,17 @@ def straight(tmp_path_factory):
     return workdir, summary
 
 
-def test_sigterm_after_the_first_epoch_then_resume_equals_the_straight_run(straight, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])  # SIGUSR1: a cluster's warning before a requeue
+def test_a_stop_signal_after_the_first_epoch_then_resume_equals_the_straight_run(straight, tmp_path, name):
     workdir = tmp_path / "run"
     # Delayed saves every 5 steps pace the run (a save waits for the one before), so the signal
     # lands early in the second epoch.
     process = start(workdir, RUN + ["checkpoint.every_steps=5"], delay_s=0.2)
     wait_for(lambda: events(workdir, "epoch"), process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, name))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert "SIGTERM" in stderr and f"jaxcnn train --workdir {workdir}" in stderr
+    assert f"{name}: stopped after step" in stderr and f"jaxcnn train --workdir {workdir}" in stderr
     assert not (workdir / "summary.json").exists()
     stopped_at = max(committed_steps(workdir))
     assert 40 <= stopped_at < 80, stderr  # stopped inside the second epoch

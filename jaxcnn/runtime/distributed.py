@@ -7,21 +7,26 @@ the writers ask which process they are in (`jaxcnn.files.writers`).
 from __future__ import annotations
 
 import socket
+import sys
 import time
 
 import jax
 import numpy as np
 
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.runtime import cluster
+
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, auto_detect: bool = False,
-                           timeout_s: int = 300) -> bool:
+                           local_devices: str | None = None, timeout_s: int = 300) -> bool:
     """Joins JAX's distributed runtime before any device is used; returns whether it did.
 
     Either all of `coordinator` ("HOST:PORT"), `num_processes` and `process_id` are given, or
     `auto_detect` asks JAX to read them from the cluster environment it recognises (SLURM, Open
     MPI, Kubernetes JobSets, Cloud TPU pods). With neither, nothing happens (one process).
+    `local_devices` is `--local-devices` (`jaxcnn.runtime.cluster.parse_local_devices`): which of
+    the node's GPUs this process drives.
     """
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
     if not auto_detect and all(v is None for v in given.values()):
@@ -41,10 +46,16 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
             raise JaxcnnError(f"--init-timeout must be a whole number of seconds >= 1, got {timeout_s}")
         if process_id != 0:  # process 0 starts the coordinator; the others must reach it
             wait_for_coordinator(host.strip("[]"), int(port), timeout_s)
+    local_device_ids = cluster.parse_local_devices(local_devices)
+    launcher = cluster.detect_launcher() if auto_detect else None
+    if launcher in ("SLURM", "Open MPI"):  # JAX would abort on a coordinator it cannot reach: probe it
+        probe_detected_coordinator(local_device_ids, timeout_s)
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id,
+        jax.distributed.initialize(coordinator, num_processes, process_id, local_device_ids=local_device_ids,
                                    initialization_timeout=timeout_s)
     except (RuntimeError, ValueError) as e:  # unreachable coordinator, timeout, no cluster found
+        if auto_detect:
+            raise cluster.not_initialised(launcher, e) from e
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JaxcnnError(f"jax.distributed.initialize failed ({first_line}); check --coordinator, "
                           f"--num-processes and --process-id, and that every process was started") from e
@@ -71,6 +82,29 @@ def wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
     raise JaxcnnError(f"the coordinator {host}:{port} could not be reached within {timeout_s} s "
                       f"({error.strerror or error}); start process 0 (--process-id 0) with the same --coordinator, "
                       "check the address and port, or raise --init-timeout")
+
+
+def probe_detected_coordinator(local_device_ids: list[int] | None, timeout_s: int) -> None:
+    """`wait_for_coordinator` for the address JAX detects from SLURM's or Open MPI's variables (read
+    from the environment alone), when this process is not the coordinator."""
+    from jax._src.clusters import ClusterEnv  # the detection `jax.distributed.initialize` runs next
+
+    address, _, process_id, _ = ClusterEnv.auto_detect_unset_distributed_params(
+        None, None, None, local_device_ids, None, timeout_s)
+    host, sep, port = (address or "").rpartition(":")
+    if sep and port.isdigit() and process_id not in (None, 0):
+        wait_for_coordinator(host.strip("[]"), int(port), timeout_s)
+
+
+def note_local_devices() -> None:
+    """Says in one line on stderr when this process drives fewer GPUs than its node shows. Called
+    once the backend may start (after `determinism.apply`)."""
+    if jax.process_count() == 1 or jax.default_backend() != "gpu":
+        return
+    line = cluster.fewer_devices_line(jax.process_index(), jax.local_device_count(), cluster.visible_gpus(),
+                                      cluster.local_processes())
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def is_main_process() -> bool:

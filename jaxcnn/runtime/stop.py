@@ -1,4 +1,5 @@
-"""Stop signals: SIGTERM and SIGINT become a flag that training polls at safe points.
+"""Stop signals: SIGTERM, SIGINT and the requeue signal (SIGUSR1) become a flag that training polls
+at safe points.
 
 This module imports nothing heavy, so that `jaxcnn train` installs the handlers before it imports
 JAX: a Ctrl-C in the first seconds is then a flag too, never a `KeyboardInterrupt` raised inside
@@ -6,6 +7,13 @@ an import or a library thread. Start-up polls the flag (`check_startup`) and sto
 exit status 128 + the signal's number (130 for SIGINT, 143 for SIGTERM); once training runs, the
 loop stops after the current call and saves a checkpoint (`jaxcnn.files.checkpoint.TrainingInterrupted`).
 A second Ctrl-C quits at once without saving.
+
+The requeue signal is what a cluster sends ahead of a time limit or a preemption (SLURM's
+`--signal=USR1@120`): it stops like SIGTERM, every process saving at the same step, so that the
+requeued job's same command resumes. It is SIGUSR1 unless the environment variable
+JAXCNN_REQUEUE_SIGNAL names another (`USR2`, `SIGHUP`) or `none`. An environment variable rather
+than a flag or a config field: the handlers are installed before the command line is parsed and
+before JAX is imported, and a job script sets it once for every process it starts.
 """
 
 from __future__ import annotations
@@ -18,7 +26,31 @@ import sys
 import threading
 from typing import Any, Callable, Iterator
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REQUEUE_SIGNAL_ENV = "JAXCNN_REQUEUE_SIGNAL"
+
+
+def requeue_signal(environ: Any = os.environ) -> signal.Signals | None:
+    """The signal that stops and saves like SIGTERM for a requeue: SIGUSR1 unless JAXCNN_REQUEUE_SIGNAL
+    names another or `none`. A name that is no signal here is ignored with one line (the command
+    must not fail in a job's last minutes over it)."""
+    name = environ.get(REQUEUE_SIGNAL_ENV, "SIGUSR1").strip().upper()
+    if name in ("", "NONE", "OFF"):
+        return None
+    found = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+    if not isinstance(found, signal.Signals) or found in (signal.SIGKILL, getattr(signal, "SIGSTOP", None)):
+        _say_once(f"jaxcnn: {REQUEUE_SIGNAL_ENV}={environ[REQUEUE_SIGNAL_ENV]} names no signal that can be caught; "
+             "no requeue signal watched")
+        return None
+    return found
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM, SIGINT and the requeue signal, if any."""
+    extra = requeue_signal()
+    return (signal.SIGTERM, signal.SIGINT) + ((extra,) if extra not in (None, signal.SIGTERM, signal.SIGINT) else ())
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # always watched; `stop_signals()` adds the requeue signal
 
 
 class StartupInterrupted(Exception):
@@ -31,7 +63,8 @@ class StartupInterrupted(Exception):
 
 
 class StopSignals:
-    """SIGTERM / SIGINT -> `received` (the signal's name), polled by start-up and the training loop.
+    """SIGTERM / SIGINT / the requeue signal -> `received` (the signal's name), polled by start-up and
+    the training loop.
 
     A second SIGINT quits at once: with `hard_exit` (the `jaxcnn` command) the process exits with
     status 130 without any clean-up (checkpoints are atomic, the workdir lock dies with the
@@ -44,7 +77,7 @@ class StopSignals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
+            for signum in stop_signals():
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -65,6 +98,16 @@ def _is_terminal(stream: Any) -> bool:
         return stream is not None and stream.isatty()
     except (ValueError, OSError):
         return False
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """`_say`, but a line already said stays unsaid (the handlers are looked up more than once)."""
+    if line not in _SAID:
+        _SAID.add(line)
+        _say(line)
 
 
 def _say(line: str) -> None:
@@ -112,7 +155,7 @@ def handlers_restored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in stop_signals()}
     try:
         yield
     finally:
