@@ -192,3 +192,14 @@ def test_the_requeue_signal_is_sigusr1_unless_the_environment_names_another_or_n
     assert stop.requeue_signal({stop.REQUEUE_SIGNAL_ENV: "none"}) is None
     assert stop.requeue_signal({stop.REQUEUE_SIGNAL_ENV: "SIGKILL"}) is None
     assert signal.SIGUSR1 in stop.stop_signals() or os.environ.get(stop.REQUEUE_SIGNAL_ENV)
+
+
+def test_a_slurm_process_whose_coordinator_is_unreachable_is_one_line_and_exit_2(tmp_path):
+    """JAX's client aborts the process (SIGABRT) on an unreachable coordinator; the probe at the
+    address JAX detects from SLURM's variables says so in one line first."""
+    env = {**device_env(1), **slurm_env(1, free_port())}
+    result = subprocess.run([sys.executable, "-m", "jaxcnn.cli", "train", "--distributed", "--workdir",
+                             str(tmp_path / "w"), "--init-timeout", "2"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "could not be reached within 2 s" in result.stderr
