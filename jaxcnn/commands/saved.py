@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import losses
+from jaxcnn.core import ema, losses
 from jaxcnn.files import checkpoint
 from jaxcnn.core.build import build, make_prepare
 from jaxcnn.config import config_from_json, dataset_options
@@ -109,8 +109,8 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, membe
         restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
-    if member is None:
-        return SavedModel(workdir, chosen, config, meta, restored["train_state"])
+    if member is None:  # with EMA on, the moving averages (what the run validated and tested)
+        return SavedModel(workdir, chosen, config, meta, ema.view(restored["train_state"]))
     state = _member_state(restored["train_state"], member, best=step is None and _restores_best(config))
     return SavedModel(workdir, chosen, member_config(config, meta["members"][member]), meta, state)
 
@@ -158,7 +158,7 @@ def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> 
 def _member_state(saved: dict[str, Any], member: int, best: bool) -> TrainState:
     """Member `member` of a stacked saved state; with `best`, its best epoch's variables (restore_best)."""
     own = lambda tree: jax.tree.map(lambda leaf: leaf[member], tree)
-    state = own(saved["state"])
+    state = ema.view(own(saved["state"]))
     if best and "best" in saved:
         params, batch_stats = own(saved["best"])
         state = state.replace(params=params, batch_stats=batch_stats)

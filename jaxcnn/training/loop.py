@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import members, optim
+from jaxcnn.core import ema, members, optim
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import stop
 from jaxcnn.core.executor import plan_calls
@@ -223,7 +223,7 @@ def validate(run: Run, state: Any, loop: RunLoop, records: dict[int, dict]) -> t
     """Each training member's validation metrics into its record and trackers; the best variables
     kept (`restore_best`); the plateau's learning-rate scale set. Returns the state and which
     members improved."""
-    val = run.evaluate(state, "val")
+    val = run.evaluate(ema.view(state), "val")  # the moving averages when EMA is on
     improved = np.zeros(run.num_members, bool)
     for m, record in records.items():
         member = loop.members[m]
@@ -233,7 +233,7 @@ def validate(run: Run, state: Any, loop: RunLoop, records: dict[int, dict]) -> t
         improved[m] = member.stopping.update(record[member.stopping.monitor], loop.epoch)
         if member.plateau is not None:
             member.plateau.update(record["val_loss"])
-    keep_best_variables(run, state, improved)
+    keep_best_variables(run, ema.view(state), improved)
     if loop.members[0].plateau is not None:
         scales = [member.plateau.scale for member in loop.members]
         opt_state = (optim.set_lr_scale(state.opt_state, scales[0]) if not run.stacked else optim.set_lr_scale(
