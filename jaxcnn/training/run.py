@@ -23,7 +23,8 @@ from jaxcnn import data, models
 from jaxcnn.core import members
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
-from jaxcnn.training import divergence, profiling
+from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
+from jaxcnn.training.callbacks import Callbacks
 from jaxcnn.core.build import build, make_prepare
 from jaxcnn.training.clock import Clock
 from jaxcnn.runtime.compilation import enable_compilation_cache
@@ -181,6 +182,7 @@ class Run(Program):
     watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
     claim: Claim | None = None  # the workdir's lock, released on close
     profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
+    callbacks: Callbacks = dataclasses.field(default_factory=Callbacks)  # the Python API's callbacks (`jaxcnn.training.callbacks`)
 
     @property
     def has_val(self) -> bool:
@@ -219,7 +221,8 @@ class Run(Program):
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
-              quiet: bool, fresh: bool, dataset: data.Dataset | None = None) -> tuple[Run, Any, RunLoop]:
+              quiet: bool, fresh: bool, dataset: data.Dataset | None = None,
+              callbacks: Callbacks = callbacks_module.NONE) -> tuple[Run, Any, RunLoop]:
     """The run's program and workdir; resumed from the workdir's last checkpoint when it holds an
     unfinished run."""
     validate_config(config)
@@ -229,7 +232,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     executor.check_batch_size(config.batch_size)
     claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
     with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
-        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset, member_list)
+        run, state, loop = assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset,
+                                        member_list)
+        run.callbacks = callbacks
+        return run, state, loop
 
 
 def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
