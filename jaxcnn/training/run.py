@@ -25,6 +25,7 @@ from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
 from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
 from jaxcnn.training.callbacks import Callbacks
+from jaxcnn.training.init_from import check_freeze, starting_weights
 from jaxcnn.core.build import build, make_prepare
 from jaxcnn.training.clock import Clock
 from jaxcnn.runtime.compilation import enable_compilation_cache
@@ -110,6 +111,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
                              config.loss.name, TOP_K, members=stacked)
     if not stacked:
         state = executor.put(parts.init_state(config, dataset.input_shape))
+        check_freeze(config, state, stacked)
         return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
     init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
                                              some, config.optimizer.learning_rate)
@@ -118,6 +120,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
         check_memory(calls, feeds, executor.put(init(member_list[:measured]), executor.member_state),
                      len(member_list) // measured, config)
     state = executor.put(init(member_list), executor.member_state)
+    check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
 
 
@@ -268,7 +271,13 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
     if run.stacked and run.tracks_best:  # each member's best so far, selected per member (keep_best)
         run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
     restored = saver.restore_latest(run.saved(state), run.totals, RunLoop.from_json) if resuming else None
-    if restored is not None:
+    notes = []
+    if restored is None and config.init_from:  # a new run that fine-tunes: its starting weights
+        state, notes = starting_weights(config, jax.device_get(state), run.dataset.num_classes, run.stacked)
+        state = run.put(state)
+        if run.best_variables is not None:
+            run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+    elif restored is not None:
         saved, run.totals, loop = restored
         state, run.best_variables = (saved["state"], saved.get("best")) if run.stacked else (saved, None)
         if not run.stacked and run.tracks_best and saver.best_step is not None:
@@ -281,6 +290,8 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
         run.writer.progress.resume(loop.step)
         run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
     run.writer.line(start_line(run, state))
+    for line in notes:
+        run.writer.line(line)
     return state, loop
 
 
