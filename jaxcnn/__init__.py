@@ -7,7 +7,7 @@ quick and can install its Ctrl-C handling before JAX loads.
 import importlib
 from typing import Any
 
-_EXPORTS = {"Dataset": "jaxcnn.data", "JaxcnnError": "jaxcnn.errors", "Model": "jaxcnn.api",
+_EXPORTS = {"Callback": "jaxcnn.api", "CallbackFailed": "jaxcnn.api", "Dataset": "jaxcnn.data", "JaxcnnError": "jaxcnn.errors", "Model": "jaxcnn.api",
             "base_config": "jaxcnn.config", "create_model": "jaxcnn.models", "load": "jaxcnn.api",
             "load_config": "jaxcnn.config", "load_dataset": "jaxcnn.data", "register_dataset": "jaxcnn.data",
             "register_model": "jaxcnn.models", "train": "jaxcnn.api", "train_and_evaluate": "jaxcnn.training.loop"}

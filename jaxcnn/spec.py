@@ -210,6 +210,22 @@ class AugmentSpec(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class EmaSpec(Section):
+    """`decay`: the moving average of the weights that evaluation, test and prediction use
+    (jaxcnn/core/ema.py), warmed up as min(decay, (1 + t) / (10 + t)); 0 turns it off."""
+
+    KEY: ClassVar[str] = "ema"
+    decay: float = key(0.0, number(0, 1, high_open=True, hint="e.g. 0.999; 0 turns it off"))
+
+
+def name_patterns(key: str, value: Any) -> tuple[str, ...]:
+    """A tuple of non-empty name patterns (`config.freeze`)."""
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
+        fail(key, "a tuple of layer name patterns such as (\"Conv_0\", \"Dense_*\")", value)
+    return tuple(value)
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSpec(Section):
     KEY: ClassVar[str] = "logging"
     tensorboard: bool = key(False, boolean)
@@ -345,6 +361,8 @@ class RunSpec(Section):
     on_nonfinite: str = key("stop", choice(("stop", "continue"), "action"))  # a non-finite loss: stop (exit 3) or go on
     deterministic: bool = key(False, boolean)  # GPU: XLA's deterministic ops (jaxcnn/runtime/determinism.py); recorded always
     profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)
+    init_from: str = key("", string)  # WORKDIR[:STEP]: start from that run's weights (jaxcnn/core/finetune.py)
+    freeze: tuple = key((), name_patterns)  # parameter name patterns kept unchanged, BatchNorm statistics too
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)
     model: ModelSpec = section(ModelSpec)
@@ -353,6 +371,7 @@ class RunSpec(Section):
     schedule: ScheduleSpec = section(ScheduleSpec)
     early_stopping: EarlyStoppingSpec = section(EarlyStoppingSpec)
     checkpoint: CheckpointSpec = section(CheckpointSpec)
+    ema: EmaSpec = section(EmaSpec)
     logging: LoggingSpec = section(LoggingSpec)
     sweep: SweepSpec = section(SweepSpec)
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import losses
+from jaxcnn.core import ema, losses
 from jaxcnn.files import checkpoint
 from jaxcnn.core.build import build, make_prepare
 from jaxcnn.config import config_from_json, dataset_options
@@ -29,9 +29,9 @@ from jaxcnn.data.images import load_image
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.core.evaluation import evaluate
 from jaxcnn.core.executor import Executor
-from jaxcnn.core.metrics import TOP_K
+from jaxcnn.core.metrics import TOP_K, classification_metrics
 from jaxcnn.core.state import TrainState
-from jaxcnn.core.steps import zero_train_totals
+from jaxcnn.core.steps import eval_step, predict_step, zero_train_totals
 
 
 @dataclasses.dataclass
@@ -128,8 +128,8 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, membe
         restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
-    if member is None:
-        return SavedModel(workdir, chosen, config, meta, restored["train_state"])
+    if member is None:  # with EMA on, the moving averages (what the run validated and tested)
+        return SavedModel(workdir, chosen, config, meta, ema.view(restored["train_state"]))
     state = _member_state(restored["train_state"], member, best=step is None and _restores_best(config))
     return SavedModel(workdir, chosen, member_config(config, meta["members"][member]), meta, state)
 
@@ -177,7 +177,7 @@ def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> 
 def _member_state(saved: dict[str, Any], member: int, best: bool) -> TrainState:
     """Member `member` of a stacked saved state; with `best`, its best epoch's variables (restore_best)."""
     own = lambda tree: jax.tree.map(lambda leaf: leaf[member], tree)
-    state = own(saved["state"])
+    state = ema.view(own(saved["state"]))
     if best and "best" in saved:
         params, batch_stats = own(saved["best"])
         state = state.replace(params=params, batch_stats=batch_stats)
@@ -218,6 +218,32 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
     return {f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"],
             f"{split}_examples": result["count"], "step": saved.step, "model": config.model.name,
             "dataset": dataset.name, "seed": config.seed}
+
+
+def evaluate_arrays(saved: SavedModel, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> dict:
+    """Loss, accuracy and the test metrics (`classification_metrics`, as `summary.json`'s
+    `test_metrics`) of uint8 `pixels` (N, H, W, C) with int `labels` (N,): the run's own evaluation
+    and prediction steps (`eval_step`, `predict_step`) on its normalisation, so the numbers are those
+    its test would give on these images."""
+    if labels.max() >= len(saved.class_names):
+        raise JaxcnnError(f"labels: class {labels.max()} is out of range; the model has "
+                          f"{len(saved.class_names)} classes (0 to {len(saved.class_names) - 1})")
+    mean, std, loss_name = saved.config.dataset.mean, saved.config.dataset.std, saved.config.loss.name
+
+    @jax.jit
+    def outputs(state, images, classes):
+        batch = {"image": normalize(images, mean, std), "label": classes, "mask": jnp.ones(classes.shape)}
+        return eval_step(state, batch), predict_step(state, batch, loss_name, TOP_K)
+
+    parts = [jax.device_get(outputs(saved.state, pixels[i:i + batch_size], labels[i:i + batch_size]))
+             for i in range(0, len(pixels), batch_size)]
+    count = sum(float(sums["count"]) for sums, _ in parts)
+    each = {key: np.concatenate([out[key] for _, out in parts]) for key in parts[0][1]}
+    metrics = classification_metrics(labels, each["predicted"], each["confidence"], each["in_top_k"],
+                                     saved.class_names)
+    return {"loss": sum(float(sums["loss_sum"]) for sums, _ in parts) / count,
+            "accuracy": sum(float(sums["correct"]) for sums, _ in parts) / count, "count": int(count),
+            "metrics": metrics}
 
 
 # ---------------------------------------------------------------------------- predict

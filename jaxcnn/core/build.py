@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from jaxcnn import models
-from jaxcnn.core import losses, optim, precision
+from jaxcnn.core import finetune, losses, optim, precision
 from jaxcnn.core.augment import augment_config, make_augment, step_key
 from jaxcnn.data.device import normalize
 from jaxcnn.data.normalization import Stat
@@ -38,7 +38,8 @@ class Parts:
         """The initial state (parameters from `config.seed`, or `seed`: a member's, possibly traced)
         for inputs of `input_shape` (H, W, C)."""
         return create_train_state(self.model, self.tx, self.loss_fn, input_shape,
-                                  config.seed if seed is None else seed, config.loss.l2)
+                                  config.seed if seed is None else seed, config.loss.l2,
+                                  ema_decay=config.ema.decay, frozen=tuple(config.freeze))
 
     def abstract_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> TrainState:
         """The state's shapes and dtypes only (nothing computed), e.g. to restore a checkpoint into."""
@@ -54,6 +55,7 @@ def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     swept = sweep_of(config)  # swept values become arrays inside the step (jaxcnn.core.members)
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
                                 config.grad_accum_steps, sweep_weight_decay="optimizer.weight_decay" in swept)
+    tx = finetune.freezing(tx, tuple(config.freeze))  # config.freeze: zero updates for those parameters
     loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing,
                                               sweep_label_smoothing="loss.label_smoothing" in swept)
     return Parts(model, tx, loss_fn)

@@ -27,6 +27,9 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     loss_fn: Callable = struct.field(pytree_node=False)
     l2: float = struct.field(pytree_node=False, default=0.0)
+    # Parameter name patterns kept as they are (`config.freeze`, `jaxcnn.core.finetune`): their
+    # BatchNorm statistics too. Static, so a run without any keeps its pytree and checkpoints.
+    frozen: tuple = struct.field(pytree_node=False, default=())
 
     def variables(self, params: Any = None) -> dict[str, Any]:
         """The variables dict for `apply_fn`: params, plus batch_stats when the model has any."""
@@ -45,8 +48,19 @@ class SweptTrainState(TrainState):
 
     @classmethod
     def of(cls, state: TrainState, hyper: dict[str, jax.Array]) -> SweptTrainState:
+        """`state` with `hyper` added; a state that has `hyper` already (an `EmaTrainState`) keeps its class."""
         fields = {name: getattr(state, name) for name in state.__dataclass_fields__}
-        return cls(**{**fields, "hyper": {**fields.get("hyper", {}), **hyper}})
+        kind = type(state) if isinstance(state, SweptTrainState) else cls
+        return kind(**{**fields, "hyper": {**fields.get("hyper", {}), **hyper}})
+
+
+class EmaTrainState(SweptTrainState):
+    """A state with the moving averages of its weights (`config.ema.decay` > 0, `jaxcnn.core.ema`):
+    `ema` holds {"params", "batch_stats"}. A subclass, so a run without EMA keeps the `TrainState`
+    pytree (and its checkpoints); a sweep's values (`hyper`) fit beside the averages."""
+
+    ema: dict[str, Any] = struct.field(default_factory=dict)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
 def hyper_of(state: TrainState) -> dict[str, jax.Array]:
@@ -61,19 +75,18 @@ def create_train_state(
     input_shape: tuple[int, ...],
     seed: int,
     l2: float = 0.0,
+    ema_decay: float = 0.0,
+    frozen: tuple = (),
 ) -> TrainState:
-    """Initialises the model on a dummy batch of `input_shape` (H, W, C) and the optimizer."""
+    """Initialises the model on a dummy batch of `input_shape` (H, W, C) and the optimizer; with
+    `ema_decay` > 0 an `EmaTrainState` whose averages start as (copies of) the initial weights."""
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(init_key)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng=dropout_key,
-        apply_fn=model.apply,
-        tx=tx,
-        loss_fn=loss_fn,
-        l2=float(l2),
-    )
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                  rng=dropout_key, apply_fn=model.apply, tx=tx, loss_fn=loss_fn, l2=float(l2), frozen=tuple(frozen))
+    if not ema_decay:
+        return TrainState(**fields)
+    # Copies: a buffer in two places of a donated state would be donated twice.
+    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+    return EmaTrainState(**fields, ema=ema, ema_decay=float(ema_decay))

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcnn.core import losses, optim
+from jaxcnn.core import ema, losses, optim
+from jaxcnn.core.finetune import keep_frozen
 from jaxcnn.core.state import TrainState, hyper_of
 
 Metrics = dict[str, jax.Array]
@@ -46,9 +47,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
+        batch_stats=keep_frozen(state.frozen, state.batch_stats, batch_stats),
         opt_state=opt_state,
     )
+    new_state = ema.updated(state, new_state)  # the averages, when EMA is on (config.ema.decay)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),

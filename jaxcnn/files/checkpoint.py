@@ -40,6 +40,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxcnn.core import ema
 from jaxcnn.runtime import stop
 from jaxcnn.runtime.distributed import any_process, barrier, is_main_process
 from jaxcnn.errors import JaxcnnError, os_error_text
@@ -344,6 +345,7 @@ class Checkpointer:
         except Exception as e:
             raise JaxcnnError(f"the best checkpoint (step {step} in {self.manager.directory}) cannot be read "
                               f"({type(e).__name__}); pass --fresh to start over") from e
+        restored = ema.view(restored)  # the weights validated: the averages when EMA is on
         return restored.params, restored.batch_stats
 
     def _set_aside(self, step: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,12 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import members, optim
+from jaxcnn.core import ema, members, optim
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import stop
 from jaxcnn.core.executor import plan_calls
 from jaxcnn.core.loop_state import RunLoop, due
+from jaxcnn.training.callbacks import Callback, CallbackFailed, Callbacks
 from jaxcnn.training.run import Run, build_run
 from jaxcnn.core.steps import zero_train_totals
 from jaxcnn.training.summary import epoch_line, finish, member_field
@@ -36,7 +37,7 @@ from jaxcnn.training.summary import epoch_line, finish, member_field
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        data_dir: str | None = None, quiet: bool = False, fresh: bool = False,
-                       dataset: data.Dataset | None = None) -> dict[str, Any]:
+                       dataset: data.Dataset | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Trains `config`'s model (or its members: seeds, a sweep) on its dataset, evaluates it on the
     test split, writes the workdir.
 
@@ -46,9 +47,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     `checkpoint.TrainingInterrupted`; one received during start-up stops before training
     (`stop.StartupInterrupted`). A non-finite loss stops the run (`divergence.TrainingDiverged`,
     with `on_nonfinite=stop`). `dataset`: an already built dataset (`Dataset.from_arrays`) instead
-    of `config.dataset.name`'s. Returns the summary (also written to `workdir/summary.json`).
+    of `config.dataset.name`'s. `callbacks`: `jaxcnn.Callback`s (`jaxcnn.training.callbacks`).
+    Returns the summary (also written to `workdir/summary.json`).
     """
-    return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset).summary
+    return fit(config, workdir, data_dir=data_dir, quiet=quiet, fresh=fresh, dataset=dataset,
+               callbacks=callbacks).summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +69,32 @@ class Trained:
 
 @checkpoint.restores_signal_handlers
 def fit(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, data_dir: str | None = None,
-        quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None) -> Trained:
+        quiet: bool = False, fresh: bool = False, dataset: data.Dataset | None = None,
+        callbacks: Sequence[Callback] = ()) -> Trained:
     """`train_and_evaluate`, returning the trained state too (the table of contents of a run)."""
-    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset)
+    hooks = Callbacks.of(callbacks)  # not callbacks: refused before the workdir is touched
+    run, state, loop = build_run(config, workdir, data_dir, quiet, fresh, dataset, hooks)
     try:
         stop.check_startup(agree=True)  # the loop's first check: a signal during start-up stops here
+        hooks.call("on_train_start", train_info(run, loop))
+        hooks.raise_failure(f"stopped before step {loop.step + 1}; nothing more trained")
         while loop.epoch <= run.config.num_epochs and not loop.all_stopped and not run.out_of_steps(loop):
             state = train_epoch(run, state, loop)
             state = end_epoch(run, state, loop)
         summary, state = finish(run, state, loop)
+        hooks.call("on_train_end", summary)
+        hooks.raise_failure(f"the run had finished: {run.workdir / 'summary.json'} is written")
         return Trained(summary, state, run.config, run.workdir, run.dataset.input_shape, run.dataset.class_names)
     finally:
         run.close()
+
+
+def train_info(run: Run, loop: RunLoop) -> dict[str, Any]:
+    """What `Callback.on_train_start` receives: the run's facts and where it starts."""
+    return {"workdir": str(run.workdir), "config": run.config.to_dict(), "num_members": run.num_members,
+            "members": [m.to_json() for m in run.members] if run.stacked else None,
+            "steps_per_epoch": run.steps_per_epoch, "num_epochs": run.config.num_epochs,
+            "start_step": loop.step, "start_epoch": loop.epoch, "resumed": loop.step > 0}
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -89,8 +106,9 @@ def train_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     end = run.epoch_end(loop)
     plan = plan_calls(loop.position, end, loop.step, config.steps_per_call, (config.log_every_steps, saver.every_steps))
     inputs = run.train_calls(loop.epoch, plan)
-    # Only early stopping stops members: without it the calls keep every member (no select).
-    active = {"active": run.executor.put(loop.active())} if run.stacked and config.early_stopping.enabled else {}
+    # Only early stopping and callbacks stop members: without them the calls keep every member (no select).
+    stoppable = config.early_stopping.enabled or bool(run.callbacks)
+    active = {"active": run.executor.put(loop.active())} if run.stacked and stoppable else {}
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
         run.profiler.before_call(loop.step, num_steps, state)
@@ -122,7 +140,8 @@ def count_call(run: Run, loop: RunLoop, position: int, num_steps: int, end: int)
 def stop_or_save(run: Run, loop: RunLoop) -> tuple[bool, bool]:
     """After a call inside an epoch: (whether to save now, whether the processes agreed to stop)."""
     saver = run.saver
-    agreed = saver.stop_agreed(due(loop.step, run.config.log_every_steps) or due(loop.step, saver.every_steps))
+    agreed = (saver.stop_agreed(due(loop.step, run.config.log_every_steps) or due(loop.step, saver.every_steps))
+              or run.callbacks.failure is not None)  # a callback that raised stops as a signal does
     return saver.due_in_epoch(loop.step, agreed), agreed
 
 
@@ -151,10 +170,11 @@ def log(run: Run, state: Any, loop: RunLoop) -> None:
     if due(loop.step, config.log_every_steps):
         rates = learning_rates(run, state)
         for m in np.flatnonzero(active):
-            run.writer.write({"event": "train", **member_field(run, m), "epoch": loop.epoch, "step": loop.step,
-                              "loss": float(loss[m]), "accuracy": float(accuracy[m]),
-                              "learning_rate": float(rates[m]), "images_per_s": rate,
-                              "wall_time_s": run.clock.wall()})
+            record = {"event": "train", **member_field(run, m), "epoch": loop.epoch, "step": loop.step,
+                      "loss": float(loss[m]), "accuracy": float(accuracy[m]), "learning_rate": float(rates[m]),
+                      "images_per_s": rate, "wall_time_s": run.clock.wall()}
+            run.writer.write(record)
+            run.callbacks.call("on_log", record)
     run.writer.progress.log(float(np.mean(loss[active])), float(np.mean(accuracy[active])), rate)
     for m in np.flatnonzero(active):
         sums = loop.members[m].epoch_sums
@@ -179,11 +199,12 @@ def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
         record.update(epoch_time_s=epoch_s, images_per_s=images / max(epoch_s, 1e-9), wall_time_s=run.clock.wall())
         run.writer.write(record)
     run.writer.line(epoch_line(records, config.num_epochs, run.num_members, run.stacked))
+    by_callback = {m: run.callbacks.wants_stop(record) for m, record in records.items()}  # True: that member stops
     for m in records:
         loop.members[m].stopped_early = (config.early_stopping.enabled and run.has_val
-                                         and loop.members[m].stopping.should_stop)
+                                         and loop.members[m].stopping.should_stop) or by_callback[m] is not None
     loop.start_epoch(active)
-    agreed = run.saver.stop_agreed(True)
+    agreed = run.saver.stop_agreed(True) or run.callbacks.failure is not None
     last = loop.epoch > config.num_epochs or loop.all_stopped or run.out_of_steps(loop)
     # A single run's validated epoch ends are ranked for `checkpoint.keep_best`; members keep their
     # best variables in the saved state instead.
@@ -194,7 +215,7 @@ def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
         save(run, state, loop, agreed, best if ranked else None, value)
     elif agreed:
         interrupt(run, loop, saved=False)
-    early_stopping_lines(run, loop, records)
+    early_stopping_lines(run, loop, records, by_callback)
     return state
 
 
@@ -205,11 +226,15 @@ def epoch_record(run: Run, loop: RunLoop, m: int, learning_rate: float) -> dict[
             "learning_rate": learning_rate}
 
 
-def early_stopping_lines(run: Run, loop: RunLoop, records: dict[int, dict]) -> None:
-    """A line for each member that early stopping stopped at this epoch's end."""
+def early_stopping_lines(run: Run, loop: RunLoop, records: dict[int, dict], by_callback: dict[int, str | None]) -> None:
+    """A line for each member that early stopping (or a callback: `by_callback`) stopped at this epoch's end."""
     for m in records:
         member = loop.members[m]
         if not member.stopped_early:
+            continue
+        if by_callback[m] is not None:
+            who = f"member {m} ({run.members[m].label}): " if run.stacked else ""
+            run.writer.line(f"{who}callback {by_callback[m]} stopped the run at epoch {member.epochs_run}")
             continue
         best = f"best {member.stopping.best:.4f} at epoch {member.stopping.best_epoch}"
         if run.stacked:
@@ -224,7 +249,7 @@ def validate(run: Run, state: Any, loop: RunLoop, records: dict[int, dict]) -> t
     """Each training member's validation metrics into its record and trackers; the best variables
     kept (`restore_best`); the plateau's learning-rate scale set. Returns the state and which
     members improved."""
-    val = run.evaluate(state, "val")
+    val = run.evaluate(ema.view(state), "val")  # the moving averages when EMA is on
     improved = np.zeros(run.num_members, bool)
     for m, record in records.items():
         member = loop.members[m]
@@ -234,7 +259,7 @@ def validate(run: Run, state: Any, loop: RunLoop, records: dict[int, dict]) -> t
         improved[m] = member.stopping.update(record[member.stopping.monitor], loop.epoch)
         if member.plateau is not None:
             member.plateau.update(record["val_loss"])
-    keep_best_variables(run, state, improved)
+    keep_best_variables(run, ema.view(state), improved)
     if loop.members[0].plateau is not None:
         scales = [member.plateau.scale for member in loop.members]
         opt_state = (optim.set_lr_scale(state.opt_state, scales[0]) if not run.stacked else optim.set_lr_scale(
@@ -268,6 +293,10 @@ def save(run: Run, state: Any, loop: RunLoop, stop_now: bool, improved: bool | N
 
 
 def interrupt(run: Run, loop: RunLoop, saved: bool) -> None:
+    """Stops after a stop signal, or a callback's failure (`CallbackFailed`, naming it), once saved."""
     run.saver.wait()
-    raise checkpoint.TrainingInterrupted(run.saver.stop_reason, loop.step, run.workdir, saved,
-                                         run.config.dataset.data_dir)
+    stopped = checkpoint.TrainingInterrupted(run.callbacks.failure or run.saver.stop_reason, loop.step, run.workdir,
+                                             saved, run.config.dataset.data_dir)
+    if run.callbacks.failure is not None:
+        raise CallbackFailed(str(stopped)) from run.callbacks.error
+    raise stopped

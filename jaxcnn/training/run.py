@@ -23,7 +23,9 @@ from jaxcnn import data, models
 from jaxcnn.core import members
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
-from jaxcnn.training import divergence, profiling
+from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
+from jaxcnn.training.callbacks import Callbacks
+from jaxcnn.training.init_from import check_freeze, starting_weights
 from jaxcnn.core.build import build, make_prepare
 from jaxcnn.training.clock import Clock
 from jaxcnn.runtime.compilation import enable_compilation_cache
@@ -109,6 +111,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
                              config.loss.name, TOP_K, members=stacked)
     if not stacked:
         state = executor.put(parts.init_state(config, dataset.input_shape))
+        check_freeze(config, state, stacked)
         return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
     init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
                                              some, config.optimizer.learning_rate)
@@ -117,6 +120,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
         check_memory(calls, feeds, executor.put(init(member_list[:measured]), executor.member_state),
                      len(member_list) // measured, config)
     state = executor.put(init(member_list), executor.member_state)
+    check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
 
 
@@ -181,6 +185,7 @@ class Run(Program):
     watch: divergence.Watch | None = None  # stops on a non-finite loss (config.on_nonfinite)
     claim: Claim | None = None  # the workdir's lock, released on close
     profiler: profiling.Profiler = profiling.OFF  # the trace of config.profile_steps
+    callbacks: Callbacks = dataclasses.field(default_factory=Callbacks)  # the Python API's callbacks (`jaxcnn.training.callbacks`)
 
     @property
     def has_val(self) -> bool:
@@ -219,7 +224,8 @@ class Run(Program):
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data_dir: str | None,
-              quiet: bool, fresh: bool, dataset: data.Dataset | None = None) -> tuple[Run, Any, RunLoop]:
+              quiet: bool, fresh: bool, dataset: data.Dataset | None = None,
+              callbacks: Callbacks = callbacks_module.NONE) -> tuple[Run, Any, RunLoop]:
     """The run's program and workdir; resumed from the workdir's last checkpoint when it holds an
     unfinished run."""
     validate_config(config)
@@ -229,7 +235,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, da
     executor.check_batch_size(config.batch_size)
     claim = claim_workdir(workdir, config, fresh)  # chosen; checked, created and locked by process 0
     with claim.undone_on_failure():  # a failed start leaves no lock and no empty folder
-        return assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset, member_list)
+        run, state, loop = assemble_run(config, claim, executor, data_dir or claim.data_dir, quiet, dataset,
+                                        member_list)
+        run.callbacks = callbacks
+        return run, state, loop
 
 
 def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Executor, data_dir: str | None,
@@ -262,7 +271,13 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
     if run.stacked and run.tracks_best:  # each member's best so far, selected per member (keep_best)
         run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
     restored = saver.restore_latest(run.saved(state), run.totals, RunLoop.from_json) if resuming else None
-    if restored is not None:
+    notes = []
+    if restored is None and config.init_from:  # a new run that fine-tunes: its starting weights
+        state, notes = starting_weights(config, jax.device_get(state), run.dataset.num_classes, run.stacked)
+        state = run.put(state)
+        if run.best_variables is not None:
+            run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
+    elif restored is not None:
         saved, run.totals, loop = restored
         state, run.best_variables = (saved["state"], saved.get("best")) if run.stacked else (saved, None)
         if not run.stacked and run.tracks_best and saver.best_step is not None:
@@ -275,6 +290,8 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
         run.writer.progress.resume(loop.step)
         run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")
     run.writer.line(start_line(run, state))
+    for line in notes:
+        run.writer.line(line)
     return state, loop
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxcnn import models
-from jaxcnn.core import stats
+from jaxcnn.core import ema, stats
 from jaxcnn.files import certificate
 from jaxcnn.training import profiling
 from jaxcnn.core.evaluation import predict
@@ -26,7 +26,8 @@ from jaxcnn.core.metrics import classification_metrics, most_confident_mistakes
 NUM_MISTAKES_KEPT = 25
 # The per-member numbers `aggregate` describes over the seeds of each sweep value.
 AGGREGATED = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_macro_f1",
-              "test_expected_calibration_error", "best_val_accuracy", "best_val_loss", "epochs_run")
+              "test_expected_calibration_error", "best_val_accuracy", "best_val_loss", "epochs_run",
+              "raw_test_accuracy", "raw_test_loss")
 EXTRA_TEST_METRICS = ("top5_accuracy", "expected_calibration_error", "macro_f1")
 
 
@@ -51,20 +52,35 @@ def predict_members(run: Any, state: Any) -> dict[str, np.ndarray]:
 
 
 def tested_state(run: Any, state: Any) -> Any:
-    """The parameters the test uses: the best epoch's with `early_stopping.restore_best`, else the last."""
+    """The parameters the test uses: the best epoch's with `early_stopping.restore_best`, else the
+    last; with EMA on, the moving averages (the best epoch's kept are those, as validated)."""
     stopping = run.config.early_stopping
     if stopping.enabled and stopping.restore_best and run.best_variables is not None:
         return state.replace(params=run.best_variables[0], batch_stats=run.best_variables[1])
-    return state
+    return ema.view(state)
+
+
+def raw_test(run: Any, final: Any) -> dict[str, np.ndarray] | None:
+    """With EMA on, the test of the last raw (not averaged) weights, which the summary reports
+    beside the EMA's (`raw_test_accuracy`, `raw_test_loss`); None with EMA off."""
+    return run.evaluate(final, "test") if ema.is_on(final) else None
+
+
+def ema_fields(run: Any, raw: dict[str, np.ndarray] | None, m: int) -> dict[str, Any]:
+    """Member `m`'s EMA keys of the summary and test record: none with EMA off."""
+    if raw is None:
+        return {}
+    return {"ema_decay": run.config.ema.decay, "raw_test_accuracy": float(raw["accuracy"][m]),
+            "raw_test_loss": float(raw["loss"][m])}
 
 
 def finish(run: Any, state: Any, loop: RunLoop) -> tuple[dict[str, Any], Any]:
     """Tests each member's final (or best) parameters, writes its predictions and test record, the
     summary and the certificate; returns the summary and the state tested."""
     final, state = state, tested_state(run, state)
-    test = run.evaluate(state, "test")
+    test, raw = run.evaluate(state, "test"), raw_test(run, final)
     predictions = predict_members(run, state)
-    summaries = [test_member(run, loop, m, test, {k: v[m] for k, v in predictions.items()})
+    summaries = [test_member(run, loop, m, test, {k: v[m] for k, v in predictions.items()}, ema_fields(run, raw, m))
                  for m in range(run.num_members)]
     summary = summarize(run, state, loop, summaries[0]) if not run.stacked else summarize_members(run, state, loop,
                                                                                                   summaries)
@@ -75,7 +91,7 @@ def finish(run: Any, state: Any, loop: RunLoop) -> tuple[dict[str, Any], Any]:
 
 
 def test_member(run: Any, loop: RunLoop, m: int, test: dict[str, np.ndarray],
-                predictions: dict[str, np.ndarray]) -> dict[str, Any]:
+                predictions: dict[str, np.ndarray], averaged: dict[str, Any]) -> dict[str, Any]:
     """Member `m`'s predictions file and `test` record; returns its test numbers and metrics."""
     dataset = run.dataset
     labels = dataset.test.labels[:len(predictions["predicted"])]
@@ -89,9 +105,9 @@ def test_member(run: Any, loop: RunLoop, m: int, test: dict[str, np.ndarray],
     loss, accuracy = float(test["loss"][m]), float(test["accuracy"][m])
     epoch, step = (member.epochs_run, member.step) if run.stacked else (loop.epochs_run, loop.step)
     run.writer.write({"event": "test", **member_field(run, m), "epoch": epoch, "step": step, "test_loss": loss,
-                      "test_accuracy": accuracy, **extra, "wall_time_s": run.clock.wall()})
+                      "test_accuracy": accuracy, **extra, **averaged, "wall_time_s": run.clock.wall()})
     return {"test_loss": loss, "test_accuracy": accuracy, "test_examples": int(test["count"][m]),
-            "extra": extra, "test_metrics": metrics}
+            "extra": extra, "test_metrics": metrics, "ema": averaged}
 
 
 def summarize(run: Any, state: Any, loop: RunLoop, tested: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +117,7 @@ def summarize(run: Any, state: Any, loop: RunLoop, tested: dict[str, Any]) -> di
         "test_accuracy": tested["test_accuracy"],
         "test_loss": tested["test_loss"],
         "test_examples": tested["test_examples"],
+        **tested["ema"],  # EMA on: test_* are the averages', raw_test_* the raw weights'
         "best_val_accuracy": member.best_val_accuracy if run.has_val else None,
         "best_val_loss": member.best_val_loss if run.has_val else None,
         "best_epoch": member.stopping.best_epoch if run.has_val else None,
@@ -144,7 +161,7 @@ def timing(run: Any) -> dict[str, Any]:
 def member_summary(run: Any, loop: RunLoop, m: int, tested: dict[str, Any]) -> dict[str, Any]:
     member, has_val = loop.members[m], run.has_val
     return {**run.members[m].to_json(), "test_accuracy": tested["test_accuracy"], "test_loss": tested["test_loss"],
-            **tested["extra"],
+            **tested["extra"], **tested["ema"],
             "best_val_accuracy": member.best_val_accuracy if has_val else None,
             "best_val_loss": member.best_val_loss if has_val else None,
             "best_epoch": member.stopping.best_epoch if has_val else None,
@@ -176,6 +193,8 @@ def summarize_members(run: Any, state: Any, loop: RunLoop, tested: list[dict[str
     return {
         "test_accuracy": mean("test_accuracy"), "test_loss": mean("test_loss"),
         "test_examples": tested[0]["test_examples"],
+        **({"ema_decay": config.ema.decay, "raw_test_accuracy": mean("raw_test_accuracy"),
+            "raw_test_loss": mean("raw_test_loss")} if tested[0]["ema"] else {}),
         "best_val_accuracy": mean("best_val_accuracy"), "best_val_loss": mean("best_val_loss"), "best_epoch": None,
         "epochs_run": max(s["epochs_run"] for s in summaries),
         "stopped_early": all(s["stopped_early"] for s in summaries),
