@@ -211,8 +211,15 @@ class AugmentSpec(Section):
 
 @dataclasses.dataclass(frozen=True)
 class LoggingSpec(Section):
+    """Where records go besides `metrics.jsonl` (jaxcnn/files/trackers.py): TensorBoard event files,
+    `metrics.csv`, an MLflow run, a W&B run; `experiment` names the MLflow experiment / W&B project."""
+
     KEY: ClassVar[str] = "logging"
     tensorboard: bool = key(False, boolean)
+    csv: bool = key(False, boolean)
+    mlflow: bool = key(False, boolean)  # at $MLFLOW_TRACKING_URI; pip install 'jaxcnn[mlflow]'
+    wandb: bool = key(False, boolean)  # $WANDB_MODE=offline for no network; pip install 'jaxcnn[wandb]'
+    experiment: str = key("jaxcnn", string)
 
 
 @dataclasses.dataclass(frozen=True)
