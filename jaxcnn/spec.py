@@ -197,16 +197,32 @@ class CheckpointSpec(Section):
 @dataclasses.dataclass(frozen=True)
 class AugmentSpec(Section):
     """`crop_padding`: pad by this many pixels and crop back at a random offset (0: off);
-    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off)."""
+    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off);
+    `mixup`, `cutmix`: the alpha of the Beta(alpha, alpha) mixing weight (0: off; both on: one of
+    the two per step), the loss taking the mixed (soft) targets (jaxcnn/core/augment.py)."""
 
     KEY: ClassVar[str] = "augment"
     crop_padding: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
     flip: bool = key(False, boolean)
     cutout: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
+    mixup: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 0.2; 0 turns it off)"))
+    cutmix: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 1.0; 0 turns it off)"))
 
     @property
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.flip or self.cutout > 0
+
+
+TTA = ("none", "flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec(Section):
+    """`tta`: test-time augmentation in evaluation, test and prediction: "flip" averages the logits
+    of each image and its mirror image; "none" (the default) evaluates the image alone."""
+
+    KEY: ClassVar[str] = "eval"
+    tta: str = key("none", choice(TTA, "test-time augmentation"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +370,7 @@ class RunSpec(Section):
     profile_steps: tuple = key(())  # (FIRST, LAST): a jax.profiler trace of those steps (run_options, profiling)
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)
+    eval: EvalSpec = section(EvalSpec)
     model: ModelSpec = section(ModelSpec)
     loss: LossSpec = section(LossSpec)
     optimizer: OptimizerSpec = section(OptimizerSpec)

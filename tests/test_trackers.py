@@ -111,15 +111,6 @@ def test_the_mlflow_file_store_holds_the_metrics_the_config_and_the_artifacts(of
     assert {p.name for p in (run / "artifacts").iterdir()} >= {"config.json", "summary.json", "metrics.jsonl"}
 
 
-@needs_mlflow
-def test_a_run_of_members_sends_each_members_curve_to_mlflow(offline):
-    train_and_evaluate(load_config("digits_cnn", RUN + ["seeds=2", "logging.mlflow=true", "logging.csv=true"]),
-                       offline / "m", quiet=True)
-    for member in (0, 1):
-        assert len(mlflow_metric(offline / "mlruns", f"epoch/member_{member}/val_loss")) == 1
-    assert {row["member"] for row in csv_rows(offline / "m" / "metrics.csv")} == {"0", "1"}
-
-
 @needs_wandb
 def test_wandb_offline_mode_writes_its_run_folder_in_the_workdir(offline):
     workdir = offline / "w"
