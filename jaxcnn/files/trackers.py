@@ -87,10 +87,9 @@ class TensorBoardWriter:
         self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=10)
 
     def write(self, record: Mapping[str, Any]) -> None:
-        from jaxcnn.files.writers import to_builtin
-
+        """`record`: plain Python values (`writers.to_builtin(record, finite=False)`: NaN shows as NaN)."""
         event, step = record.get("event", "metrics"), int(record.get("step", 0))
-        for key, value in to_builtin(record, finite=False).items():  # TensorBoard shows NaN as NaN
+        for key, value in record.items():
             if key not in self.NOT_SCALARS and isinstance(value, numbers.Real) and not isinstance(value, bool):
                 self._writer.add_scalar(f"{event}/{key}", value, step)
 
@@ -109,11 +108,10 @@ class CsvTracker:
     name = "csv"
 
     def __init__(self, workdir: pathlib.Path, params: Mapping[str, str]):
-        from jaxcnn.files.writers import read_jsonl
-
         self.path = workdir / CSV_FILE
-        jsonl = workdir / "metrics.jsonl"
-        self.rows = read_jsonl(jsonl) if jsonl.is_file() else []
+        jsonl = workdir / "metrics.jsonl"  # already cut back to the checkpoint's records when resuming
+        lines = jsonl.read_text(encoding="utf-8").splitlines() if jsonl.is_file() else []
+        self.rows = [json.loads(line) for line in lines if line.strip()]
         self.columns: list[str] = []
         self._rewrite()
 

@@ -82,7 +82,7 @@ class MetricsWriter:
                 raise JaxcnnError(f"cannot write '{self.path}': {e.strerror or e}; fix the cause and run the "
                                   "same command to resume from the last checkpoint") from e
         if self._events is not None:
-            self._events.write(record)
+            self._events.write(to_builtin(record, finite=False))
 
     def size(self) -> int:
         """Bytes written to `metrics.jsonl` so far (0 when disabled): where a resumed run cuts it."""
