@@ -15,6 +15,7 @@ from typing import Sequence
 
 from jaxcnn.runtime import stop
 from jaxcnn.bench.settings import BenchSettings
+from jaxcnn.commands.export_defaults import DEFAULT_PLATFORMS
 from jaxcnn.cli_parser import build_parser, split_overrides
 from jaxcnn.runtime.orbax_logs import ignore_closed_event_loop_callbacks
 from jaxcnn.errors import JaxcnnError
@@ -126,7 +127,7 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
 
     check_top(args.top)  # before the model is loaded
     check_json_path(args.json)
-    if args.exported is not None:
+    if args.exported is not None or args.onnx is not None:
         results = run_predict_exported(args)
     else:
         results = predict(load_saved_model(args.workdir, args.step, args.member), args.files, args.top, invert=args.invert)
@@ -139,25 +140,45 @@ def run_predict(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_predict_exported(args: argparse.Namespace) -> list[dict]:
-    from jaxcnn.commands.export import predict_exported
-
+    """`predict --exported FILE` or `--onnx FILE`: one file holds one member at one step."""
     if args.member is not None:
         raise JaxcnnError("--member applies to --workdir; an exported model holds one member (choose it at "
                           "`jaxcnn export --member`)")
     if args.step is not None:
         raise JaxcnnError("--step applies to --workdir; an exported model holds one step (choose it at "
                           "`jaxcnn export --step`)")
+    if args.onnx is not None:
+        from jaxcnn.commands.onnx_export import predict_onnx
+        return predict_onnx(args.onnx, args.files, args.top, invert=args.invert)
+    from jaxcnn.commands.export import predict_exported
     return predict_exported(args.exported, args.files, args.top, invert=args.invert)
 
 
 def run_export(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxcnn.commands.export import parse_platforms, sidecar_path, write_export
 
-    out, meta = write_export(args.workdir, args.step, args.out, parse_platforms(args.platforms), args.member)
+    platforms = parse_platforms(args.platforms)
+    if args.format == "onnx":
+        return run_export_onnx(args)
+    out, meta = write_export(args.workdir, args.step, args.out, platforms, args.member)
     shape = "x".join(map(str, meta["input_shape"]))
     print(f"wrote {out} ({out.stat().st_size:,} bytes; uint8 batch x {shape} -> {meta['activation']} "
           f"probabilities of {len(meta['class_names'])} classes; step {meta['step']}; "
           f"{', '.join(meta['platforms'])}) and {sidecar_path(out)}")
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    """`jaxcnn export --format onnx`: the model through jax2onnx (`jaxcnn.commands.onnx_export`)."""
+    from jaxcnn.commands.export import sidecar_path
+    from jaxcnn.commands.onnx_export import write_onnx
+
+    if args.platforms != ",".join(DEFAULT_PLATFORMS):
+        raise JaxcnnError("--platforms applies to --format jax; an ONNX model runs wherever an ONNX runtime does")
+    out, meta = write_onnx(args.workdir, args.step, args.out, args.member)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes; uint8 batch x {'x'.join(map(str, meta['input_shape']))} "
+          f"-> {meta['activation']} probabilities of {len(meta['class_names'])} classes; step {meta['step']}; "
+          f"ONNX) and {sidecar_path(out)}")
     return 0
 
 

@@ -11,7 +11,7 @@ import argparse
 from typing import Sequence
 
 from jaxcnn.bench.settings import DEFAULT_MODELS, MODES, BenchSettings
-from jaxcnn.commands.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR
+from jaxcnn.commands.export_defaults import DEFAULT_NAME, DEFAULT_PLATFORMS, EXPORT_DIR, FORMATS, ONNX_NAME
 
 OVERRIDE_HELP = """\
 config overrides:
@@ -138,6 +138,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--exported", metavar="FILE",
                         help="an artifact written by `jaxcnn export`, run with JAX alone (no model code); "
                              "class names from FILE.json beside it")
+    source.add_argument("--onnx", metavar="FILE",
+                        help="an ONNX model written by `jaxcnn export --format onnx`, run with onnxruntime "
+                             "(pip install 'jaxcnn[onnx]'); class names from FILE.json beside it")
     predict.add_argument("--step", metavar="STEP", help=STEP_HELP + "; with --workdir only")
     predict.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP + "; with --workdir only")
     predict.add_argument("--top", type=int, default=3, metavar="K", help="classes to print per file (default: 3)")
@@ -160,9 +163,14 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--workdir", metavar="DIR", required=True, help="the training run's workdir")
     export.add_argument("--step", metavar="STEP", help=STEP_HELP)
     export.add_argument("--member", type=int, metavar="K", help=MEMBER_HELP)
-    export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME})")
+    export.add_argument("--format", choices=FORMATS, default="jax",
+                        help="jax: a jax.export artifact (default); onnx: an ONNX model through jax2onnx, "
+                             "for onnxruntime and other ONNX runtimes (pip install 'jaxcnn[onnx]')")
+    export.add_argument("--out", metavar="FILE", help=f"output file (default: WORKDIR/{EXPORT_DIR}/{DEFAULT_NAME}, "
+                                                      f"with --format onnx WORKDIR/{EXPORT_DIR}/{ONNX_NAME})")
     export.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), metavar="LIST",
-                        help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)})")
+                        help=f"platforms to lower for, comma-separated (default: {','.join(DEFAULT_PLATFORMS)}); "
+                             "--format jax only")
 
 
 def add_models_parser(commands: argparse._SubParsersAction) -> None:

@@ -197,16 +197,32 @@ class CheckpointSpec(Section):
 @dataclasses.dataclass(frozen=True)
 class AugmentSpec(Section):
     """`crop_padding`: pad by this many pixels and crop back at a random offset (0: off);
-    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off)."""
+    `flip`: random horizontal flip; `cutout`: zero a random square of this side (0: off);
+    `mixup`, `cutmix`: the alpha of the Beta(alpha, alpha) mixing weight (0: off; both on: one of
+    the two per step), the loss taking the mixed (soft) targets (jaxcnn/core/augment.py)."""
 
     KEY: ClassVar[str] = "augment"
     crop_padding: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
     flip: bool = key(False, boolean)
     cutout: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
+    mixup: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 0.2; 0 turns it off)"))
+    cutmix: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 1.0; 0 turns it off)"))
 
     @property
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.flip or self.cutout > 0
+
+
+TTA = ("none", "flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec(Section):
+    """`tta`: test-time augmentation in evaluation, test and prediction: "flip" averages the logits
+    of each image and its mirror image; "none" (the default) evaluates the image alone."""
+
+    KEY: ClassVar[str] = "eval"
+    tta: str = key("none", choice(TTA, "test-time augmentation"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,8 +243,15 @@ def name_patterns(key: str, value: Any) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class LoggingSpec(Section):
+    """Where records go besides `metrics.jsonl` (jaxcnn/files/trackers.py): TensorBoard event files,
+    `metrics.csv`, an MLflow run, a W&B run; `experiment` names the MLflow experiment / W&B project."""
+
     KEY: ClassVar[str] = "logging"
     tensorboard: bool = key(False, boolean)
+    csv: bool = key(False, boolean)
+    mlflow: bool = key(False, boolean)  # at $MLFLOW_TRACKING_URI; pip install 'jaxcnn[mlflow]'
+    wandb: bool = key(False, boolean)  # $WANDB_MODE=offline for no network; pip install 'jaxcnn[wandb]'
+    experiment: str = key("jaxcnn", string)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,6 +388,7 @@ class RunSpec(Section):
     freeze: tuple = key((), name_patterns)  # parameter name patterns kept unchanged, BatchNorm statistics too
     dataset: DatasetSpec = section(DatasetSpec)
     augment: AugmentSpec = section(AugmentSpec)
+    eval: EvalSpec = section(EvalSpec)
     model: ModelSpec = section(ModelSpec)
     loss: LossSpec = section(LossSpec)
     optimizer: OptimizerSpec = section(OptimizerSpec)

@@ -12,3 +12,5 @@ DEFAULT_NAME = "model.jaxexport"
 # chose on the exporting machine.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+ONNX_NAME = "model.onnx"  # `jaxcnn export --format onnx` (jaxcnn.commands.onnx_export)
+FORMATS = ("jax", "onnx")

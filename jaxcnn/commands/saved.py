@@ -21,7 +21,8 @@ import numpy as np
 from jaxcnn import data
 from jaxcnn.core import ema, losses
 from jaxcnn.files import checkpoint
-from jaxcnn.core.build import build, make_prepare
+from jaxcnn.core.augment import tta_logits, with_mirror
+from jaxcnn.core.build import build, make_prepare, tta_of
 from jaxcnn.config import config_from_json, dataset_options
 from jaxcnn.data.device import normalize
 from jaxcnn.data.feed import DeviceFeed
@@ -261,10 +262,12 @@ def classifier(saved: SavedModel) -> Callable[[Any, jax.Array], jax.Array]:
     (BatchNorm's running averages, no dropout), the output activation of the run's loss
     (`losses.predict_probabilities`). `jaxcnn predict` and `jaxcnn export` both compute this."""
     apply_fn, mean, std = saved.state.apply_fn, saved.config.dataset.mean, saved.config.dataset.std
-    loss_name = saved.config.loss.name
+    loss_name, flip = saved.config.loss.name, tta_of(saved.config) == "flip"  # eval.tta: as in the run's test
 
     def classify(variables: Any, pixels: jax.Array) -> jax.Array:
-        logits = apply_fn(variables, normalize(pixels, mean, std), train=False)
+        batch = {"image": normalize(pixels, mean, std)}
+        logits = tta_logits(lambda images: apply_fn(variables, images, train=False),
+                            with_mirror(batch) if flip else batch)
         return losses.predict_probabilities(loss_name, logits.astype(jnp.float32))
 
     return classify

@@ -20,6 +20,9 @@ from jaxcnn.spec import AugmentSpec
 
 # Folded into the state's key so augmentation draws a stream separate from dropout's.
 AUGMENT_SALT = 0xA067
+# Folded into a step's augmentation key for mixup/cutmix, so that turning them on leaves the crop,
+# flip and cutout of every step as they were.
+MIX_SALT = 0x313C
 
 
 AugmentConfig = AugmentSpec  # the `config.augment` section, typed: keys, defaults and checks in jaxcnn.spec
@@ -83,3 +86,91 @@ def make_augment(config: AugmentConfig) -> Callable[[jax.Array, jax.Array], jax.
         return images
 
     return augment
+
+
+# ---------------------------------------------------------------------------- mixup and cutmix
+
+
+def betas(rng: jax.Array, alphas: tuple[float, ...]) -> jax.Array:
+    """One Beta(a, a) draw per alpha in `alphas`, as G1 / (G1 + G2) of Gamma(a) draws, all from one
+    `jax.random.gamma` call: each gamma sampler is a rejection loop that costs seconds to compile
+    (`jax.random.beta` compiles two of them per call)."""
+    shape = jnp.repeat(jnp.asarray(alphas, jnp.float32), 2)
+    gammas = jax.random.gamma(rng, shape).reshape(len(alphas), 2)
+    return gammas[:, 0] / jnp.maximum(gammas.sum(-1), jnp.finfo(jnp.float32).tiny)
+
+
+def mixup(images: jax.Array, partner: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(lam * images + (1 - lam) * partner, lam): mixup (Zhang et al.), one lam per batch."""
+    lam = lam.astype(images.dtype)
+    return lam * images + (1 - lam) * partner, lam
+
+
+def cutmix(images: jax.Array, partner: jax.Array, rng: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(images with a box pasted from `partner`, the share of pixels kept): the box covers 1 - lam of
+    the image, centred on a random pixel and clipped at the border, and the share returned is the
+    clipped box's (Yun et al.); one box per batch."""
+    _, height, width, _ = images.shape
+    y_key, x_key = jax.random.split(rng)
+    cut = jnp.sqrt(1.0 - lam)
+    cy, cx = jax.random.randint(y_key, (), 0, height), jax.random.randint(x_key, (), 0, width)
+    half_h, half_w = (cut * height / 2).astype(jnp.int32), (cut * width / 2).astype(jnp.int32)
+    ys, xs = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    inside = (ys >= cy - half_h) & (ys < cy + half_h) & (xs >= cx - half_w) & (xs < cx + half_w)
+    kept = 1.0 - jnp.mean(inside.astype(jnp.float32))
+    return jnp.where(inside[None, :, :, None], partner, images), kept.astype(images.dtype)
+
+
+def make_mix(config: AugmentConfig) -> Callable[[dict, jax.Array], dict] | None:
+    """`mix(batch, rng)`: the batch with its images mixed with those of a random permutation of it
+    (mixup or cutmix, lam ~ Beta(alpha, alpha); with both on, one of them per step, each with
+    probability 1/2), and the partners' labels and the weight of the own label added (`mix_label`,
+    `mix_weight`) for `mixed_targets`; None when both are off (the step compiles without them)."""
+    if not (config.mixup > 0 or config.cutmix > 0):
+        return None
+    alphas = tuple(a for a in (config.mixup, config.cutmix) if a > 0)
+
+    def mix(batch: dict, rng: jax.Array) -> dict:
+        order_key, beta_key, box_key, choice_key = jax.random.split(rng, 4)
+        images, labels = batch["image"], batch["label"]
+        order = jax.random.permutation(order_key, images.shape[0])
+        partner, lams = images[order], betas(beta_key, alphas)
+        mixes = ([mixup(images, partner, lams[0])] if config.mixup > 0 else []) + (
+            [cutmix(images, partner, box_key, lams[-1])] if config.cutmix > 0 else [])
+        mixed, weight = mixes[0]
+        if len(mixes) == 2:
+            use_cutmix = jax.random.bernoulli(choice_key)
+            mixed, weight = jax.tree.map(lambda a, b: jnp.where(use_cutmix, b, a), mixes[0], mixes[1])
+        weights = jnp.full(labels.shape, weight, jnp.float32)
+        return {**batch, "image": mixed, "mix_label": labels[order], "mix_weight": weights}
+
+    return mix
+
+
+def mixed_targets(batch: dict, num_classes: int) -> jax.Array:
+    """The loss's targets for `batch`: its integer labels, or for a mixed batch (`make_mix`) the soft
+    targets `w * one_hot(label) + (1 - w) * one_hot(mix_label)`."""
+    if "mix_weight" not in batch:
+        return batch["label"]
+    weight = batch["mix_weight"][:, None]
+    return (weight * jax.nn.one_hot(batch["label"], num_classes)
+            + (1 - weight) * jax.nn.one_hot(batch["mix_label"], num_classes))
+
+
+# ---------------------------------------------------------------------------- test-time augmentation
+
+
+def with_mirror(batch: dict) -> dict:
+    """An evaluation batch with the mirror images of its images (`mirror`), for `eval.tta="flip"`."""
+    return {**batch, "mirror": batch["image"][:, :, ::-1, :]}
+
+
+def tta_logits(apply: Callable[[jax.Array], jax.Array], batch: dict) -> jax.Array:
+    """The model's logits for `batch`; with its mirror images (`with_mirror`), the mean of the
+    logits of each image and its mirror, computed in one call (evaluation mode: the batch's other
+    examples do not change an example's logits)."""
+    if "mirror" not in batch:
+        return apply(batch["image"])
+    images = batch["image"]
+    logits = apply(jnp.concatenate([images, batch["mirror"]]))
+    return (logits[:images.shape[0]] + logits[images.shape[0]:]) / 2

@@ -16,7 +16,7 @@ import optax
 
 from jaxcnn import models
 from jaxcnn.core import finetune, losses, optim, precision
-from jaxcnn.core.augment import augment_config, make_augment, step_key
+from jaxcnn.core.augment import MIX_SALT, augment_config, make_augment, make_mix, step_key, with_mirror
 from jaxcnn.data.device import normalize
 from jaxcnn.data.normalization import Stat
 from jaxcnn.core.executor import Prepare
@@ -62,20 +62,33 @@ def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
 
 
 def make_prepare(config: ml_collections.ConfigDict, train: bool) -> Prepare:
-    """The run's `prepare`: normalised with `dataset.mean`/`std`; for training also augmented
-    (`config.augment`)."""
-    augment_fn = make_augment(augment_config(config.augment)) if train else None
-    return prepare_fn(config.dataset.mean, config.dataset.std, augment_fn)
+    """The run's `prepare`: normalised with `dataset.mean`/`std`; for training also augmented and
+    mixed (`config.augment`), for evaluation with the mirror images under `eval.tta="flip"`."""
+    if not train:
+        flip = tta_of(config) == "flip"
+        return prepare_fn(config.dataset.mean, config.dataset.std, extend=with_mirror if flip else None)
+    augment = augment_config(config.augment)
+    return prepare_fn(config.dataset.mean, config.dataset.std, make_augment(augment), make_mix(augment))
 
 
-def prepare_fn(mean: Stat, std: Stat, augment_fn: Callable | None = None) -> Prepare:
-    """`prepare(batch, state)`: a uint8 batch normalised, and augmented with the step's own key
-    (`augment.step_key`) when `augment_fn` is given."""
+def tta_of(config: ml_collections.ConfigDict) -> str:
+    """`config.eval.tta`; "none" for the config of a run written before the key existed."""
+    return config.get("eval", {}).get("tta", "none")
+
+
+def prepare_fn(mean: Stat, std: Stat, augment_fn: Callable | None = None, mix_fn: Callable | None = None,
+               extend: Callable[[dict], dict] | None = None) -> Prepare:
+    """`prepare(batch, state)`: a uint8 batch normalised, augmented with the step's own key
+    (`augment.step_key`) when `augment_fn` is given, then mixed (`augment.make_mix`) when `mix_fn`
+    is, then passed through `extend` (evaluation's test-time views)."""
 
     def prepare(batch: dict, state: TrainState) -> dict:
         images = normalize(batch["image"], mean, std)
         if augment_fn is not None:
             images = augment_fn(images, step_key(state.rng, state.step))
-        return {**batch, "image": images}
+        batch = {**batch, "image": images}
+        if mix_fn is not None:
+            batch = mix_fn(batch, jax.random.fold_in(step_key(state.rng, state.step), MIX_SALT))
+        return extend(batch) if extend is not None else batch
 
     return prepare

@@ -24,15 +24,23 @@ def _per_example_mean(values: jax.Array) -> jax.Array:
     return values.reshape(values.shape[0], -1).mean(axis=-1)
 
 
+def as_targets(labels: jax.Array, num_classes: int) -> jax.Array:
+    """Class targets (B, K): integer labels one-hot; soft targets (mixup, cutmix: already (B, K)
+    floats, `augment.mixed_targets`) as they are, so every loss takes either."""
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return jax.nn.one_hot(labels, num_classes)
+    return labels
+
+
 def softmax_cross_entropy(
     logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
-    """Softmax cross-entropy against integer labels; `label_smoothing` is a Python float.
+    """Softmax cross-entropy against integer labels or soft targets; `label_smoothing` is a Python float.
 
-    With smoothing a, the target is (1 - a) * one_hot + a / num_classes.
+    With smoothing a, the target is (1 - a) * target + a / num_classes.
     """
-    if label_smoothing > 0:
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    if label_smoothing > 0 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        targets = optax.smooth_labels(as_targets(labels, logits.shape[-1]), label_smoothing)
         return optax.softmax_cross_entropy(logits, targets)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
@@ -67,7 +75,7 @@ def l2_penalty(params) -> jax.Array:
 def _on_probabilities(distance: Callable[[jax.Array, jax.Array], jax.Array]):
     """`mse` and `l1` compare softmax probabilities with one-hot targets (Keras' softmax output layer)."""
     return lambda num_classes, smoothing: (
-        lambda logits, labels: distance(jax.nn.softmax(logits), jax.nn.one_hot(labels, num_classes)))
+        lambda logits, labels: distance(jax.nn.softmax(logits), as_targets(labels, num_classes)))
 
 
 LOSSES.register("cross_entropy", LossEntry(
@@ -76,7 +84,7 @@ LOSSES.register("cross_entropy", LossEntry(
 # Each class an independent sigmoid.
 LOSSES.register("binary_cross_entropy", LossEntry(
     lambda num_classes, smoothing: (
-        lambda logits, labels: sigmoid_binary_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))),
+        lambda logits, labels: sigmoid_binary_cross_entropy(logits, as_targets(labels, num_classes))),
     output="sigmoid"))
 LOSSES.register("mse", LossEntry(_on_probabilities(mean_squared_error)))
 LOSSES.register("l1", LossEntry(_on_probabilities(l1_loss)))
@@ -92,7 +100,7 @@ def make_classification_loss(
     spec = LossSpec(name=name, label_smoothing=label_smoothing)
     if sweep_label_smoothing:
         return lambda logits, labels, smoothing: optax.softmax_cross_entropy(
-            logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing))
+            logits, optax.smooth_labels(as_targets(labels, logits.shape[-1]), smoothing))
     return LOSSES[spec.name].make(num_classes, label_smoothing)
 
 

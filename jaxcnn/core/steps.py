@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxcnn.core import ema, losses, optim
+from jaxcnn.core.augment import mixed_targets, tta_logits
 from jaxcnn.core.finetune import keep_frozen
 from jaxcnn.core.state import TrainState, hyper_of
 
@@ -34,7 +35,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
         outputs, updates = state.apply_fn(
             state.variables(params), batch["image"], train=True,
             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        loss = loss_of(state)(outputs, batch["label"]).mean()
+        loss = loss_of(state)(outputs, mixed_targets(batch, outputs.shape[-1])).mean()  # mixup: soft targets
         hyper = hyper_of(state)
         l2 = hyper.get("l2", state.l2)
         penalty = l2 * losses.l2_penalty(params) if "l2" in hyper or state.l2 else 0.0
@@ -87,7 +88,7 @@ def zero_eval_sums() -> Metrics:
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
-    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    logits = tta_logits(lambda images: state.apply_fn(state.variables(), images, train=False), batch)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
@@ -100,7 +101,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
 def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str, top_k: int = 5) -> Metrics:
     """Per-example outputs for the final metrics: predicted class, its probability (the confidence,
     by the output activation of `loss_name`), and whether the true class is among the `top_k` scores."""
-    logits = state.apply_fn(state.variables(), batch["image"], train=False)
+    logits = tta_logits(lambda images: state.apply_fn(state.variables(), images, train=False), batch)
     probabilities = losses.predict_probabilities(loss_name, logits)
     true_score = jnp.take_along_axis(logits, batch["label"][:, None], axis=-1)
     return {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import pathlib
 import sys
@@ -26,6 +25,8 @@ import numpy as np
 import tqdm
 
 from jaxcnn.runtime.distributed import is_main_process
+from jaxcnn.files import trackers
+from jaxcnn.files.trackers import TensorBoardWriter, Trackers, tracker_names  # noqa: F401 (TensorBoardWriter: its old home)
 from jaxcnn.errors import JaxcnnError
 
 TIMING_KEYS = frozenset({"wall_time_s", "images_per_s", "train_images_per_s", "epoch_time_s"})
@@ -55,34 +56,6 @@ def without_timing(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in TIMING_KEYS}
 
 
-class TensorBoardWriter:
-    """Scalars of metrics records as TensorBoard event files, written by tensorboardX (no TensorFlow).
-
-    Each numeric field of a record becomes the scalar `EVENT/FIELD` at the record's `step`:
-    `train/loss`, `train/learning_rate`, `train/images_per_s`, `epoch/val_accuracy`, `test/test_accuracy`, ...
-    """
-
-    NOT_SCALARS = frozenset({"event", "epoch", "step"})
-
-    def __init__(self, directory: pathlib.Path):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError as e:
-            raise JaxcnnError("logging.tensorboard is on but tensorboardX is not installed; "
-                              "pip install 'jaxcnn[tensorboard]' or set --config.logging.tensorboard=false") from e
-        self.directory = pathlib.Path(directory)
-        self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=10)
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        event, step = record.get("event", "metrics"), int(record.get("step", 0))
-        for key, value in to_builtin(record, finite=False).items():  # TensorBoard shows NaN as NaN
-            if key not in self.NOT_SCALARS and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                self._writer.add_scalar(f"{event}/{key}", value, step)
-
-    def close(self) -> None:
-        self._writer.close()
-
-
 class MetricsWriter:
     """Appends one JSON object per line to `metrics.jsonl`; flushed at once so a crash loses nothing.
 
@@ -109,7 +82,7 @@ class MetricsWriter:
                 raise JaxcnnError(f"cannot write '{self.path}': {e.strerror or e}; fix the cause and run the "
                                   "same command to resume from the last checkpoint") from e
         if self._events is not None:
-            self._events.write(record)
+            self._events.write(to_builtin(record, finite=False))
 
     def size(self) -> int:
         """Bytes written to `metrics.jsonl` so far (0 when disabled): where a resumed run cuts it."""
@@ -217,6 +190,8 @@ WORKDIR_OUTPUTS = (
     (PREDICTIONS_FILE, "the test predictions", False),
     ("checkpoints", "the checkpoints", True),
     ("events", "the TensorBoard event files", True),
+    ("metrics.csv", "the CSV tracker's file", False),
+    ("trackers.json", "the trackers' run ids", False),
     ("certificate.json", "the run's certificate", False),
     ("profile", "the profiler trace", True),
     ("members", "the members' predictions and certificates", True),
@@ -354,21 +329,27 @@ class RunWriter:
     """
 
     def __init__(self, workdir: pathlib.Path, *, tensorboard: bool, quiet: bool, total_steps: int,
-                 num_epochs: int, metrics_bytes: int | None = None):
+                 num_epochs: int, metrics_bytes: int | None = None, config: Mapping[str, Any] | None = None):
         self.workdir = pathlib.Path(workdir)
         self.enabled = is_main_process()
         if self.enabled and metrics_bytes is not None:
             truncate_metrics(self.workdir, metrics_bytes)
         self.metrics = MetricsWriter(self.workdir, tensorboard=tensorboard, enabled=self.enabled)
         self.progress = Progress(total_steps, num_epochs, quiet or not self.enabled)
+        config = trackers.plain(config or {})  # the trackers (jaxcnn.files.trackers): process 0's only
+        logging = config.get("logging", {})
+        self.trackers = Trackers(self.workdir, tracker_names(logging) if self.enabled else [],
+                                 trackers.flat_params(config), logging.get("experiment") or "jaxcnn")
 
     def write(self, record: Mapping[str, Any]) -> None:
         """One `metrics.jsonl` record (and its TensorBoard scalars)."""
         self.metrics.write(record)
+        self.trackers.log(to_builtin(record, finite=False))
 
     def write_json(self, name: str, payload: Mapping[str, Any]) -> None:
         if self.enabled:
             write_json(self.workdir / name, payload)
+            self.trackers.summary = payload if name == "summary.json" else self.trackers.summary
 
     def write_text(self, name: str, text: str) -> None:
         """A text file written whole or not at all (temporary file and rename)."""
@@ -392,3 +373,4 @@ class RunWriter:
     def close(self) -> None:
         self.progress.close()
         self.metrics.close()
+        self.trackers.close()  # after metrics.jsonl is closed: its artifact is whole

@@ -221,7 +221,7 @@ def pool(
     check_window_fits(layer, x.shape[1:-1], window, stride, padding, f"{kind} pool window {_size(window)}")
     if window == stride and padding == "VALID":
         return _tiled_pool(x, kind, window)
-    return pool_fn(x, window, stride, padding)
+    return pool_fn(x, window_shape=window, strides=stride, padding=padding)  # keywords: as jax2onnx's patch takes them
 
 
 def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:

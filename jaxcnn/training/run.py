@@ -284,7 +284,7 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
             run.best_variables = saver.restore_variables(saver.best_step, state, run.totals)
     run.writer = RunWriter(workdir, tensorboard=config.logging.tensorboard, quiet=quiet,
                            total_steps=run.steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
-                           metrics_bytes=loop.metrics_bytes if restored is not None else None)
+                           metrics_bytes=loop.metrics_bytes if restored is not None else None, config=config)
     run.writer.write_text("config.json", config_to_json(config) + "\n")
     if restored is not None:
         run.writer.progress.resume(loop.step)
