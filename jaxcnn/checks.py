@@ -1,4 +1,5 @@
-"""The shared checks of the config schema, and `Registry` (name -> behaviour); `jaxcnn.spec` re-exports them.
+"""The shared checks of the config schema, `Registry` (name -> behaviour) and the machinery of its
+sections (`key`, `section`, `Section`); `jaxcnn.spec` declares the sections and re-exports these.
 
 Each check takes the dotted config key and the value, returns the value (normalised where said) and
 otherwise raises one `JaxcnnError` line naming the key and what was expected:
@@ -7,12 +8,13 @@ otherwise raises one `JaxcnnError` line naming the key and what was expected:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxcnn.errors import JaxcnnError
 
@@ -202,3 +204,72 @@ class Registry(Mapping):
 
     def __call__(self, key: str, value: Any) -> Any:
         return one_of(key, value, self, self.what)
+
+
+# ---------------------------------------------------------------------------- sections (jaxcnn.spec declares them)
+
+
+def key(default: Any, check: Check | None = None) -> Any:
+    """A config key of a section: its default and its check."""
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def section(cls: type[Section]) -> Any:
+    """A section of `RunSpec`: parsed from a mapping, default all defaults."""
+    return dataclasses.field(default_factory=cls, metadata={"check": lambda _, value: cls.parse(value)})
+
+
+class Section:
+    """A frozen dataclass of config keys: each field's check runs on construction, then `check()`
+    (checks across keys). `KEY` is the section's name in the config ('' for the top level)."""
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check = field.metadata.get("check")
+            if check is not None:
+                object.__setattr__(self, field.name, check(self.dotted(field.name), getattr(self, field.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Checks across keys (override)."""
+
+    @classmethod
+    def dotted(cls, name: str) -> str:
+        return f"{cls.KEY}.{name}" if cls.KEY else name
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The keys with a plain default (not the sections)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def parse(cls, values: Any) -> Any:
+        """The section from a mapping (keys it lacks take their defaults; an unknown key is refused)."""
+        if isinstance(values, cls):
+            return values
+        values = plain(values, cls.KEY)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name in values:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean '{cls.dotted(close[0])}'?" if close else f"; keys here: {', '.join(names)}"
+                raise JaxcnnError(f"unknown config key '{cls.dotted(name)}'{hint}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: unparse(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def plain(values: Any, name: str) -> dict[str, Any]:
+    """A section's values as a plain dict (from a mapping or a `ConfigDict`), or one line if it is not one."""
+    if hasattr(values, "to_dict"):  # an ml_collections.ConfigDict
+        values = values.to_dict()
+    if not isinstance(values, Mapping):
+        raise JaxcnnError(f"config key '{name}' must be a section (a mapping of keys), got {values!r}")
+    return dict(values)
+
+
+def unparse(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, Section) else value

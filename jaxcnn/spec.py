@@ -19,14 +19,13 @@ and what it does are one entry; an unknown name lists the known ones, with a "di
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from jaxcnn.checks import (  # noqa: F401 (the shared checks, re-exported: spec.positive_int, ...)
-    Check, Registry, boolean, choice, fail, finite, increasing_epochs, integer, is_int, is_number,
-    non_negative_int, number, one_of, positive_int, sizes, stat, string)
+    Check, Registry, Section, boolean, choice, fail, finite, increasing_epochs, integer, is_int, is_number, key,
+    non_negative_int, number, one_of, plain, positive_int, section, sizes, stat, string)
 from jaxcnn.errors import JaxcnnError
 
 
@@ -55,71 +54,6 @@ SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "loss.label_sm
 input_mode = choice(INPUT_MODES, "input mode", "auto puts the data on the device when it fits dataset.device_budget_mb")
 
 # ---------------------------------------------------------------------------- sections
-
-
-def key(default: Any, check: Check | None = None) -> Any:
-    """A config key of a section: its default and its check."""
-    return dataclasses.field(default=default, metadata={"check": check})
-
-
-def section(cls: type[Section]) -> Any:
-    """A section of `RunSpec`: parsed from a mapping, default all defaults."""
-    return dataclasses.field(default_factory=cls, metadata={"check": lambda _, value: cls.parse(value)})
-
-
-class Section:
-    """A frozen dataclass of config keys: each field's check runs on construction, then `check()`
-    (checks across keys). `KEY` is the section's name in the config ('' for the top level)."""
-
-    KEY: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            check = field.metadata.get("check")
-            if check is not None:
-                object.__setattr__(self, field.name, check(self.dotted(field.name), getattr(self, field.name)))
-        self.check()
-
-    def check(self) -> None:
-        """Checks across keys (override)."""
-
-    @classmethod
-    def dotted(cls, name: str) -> str:
-        return f"{cls.KEY}.{name}" if cls.KEY else name
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """The keys with a plain default (not the sections)."""
-        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-
-    @classmethod
-    def parse(cls, values: Any) -> Any:
-        """The section from a mapping (keys it lacks take their defaults; an unknown key is refused)."""
-        if isinstance(values, cls):
-            return values
-        values = _plain(values, cls.KEY)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for name in values:
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean '{cls.dotted(close[0])}'?" if close else f"; keys here: {', '.join(names)}"
-                raise JaxcnnError(f"unknown config key '{cls.dotted(name)}'{hint}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _unparse(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _plain(values: Any, name: str) -> dict[str, Any]:
-    if hasattr(values, "to_dict"):  # an ml_collections.ConfigDict
-        values = values.to_dict()
-    if not isinstance(values, Mapping):
-        raise JaxcnnError(f"config key '{name}' must be a section (a mapping of keys), got {values!r}")
-    return dict(values)
-
-
-def _unparse(value: Any) -> Any:
-    return value.to_dict() if isinstance(value, Section) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +208,7 @@ class DatasetSpec(Section):
     def parse(cls, values: Any) -> DatasetSpec:
         if isinstance(values, cls):
             return values
-        values = _plain(values, cls.KEY)
+        values = plain(values, cls.KEY)
         common = {k: values.pop(k) for k in DATASET_COMMON_KEYS if k in values}
         return cls(**common, options=values)
 
@@ -297,7 +231,7 @@ class ModelSpec(Section):
     def parse(cls, values: Any) -> ModelSpec:
         if isinstance(values, cls):
             return values
-        values = _plain(values, cls.KEY)
+        values = plain(values, cls.KEY)
         return cls(values.pop("name", "cnn"), values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,11 +260,11 @@ def _sweep_values(name: str, value: Any) -> Any:
     values are checked with the seeds, `members.members_of`)."""
     if value is None:
         return None
-    section = name.split(".", 1)[1]
-    values = _plain(value, name)
-    for key in values:
-        if f"{section}.{key}" not in SWEEPABLE:
-            raise JaxcnnError(not_sweepable(f"{section}.{key}"))
+    part = name.split(".", 1)[1]
+    values = plain(value, name)
+    for name_in_part in values:
+        if f"{part}.{name_in_part}" not in SWEEPABLE:
+            raise JaxcnnError(not_sweepable(f"{part}.{name_in_part}"))
     return values
 
 
@@ -355,7 +289,7 @@ class SweepSpec(Section):
     def parse(cls, values: Any) -> Any:
         if isinstance(values, cls):
             return values
-        values = {**cls.defaults(), **_plain(values, cls.KEY)}
+        values = {**cls.defaults(), **plain(values, cls.KEY)}
         for name in values:
             if name not in ("optimizer", "loss"):
                 raise JaxcnnError(not_sweepable(name))
@@ -412,6 +346,6 @@ def sections() -> dict[str, type[Section]]:
 
 def parse(config: Any) -> RunSpec:
     """The whole config (a plain dict or a `ConfigDict`), checked, as typed sections."""
-    values = _plain(config, "config")
+    values = plain(config, "config")
     finite(values)
     return RunSpec.parse(values)

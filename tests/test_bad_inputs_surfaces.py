@@ -275,7 +275,7 @@ def test_predict_exported_rescales_a_16_bit_png_as_predict_does_its_8_bit_twin(f
     try:
         for name in ("sixteen.png", "eight.png"):
             capsys.readouterr()
-            assert cli.main([*expand(EXPORTED, root), "--json", str(root / name)]) == 0
+            assert cli.main([*expand(EXPORTED, root), "--json", "-", str(root / name)]) == 0
             outputs.append(capsys.readouterr().out)
     finally:
         (root / "sixteen.png").unlink()

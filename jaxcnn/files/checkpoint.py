@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections

@@ -112,7 +112,7 @@ def test_member(run: Any, loop: RunLoop, m: int, test: dict[str, np.ndarray],
 
 def summarize(run: Any, state: Any, loop: RunLoop, tested: dict[str, Any]) -> dict[str, Any]:
     """A single run's summary."""
-    config, dataset, clock, member = run.config, run.dataset, run.clock, loop.members[0]
+    config, dataset, member = run.config, run.dataset, loop.members[0]
     return {
         "test_accuracy": tested["test_accuracy"],
         "test_loss": tested["test_loss"],
