@@ -182,6 +182,21 @@ def test_more_members_than_memory_allows_are_refused_with_the_estimate(tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_a_million_seeds_are_refused_before_their_indices_or_states_exist(tmp_path, capsys):
+    """One member is measured (its program and its index arrays) before any other member's data or
+    state is built, so a count far beyond memory is one line, not an exhausted machine."""
+    import resource
+
+    from jaxcnn.cli import main
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--config.model.name=mlp", "--config.seeds=1000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcnn: error: 1000000 members need about ") and err.count("\n") == 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: under 1 GiB more
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_of_members_stops_at_max_steps_mid_epoch_and_still_tests_every_member(tmp_path):
     summary = train_and_evaluate(load_config("digits_cnn", MLP + ["seeds=2", "max_steps=7"]), tmp_path / "run",
                                  quiet=True)

@@ -58,10 +58,6 @@ class MembersFeed:
         """What of the pool lives on the devices (shared by every member)."""
         return self.arrays
 
-    def first_members(self, count: int) -> MembersFeed:
-        """The feed of the first `count` members alone (to measure one member's memory per device)."""
-        return type(self)(self.arrays, self.indices[:count], self.seeds[:count], self.executor)
-
     def orders(self, epoch: int, batch_size: int) -> np.ndarray:
         """Every member's epoch order into the pool, (members, steps, batch): its seed's single-run order."""
         return np.stack([indices[np.asarray(epoch_order(seed, epoch, len(self), batch_size))]
@@ -120,20 +116,36 @@ class MembersHostFeed(MembersFeed):
                 "label": np.asarray(labels[indices.reshape(-1)], np.int32).reshape(indices.shape)}
 
 
-def make_member_feeds(pool: Split, test: Split, val_fraction: float, seeds: Sequence[int], executor: Any,
-                      input_mode: str = "device", budget_mb: float = 0.0) -> dict[str, MembersFeed]:
-    """The "train", "val" and "test" feeds of the members of `seeds`; the pool and the test split
-    are placed once (or kept on the host: `dataset.input`), and the validation feed reads the pool
-    of training."""
-    train_indices, val_indices = member_splits(len(pool), val_fraction, seeds)
-    test_indices = np.tile(np.arange(len(test), dtype=np.int32)[None], (len(seeds), 1))
-    if choose_input(input_mode, (pool, test), budget_mb) == "host":
-        feed, pool_arrays, test_arrays = MembersHostFeed, _host_arrays(pool), _host_arrays(test)
-    else:
-        feed, pool_arrays, test_arrays = MembersFeed, place_pool(pool, executor), place_pool(test, executor)
-    return {"train": feed(pool_arrays, train_indices, seeds, executor),
-            "val": feed(pool_arrays, val_indices, seeds, executor),
-            "test": feed(test_arrays, test_indices, seeds, executor)}
+class MemberPool:
+    """The data of a run of members before any member's indices: the training pool and the test
+    split placed once (or kept on the host: `dataset.input`), from which `feeds(seeds)` builds the
+    feeds of any members; so one member's memory can be measured before every member's indices exist."""
+
+    def __init__(self, pool: Split, test: Split, val_fraction: float, executor: Any, input_mode: str = "device",
+                 budget_mb: float = 0.0):
+        self.num_pool, self.num_test, self.val_fraction, self.executor = len(pool), len(test), val_fraction, executor
+        if choose_input(input_mode, (pool, test), budget_mb) == "host":
+            self.feed, self.pool, self.test = MembersHostFeed, _host_arrays(pool), _host_arrays(test)
+        else:
+            self.feed, self.pool, self.test = MembersFeed, place_pool(pool, executor), place_pool(test, executor)
+
+    @property
+    def train_size(self) -> int:
+        """The examples of each member's training split (every member's is as large)."""
+        return len(train_val_indices(self.num_pool, self.val_fraction, 0)[0])
+
+    @property
+    def index_bytes(self) -> int:
+        """One member's int32 indices (training, validation and test split), on the host and placed."""
+        return 2 * 4 * (self.num_pool + self.num_test)
+
+    def feeds(self, seeds: Sequence[int]) -> dict[str, MembersFeed]:
+        """The "train", "val" and "test" feeds of the members of `seeds` (the validation feed reads the pool)."""
+        train_indices, val_indices = member_splits(self.num_pool, self.val_fraction, seeds)
+        test_indices = np.tile(np.arange(self.num_test, dtype=np.int32)[None], (len(seeds), 1))
+        return {"train": self.feed(self.pool, train_indices, seeds, self.executor),
+                "val": self.feed(self.pool, val_indices, seeds, self.executor),
+                "test": self.feed(self.test, test_indices, seeds, self.executor)}
 
 
 def _host_arrays(split: Split) -> dict[str, Any]:

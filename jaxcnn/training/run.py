@@ -37,7 +37,7 @@ from jaxcnn.core.evaluation import evaluate, evaluate_sums
 from jaxcnn.core.executor import Calls, Executor
 from jaxcnn.runtime.host_memory import keep_freed_host_memory
 from jaxcnn.core.loop_state import RunLoop
-from jaxcnn.data.members import MembersFeed, make_member_feeds
+from jaxcnn.data.members import MemberPool
 from jaxcnn.training.members_memory import available_bytes, check_fits, member_bytes
 from jaxcnn.core.metrics import TOP_K
 from jaxcnn.core.steps import zero_eval_sums, zero_train_totals
@@ -103,8 +103,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     member_list = member_list if member_list is not None else members.members_of(config)
     stacked = member_list is not None
     member_list = member_list or [members.Member(0, config.seed)]
-    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset,
-                                                        member_list if stacked else None)
+    config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset, stacked)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
     models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -115,58 +114,54 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
         return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
     init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
                                              some, config.optimizer.learning_rate)
-    if len(member_list) > 1:  # one member per device measured (members split over the devices: one each)
-        measured = executor.num_devices if executor.split_members else 1
-        check_memory(calls, feeds, executor.put(init(member_list[:measured]), executor.member_state),
+    pool, seeds = feeds, [m.seed for m in member_list]
+    measured = executor.num_devices if executor.split_members else 1  # one member per device
+    if len(member_list) > measured:  # measured before the other members' indices and states exist
+        check_memory(calls, pool, executor.put(init(member_list[:measured]), executor.member_state),
                      len(member_list) // measured, config)
+    feeds = pool.feeds(seeds)
     state = executor.put(init(member_list), executor.member_state)
     check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
-              dataset: data.Dataset | None = None, member_list: list[members.Member] | None = None):
+              dataset: data.Dataset | None = None, stacked: bool = False):
     """The dataset (`dataset` if given, else the config's), its feeds, the steps per epoch, and the
-    config with the normalisation it uses. For members (`member_list`) the training split is one
-    pool, whole; each member carves its own validation split from it (`members_feed`)."""
+    config with the normalisation it uses. For members (`stacked`) the training split is one pool,
+    whole, from which each member carves its own validation split: a `MemberPool` instead of feeds."""
     dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
-                                val_fraction=0.0 if member_list else config.dataset.val_fraction, seed=config.seed,
+                                val_fraction=0.0 if stacked else config.dataset.val_fraction, seed=config.seed,
                                 download=config.dataset.download, **dataset_options(config))
-    if member_list:
-        check_index_memory(len(member_list), len(dataset.train) + len(dataset.test), executor)
-        feeds = make_member_feeds(dataset.train, dataset.test, config.dataset.val_fraction,
-                                  [m.seed for m in member_list], executor, config.dataset.input,
-                                  config.dataset.device_budget_mb)
+    if stacked:
+        feeds = MemberPool(dataset.train, dataset.test, config.dataset.val_fraction, executor, config.dataset.input,
+                           config.dataset.device_budget_mb)
+        train_size = feeds.train_size
     else:
         splits = (dataset.train, dataset.val, dataset.test)
         feeds = dict(zip(("train", "val", "test"), make_feeds(splits, config.dataset.input,
                                                                config.dataset.device_budget_mb, executor)))
-    if config.batch_size > len(feeds["train"]):
+        train_size = len(feeds["train"])
+    if config.batch_size > train_size:
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
-                          f"({len(feeds['train'])} examples of {dataset.name}); lower batch_size")
+                          f"({train_size} examples of {dataset.name}); lower batch_size")
     config = record_mean_std(config, *mean_std_for(config.dataset, dataset.train))  # config.json holds them
     config = record_data_dir(config, data_dir or config.dataset.data_dir or None)  # eval and resume use it
-    return config, dataset, feeds, len(feeds["train"]) // config.batch_size
+    return config, dataset, feeds, train_size // config.batch_size
 
 
-def check_index_memory(num_members: int, num_examples: int, executor: Executor) -> None:
-    """Refuses, before any member's data is built, more members than their index arrays (4 bytes
-    per example and member, on the host and on the device) leave room for."""
-    check_fits(num_members, 2 * 4 * num_examples, 0, available_bytes(executor.devices[0]))
-
-
-def check_memory(calls: Calls, feeds: dict[str, MembersFeed], one_state: Any, num_members: int,
+def check_memory(calls: Calls, pool: MemberPool, one_state: Any, num_members: int,
                  config: ml_collections.ConfigDict) -> None:
     """Refuses (one line) a run whose members would not fit: one member (per device) measured
-    (`members_memory`); `num_members`: how many each device holds."""
-    train = feeds["train"]
+    (`members_memory`) with its indices; `num_members`: how many each device holds."""
     measured = jax.tree.leaves(one_state)[0].shape[0]
-    inputs, start = next(iter(train.first_members(measured).train_calls(1, config.batch_size, [(0, 1)])))
-    totals = train.executor.put(members.stacked_zeros(zero_train_totals(), measured), train.executor.member_state)
+    feeds = pool.feeds([config.seed] * measured)
+    inputs, start = next(iter(feeds["train"].train_calls(1, config.batch_size, [(0, 1)])))
+    totals = pool.executor.put(members.stacked_zeros(zero_train_totals(), measured), pool.executor.member_state)
     tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
-    shared = sum(x.nbytes for feed in (train, feeds["test"]) for x in jax.tree.leaves(feed.device_arrays))
-    check_fits(num_members, member_bytes(calls.programs["train"], (one_state, totals, inputs, start), tracks_best),
-               shared, available_bytes(train.executor.devices[0]))
+    shared = sum(x.nbytes for feed in (feeds["train"], feeds["test"]) for x in jax.tree.leaves(feed.device_arrays))
+    one = member_bytes(calls.programs["train"], (one_state, totals, inputs, start), tracks_best) + pool.index_bytes
+    check_fits(num_members, one, shared, available_bytes(pool.executor.devices[0]))
 
 
 # ---------------------------------------------------------------------------- the run
