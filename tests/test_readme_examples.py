@@ -21,7 +21,8 @@ from conftest import REPO, real_data_dir
 from readme_examples import needs_data_dir, sections, steps_of
 
 SECTIONS = ["From Python", "Exported models", "Your own model", "Your own data",
-            "Reproducibility: certificates, `jaxcnn verify`, `deterministic`", "Seeds and sweeps"]
+            "Reproducibility: certificates, `jaxcnn verify`, `deterministic`", "Seeds and sweeps",
+            "Experiment trackers", "mixup, cutmix and test-time augmentation", "ONNX"]
 TIMEOUT_S = 300
 
 
@@ -79,6 +80,25 @@ def test_the_python_api_example_trains_and_predicts(newcomer):
 def test_the_export_examples_export_a_run_and_serve_it_with_jax_alone(newcomer):
     folder = run_section("Exported models", newcomer)
     assert (folder / "runs/digits/export/model.jaxexport.json").is_file()
+
+
+def test_the_onnx_examples_export_the_exported_run_and_serve_it_with_onnxruntime(newcomer):
+    pytest.importorskip("jax2onnx", reason="the onnx extra is not installed")
+    folder = run_section("ONNX", newcomer)
+    assert (folder / "m.onnx.json").is_file()
+
+
+def test_the_tracker_examples_fill_an_mlflow_file_store_and_a_wandb_offline_run(newcomer):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    folder = run_section("Experiment trackers", newcomer)
+    assert (folder / "mlruns").is_dir() and (folder / "runs/tracked/metrics.csv").is_file()
+    assert (folder / "runs/tracked-wandb/wandb").is_dir()
+
+
+def test_the_mixing_examples_train_with_mixup_cutmix_and_flip_tta(newcomer):
+    folder = run_section("mixup, cutmix and test-time augmentation", newcomer)
+    assert (folder / "runs/mixed/summary.json").is_file() and (folder / "runs/mixed-tta/summary.json").is_file()
 
 
 def test_the_own_model_examples_train_a_linen_and_an_nnx_model_from_mynets(newcomer):
