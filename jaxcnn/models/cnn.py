@@ -88,7 +88,7 @@ class ConvNet(nn.Module):
                 convs += 1
             after = f" (after Conv_{convs - 1})" if convs else ""
             x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding,
-                            layer=f"pool of block {number}{after}")
+                            layer=f"pool of block {number}{after}", train=train)
         x = x.reshape((x.shape[0], -1))
         for features in self.hidden:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)

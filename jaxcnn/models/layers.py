@@ -210,16 +210,19 @@ def pool(
     stride: int | Sequence[int] | None = None,
     padding: Any = "VALID",
     layer: str = "pool",
+    train: bool = True,
 ) -> jax.Array:
     """Max or average pooling over NHWC `x`; `stride` defaults to `window` (non-overlapping).
-    `layer` names the pool in errors (pools are functions, not modules with a path)."""
+    `layer` names the pool in errors (pools are functions, not modules with a path). `train`:
+    whether the pool is differentiated (training) or only run forward (evaluation, prediction,
+    exports), which choose different implementations (`_tiled_pool`)."""
     pool_fn = get_pool(kind)
     ndim = x.ndim - 2
     window = to_tuple(window, "model.pool_window", ndim)
     stride = window if stride is None else to_tuple(stride, "model.pool_stride", ndim)
     padding = to_padding(padding, "model.pool_padding", ndim)
     check_window_fits(layer, x.shape[1:-1], window, stride, padding, f"{kind} pool window {_size(window)}")
-    if window == stride and padding == "VALID":
+    if train and window == stride and padding == "VALID":
         return _tiled_pool(x, kind, window)
     return pool_fn(x, window_shape=window, strides=stride, padding=padding)  # keywords: as jax2onnx's patch takes them
 
@@ -228,7 +231,8 @@ def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:
     """Non-overlapping VALID pooling as a reshape + reduction: the same values as `nn.max_pool` /
     `nn.avg_pool`, faster to differentiate on CPU than XLA's reduce_window (whose gradient is a
     select-and-scatter) in the probes of issue 7. A max's gradient is shared
-    among tied maxima instead of going to the first."""
+    among tied maxima instead of going to the first. Forward only (evaluation), XLA's reduce_window
+    ran the Flax-example CNN's batches of 1000 faster (README, "Speed"): there training keeps this one."""
     n, *spatial, c = x.shape
     out = [size // w for size, w in zip(spatial, window)]
     x = x[(slice(None), *(slice(0, o * w) for o, w in zip(out, window)), slice(None))]
