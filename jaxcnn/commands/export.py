@@ -215,8 +215,6 @@ def load_exported(path: str | pathlib.Path) -> tuple[jax.export.Exported, dict[s
 def predict_exported(path: str | pathlib.Path, files: Sequence[str | pathlib.Path], top: int = 3,
                      invert: bool = False) -> list[dict]:
     """`jaxcnn predict --exported`: the same result as `saved.predict`, computed by the artifact."""
-    from jaxcnn.commands.saved import load_image, top_classes
-
     if not files:
         raise JaxcnnError("predict needs at least one image file")
     exported, meta = load_exported(path)
@@ -225,11 +223,20 @@ def predict_exported(path: str | pathlib.Path, files: Sequence[str | pathlib.Pat
         raise JaxcnnError(f"--exported {path} was exported for {', '.join(exported.platforms)}, and JAX runs "
                           f"on {platform} here; export again with --platforms including {platform}")
     input_shape = tuple(int(d) for d in exported.in_avals[0].shape[1:])
-    pixels = np.stack([load_image(f, input_shape, invert) for f in files])
-    probabilities = np.asarray(exported.call(pixels))
+    return classify_files(path, meta, files, input_shape, exported.call, top, invert, "the artifact")
+
+
+def classify_files(path: str | pathlib.Path, meta: dict | None, files: Sequence[str | pathlib.Path],
+                   input_shape: tuple[int, ...], classify: Any, top: int, invert: bool, what: str) -> list[dict]:
+    """Each file's `top` classes by an exported model's probabilities (`classify(uint8 pixels)`),
+    named by its sidecar (`meta`, None: class numbers), as `saved.predict` gives them."""
+    from jaxcnn.commands.saved import load_image, top_classes
+
+    pixels = np.stack([load_image(f, input_shape, invert) for f in files]).astype(np.uint8)
+    probabilities = np.asarray(classify(pixels))
     num_classes = probabilities.shape[-1]
     names = meta["class_names"] if meta is not None else [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
-        raise JaxcnnError(f"{sidecar_path(path)} names {len(names)} classes, but the artifact outputs "
+        raise JaxcnnError(f"{sidecar_path(path)} names {len(names)} classes, but {what} outputs "
                           f"{num_classes}; export the model again")
     return top_classes(files, probabilities, names, top)

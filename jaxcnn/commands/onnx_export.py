@@ -25,9 +25,8 @@ from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxcnn.commands.export import _check_out, _write_atomically, read_sidecar, sidecar_path
+from jaxcnn.commands.export import _check_out, _write_atomically, classify_files, read_sidecar, sidecar_path
 from jaxcnn.commands.export_defaults import EXPORT_DIR, ONNX_NAME
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import LOSSES
@@ -152,17 +151,9 @@ def load_onnx(path: str | pathlib.Path) -> tuple[Any, dict[str, Any] | None]:
 def predict_onnx(path: str | pathlib.Path, files: Sequence[str | pathlib.Path], top: int = 3,
                  invert: bool = False) -> list[dict]:
     """`jaxcnn predict --onnx`: the same result as `saved.predict`, computed by onnxruntime."""
-    from jaxcnn.commands.saved import load_image, top_classes
-
     if not files:
         raise JaxcnnError("predict needs at least one image file")
     session, meta = load_onnx(path)
-    input_shape = tuple(int(d) for d in session.get_inputs()[0].shape[1:])
-    pixels = np.stack([load_image(f, input_shape, invert) for f in files]).astype(np.uint8)
-    probabilities = session.run(None, {session.get_inputs()[0].name: pixels})[0]
-    num_classes = probabilities.shape[-1]
-    names = meta["class_names"] if meta is not None else [str(c) for c in range(num_classes)]
-    if len(names) != num_classes:
-        raise JaxcnnError(f"{sidecar_path(path)} names {len(names)} classes, but the model outputs "
-                          f"{num_classes}; export the model again")
-    return top_classes(files, probabilities, names, top)
+    first = session.get_inputs()[0]
+    return classify_files(path, meta, files, tuple(int(d) for d in first.shape[1:]),
+                          lambda pixels: session.run(None, {first.name: pixels})[0], top, invert, "the model")
