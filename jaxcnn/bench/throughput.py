@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxcnn import data, models
 from jaxcnn.bench import baseline
-from jaxcnn.core import losses, optim, precision
+from jaxcnn.core import autotune, losses, optim, precision
 from jaxcnn.models import im2col
 # JAX-free, so that the grammar (`jaxcnn bench --help`) shows the defaults without loading JAX.
 from jaxcnn.bench.settings import MODES, BenchSettings
@@ -142,10 +142,19 @@ class Workload:
     mean: float
     std: float
 
-    def model(self, conv_impl: str) -> Any:
+    def model(self, conv_impl: str, plan: tuple = ()) -> Any:
         options = {"conv_impl": conv_impl} if "conv_impl" in models.model_defaults(self.name) else {}
         return models.create_model(self.name, self.num_classes, dtype=precision.compute_dtype(self.dtype),
-                                   **options)
+                                   conv_plan=plan, **options)
+
+    def tuned(self, settings: BenchSettings) -> autotune.Tuned:
+        """The plan `jaxcnn train` measures (or finds cached) for this model and batch on this machine."""
+        what = {"model": {"name": self.name, **models.model_defaults(self.name), "conv_impl": settings.conv_impl},
+                "dtype": self.dtype}
+        batches = {"train": self.batch_size, "forward": min(settings.eval_batch_size, len(self.test.labels))}
+        return autotune.choose_plan(lambda plan: self.model(settings.conv_impl, plan), what,
+                                    tuple(self.train.images.shape[1:]), self.num_classes, batches, None,
+                                    tune_conv=settings.conv_impl == "auto")
 
 
 def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -> dict[str, Any]:
@@ -154,11 +163,12 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
     tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
                                 {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
     loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
-    model, shape = work.model(settings.conv_impl), tuple(work.train.images.shape[1:])
+    tuned = work.tuned(settings)
+    model, shape = work.model(settings.conv_impl, tuned.conv), tuple(work.train.images.shape[1:])
     executor = Executor("none")
     new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed))
     prepare = prepare_fn(work.mean, work.std)
-    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K)
+    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K, options=tuned.compiler_options())
     train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)
     inputs = {**train_feed.arrays, "order": executor.put(work.order, executor.stacked)}
     state, totals = new_state(), executor.put(zero_train_totals())
@@ -181,7 +191,8 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
         evaluate(calls, cycle.state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
         return len(work.test.labels)
 
-    return _measure(cycle, eval_pass, lambda: cycle.state, settings, cold, warm, flops, work, fingerprint)
+    row = _measure(cycle, eval_pass, lambda: cycle.state, settings, cold, warm, flops, work, fingerprint)
+    return {**row, "autotune": tuned.to_json()}
 
 
 @dataclasses.dataclass

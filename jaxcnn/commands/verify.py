@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -168,11 +169,16 @@ def rerun(original: Original, steps: int | None, data_dir: str | None, folder: p
     """Trains the run again in `folder/rerun` (the first `steps` steps only, with max_steps)."""
     from jaxcnn.files.checkpoint import TrainingInterrupted
     from jaxcnn.config import apply_overrides, config_from_json
+    from jaxcnn.core.autotune import PLAN_FILE
     from jaxcnn.training.loop import train_and_evaluate
 
     config = config_from_json(json.dumps(original.config.to_dict()))  # a copy, locked
     if steps is not None:
         apply_overrides(config, [f"max_steps={steps}"])
+    plan = original.workdir / PLAN_FILE  # the original's convolutions and compiler options, replayed
+    if plan.is_file():
+        (folder / RERUN_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan, folder / RERUN_DIR / PLAN_FILE)
     try:
         return train_and_evaluate(config, folder / RERUN_DIR, data_dir=data_dir, quiet=True)
     except TrainingInterrupted as stop:

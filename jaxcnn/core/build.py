@@ -47,11 +47,11 @@ class Parts:
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int,
-          bn_axis_name: str | None = None) -> Parts:
+          bn_axis_name: str | None = None, conv_plan: tuple = ()) -> Parts:
     """Model, optimizer (its schedule over `steps_per_epoch` × `num_epochs`) and loss of `config`.
-    `bn_axis_name`: BatchNorm's cross-device axis, under pmap (`Executor.bn_axis_name`)."""
-    model = models.create_model(config.model.name, num_classes, dtype=precision.compute_dtype(config.dtype),
-                                bn_axis_name=bn_axis_name, **model_options(config))
+    `bn_axis_name`: BatchNorm's cross-device axis, under pmap (`Executor.bn_axis_name`); `conv_plan`:
+    the convolutions measured for this machine (`jaxcnn.core.autotune`)."""
+    model = model_of(config, num_classes, bn_axis_name, conv_plan)
     swept = sweep_of(config)  # swept values become arrays inside the step (jaxcnn.core.members)
     tx = optim.create_optimizer(config.optimizer, config.schedule, steps_per_epoch, config.num_epochs,
                                 config.grad_accum_steps, sweep_weight_decay="optimizer.weight_decay" in swept)
@@ -59,6 +59,13 @@ def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     loss_fn = losses.make_classification_loss(config.loss.name, num_classes, config.loss.label_smoothing,
                                               sweep_label_smoothing="loss.label_smoothing" in swept)
     return Parts(model, tx, loss_fn)
+
+
+def model_of(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None,
+             conv_plan: tuple = ()) -> nn.Module:
+    """The model of `config` (with convolution plan `conv_plan`)."""
+    return models.create_model(config.model.name, num_classes, dtype=precision.compute_dtype(config.dtype),
+                               bn_axis_name=bn_axis_name, conv_plan=conv_plan, **model_options(config))
 
 
 def make_prepare(config: ml_collections.ConfigDict, train: bool) -> Prepare:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -281,50 +281,54 @@ class Executor:
     # ------------------------------------------------------------------------ compiling the calls
 
     def compile(self, prepare_train: Prepare, prepare_eval: Prepare, loss_name: str, top_k: int,
-                unroll: bool | int | None = None, members: bool = False) -> Calls:
+                unroll: bool | int | None = None, members: bool = False,
+                options: Mapping[str, dict[str, str] | None] | None = None) -> Calls:
         """The run's three compiled calls; the parallel mapping applied here and nowhere else.
-        `members`: the state is a stack of members, each call vmapped over them (`over_members`)."""
+        `members`: the state is a stack of members, each call vmapped over them (`over_members`).
+        `options`: XLA's options for the "train" program and the "forward" ones (evaluate, predict),
+        as the run's measured plan chose them (`jaxcnn.core.autotune`); default `compiler_options()`."""
+        options = options or {context: compiler_options() for context in ("train", "forward")}
         axis = AXIS if self.per_device else None
         # Under jit the batch is global: keep it split along the examples like its inputs.
         rows = NamedSharding(self.mesh, P(AXIS))
         constrain = ((lambda batch: batch) if self.per_device or self.num_devices == 1
                      else (lambda batch: lax.with_sharding_constraint(batch, rows)))
         if members and self.split_members:
-            return self._compile_split(prepare_train, prepare_eval, loss_name, top_k, unroll)
+            return self._compile_split(prepare_train, prepare_eval, loss_name, top_k, unroll, options)
         mapped = over_members if members else (lambda body: body)
         programs = {
             "train": self._jit(mapped(train_body(prepare_train, axis, constrain, unroll)), (0, 1), 2, "state",
-                               members),
+                               options["train"], members),
             "evaluate": self._jit(mapped(eval_body(prepare_eval, axis, constrain, unroll)), (1,), 2, "totals",
-                                  members),
+                                  options["forward"], members),
             "predict": self._jit(mapped(predict_body(prepare_eval, loss_name, top_k, constrain, unroll)), (), 1,
-                                 "outputs", members),
+                                 "outputs", options["forward"], members),
         }
         return Calls(programs, self.wait)
 
     def _compile_split(self, prepare_train: Prepare, prepare_eval: Prepare, loss_name: str, top_k: int,
-                       unroll: bool | int | None) -> Calls:
+                       unroll: bool | int | None, options: Mapping[str, dict[str, str] | None]) -> Calls:
         """The calls of members split over the devices (`split_members`): each device runs its block of
         members as independent programs would (`member_calls.split_members`), state and totals kept split."""
         same = lambda batch: batch
         out, state = self.member_state, self.member_state
-        split = lambda body, stacked, donate, outputs: jax.jit(
+        split = lambda body, stacked, donate, outputs, context: jax.jit(
             split_members(over_members(body), self.mesh, AXIS, stacked), donate_argnums=donate,
-            static_argnames=("num_steps",), out_shardings=outputs, compiler_options=compiler_options())
+            static_argnames=("num_steps",), out_shardings=outputs, compiler_options=options[context])
         programs = {
-            "train": split(train_body(prepare_train, None, same, unroll), 2, (0, 1), (state, out)),
-            "evaluate": split(eval_body(prepare_eval, None, same, unroll), 2, (1,), out),
-            "predict": split(predict_body(prepare_eval, loss_name, top_k, same, unroll), 1, (), out),
+            "train": split(train_body(prepare_train, None, same, unroll), 2, (0, 1), (state, out), "train"),
+            "evaluate": split(eval_body(prepare_eval, None, same, unroll), 2, (1,), out, "forward"),
+            "predict": split(predict_body(prepare_eval, loss_name, top_k, same, unroll), 1, (), out, "forward"),
         }
         return Calls(programs, self.wait)
 
     def _jit(self, body: Callable, donate: tuple[int, ...], num_replicated: int, output: str,
-             members: bool = False) -> Callable:
+             options: dict[str, str] | None, members: bool = False) -> Callable:
         """`body(*replicated, inputs, start, num_steps)` jitted, the one `jax.jit` of the package's
         calls; under pmap first mapped per device (`_per_device`)."""
         fn = self._per_device(body, num_replicated, output, members) if self.per_device else body
         return jax.jit(fn, donate_argnums=donate, static_argnames=("num_steps",), out_shardings=self.replicated,
-                       compiler_options=compiler_options())
+                       compiler_options=options)
 
     def _per_device(self, body: Callable, num_replicated: int, output: str, members: bool) -> Callable:
         """`body` as `jax.shard_map` over the mesh: the replicated arguments whole on every device,

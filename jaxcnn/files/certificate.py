@@ -81,18 +81,19 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def environment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:
+def environment(config: ml_collections.ConfigDict, num_devices: int | None = None,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions, devices, flags and PRNG of this process (`num_devices`: those the run used;
-    default: all)."""
+    default: all); `options`: the XLA options of the run's programs (default: `compiler_options()`)."""
     device = jax.devices()[0]
     return {"versions": library_versions(), "backend": jax.default_backend(), "device_kind": device.device_kind,
             "device_count": jax.device_count() if num_devices is None else num_devices,
-            "process_count": jax.process_count(), "compiler_options": compiler_options() or {},
+            "process_count": jax.process_count(), "compiler_options": compiler_options() or {} if options is None else options,
             **determinism.record(config)}
 
 
 def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, final: Any, best: Any | None,
-          steps: int, num_devices: int) -> dict[str, Any]:
+          steps: int, num_devices: int, tuned: Any = None) -> dict[str, Any]:
     """The certificate of a run that ended with state `final` after `steps` steps; `best`: the
     (params, batch_stats) its test used instead, when restore_best applied."""
     return {"format": FORMAT, "steps": steps,
@@ -100,7 +101,13 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, final: Any, 
             "best_params_sha256": variables_sha256(*best) if best is not None else None,
             "metrics_sha256": metrics_sha256(workdir / "metrics.jsonl"),
             "config_sha256": config_sha256(config),
-            **environment(config, num_devices)}
+            **environment(config, num_devices, _options(tuned)),
+            **({"autotune": tuned.to_json()} if tuned is not None else {})}
+
+
+def _options(tuned: Any) -> dict[str, Any] | None:
+    """The compiler options per program of a run's measured plan (`jaxcnn.core.autotune.Tuned`)."""
+    return None if tuned is None else {k: v or {} for k, v in tuned.compiler_options().items()}
 
 
 def write(run: Any, final: Any, steps: int) -> None:
@@ -109,7 +116,7 @@ def write(run: Any, final: Any, steps: int) -> None:
     restored_best = config.early_stopping.enabled and config.early_stopping.restore_best
     best = run.best_variables if restored_best and run.best_variables is not None else None
     if run.writer.enabled:
-        record = build(config, run.workdir, final, best, steps, run.executor.num_devices)
+        record = build(config, run.workdir, final, best, steps, run.executor.num_devices, run.tuned)
         if run.stacked:  # each member's share: its own hashes, as its single run would record them
             record["members"] = [member_hashes(m, final, best) for m in range(run.num_members)]
         run.writer.write_json(CERTIFICATE_FILE, record)

@@ -185,6 +185,7 @@ def write_predictions(path: pathlib.Path, labels: np.ndarray, predictions: Mappi
 # What a run writes in its workdir: (name, what it is, whether it is a folder).
 WORKDIR_OUTPUTS = (
     ("config.json", "the resolved config", False),
+    ("autotune.json", "the convolutions and compiler options measured for this machine", False),
     ("metrics.jsonl", "the metrics records", False),
     ("summary.json", "the run's summary", False),
     (PREDICTIONS_FILE, "the test predictions", False),

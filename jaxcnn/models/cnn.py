@@ -32,6 +32,7 @@ class ConvNet(nn.Module):
     groups: int = 1
     use_bias: bool = True
     conv_impl: str = "auto"
+    conv_plan: tuple = ()  # measured per machine under conv_impl="auto" (jaxcnn.models.conv_plan)
     input_padding: int = 0
     batch_norm: bool = False
     activation: str = "relu"
@@ -80,7 +81,7 @@ class ConvNet(nn.Module):
                 x = layers.conv(
                     x, features, self.kernel_size, strides=self.strides, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, use_bias=self.use_bias,
-                    dtype=self.dtype, conv_impl=self.conv_impl,
+                    dtype=self.dtype, conv_impl=self.conv_impl, train=train, plan=self.conv_plan,
                 )
                 if self.batch_norm:
                     x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)

@@ -38,7 +38,8 @@ CONV_IMPLS = ("auto", "xla", "im2col", "hybrid", "shift")
 SHIFT_MAX_CHANNELS = 4
 
 
-def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | None = None) -> str:
+def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | None = None,
+                      train: bool = True) -> str:
     """The implementation `impl` names for a convolution with `in_channels` input channels per group.
 
     "auto" is "shift" on CPU for inputs of at most `SHIFT_MAX_CHANNELS` channels (the first layer of
@@ -46,6 +47,9 @@ def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | 
     jaxcnn compiles with YNNPACK's convolutions off (`compilation.compiler_options`), which made
     XLA's convolution faster than "im2col" and "hybrid" both one call per step and in jaxcnn's
     fused steps (unrolled scans); those two stay for experiments. `backend` defaults to JAX's.
+    Forward only (`train` False: evaluation, prediction, exports) "auto" is XLA's convolution, which
+    ran the Flax-example CNN's batches of 1000 at the plain-JAX rate where "shift" halved it. This is
+    the default where no measured plan names the convolution (`jaxcnn.models.conv_plan`).
     """
     if impl not in CONV_IMPLS:
         raise JaxcnnError(
@@ -54,7 +58,7 @@ def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | 
     if impl != "auto":
         return impl
     on_cpu = (backend or jax.default_backend()) == "cpu"
-    return "shift" if on_cpu and in_channels is not None and in_channels <= SHIFT_MAX_CHANNELS else "xla"
+    return "shift" if train and on_cpu and in_channels is not None and in_channels <= SHIFT_MAX_CHANNELS else "xla"
 
 
 def _pads(

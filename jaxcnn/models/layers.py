@@ -21,7 +21,7 @@ import flax.linen as nn
 from jax import lax
 
 from jaxcnn import spec
-from jaxcnn.models import im2col
+from jaxcnn.models import conv_plan, im2col
 from jaxcnn.errors import JaxcnnError
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -166,12 +166,16 @@ def conv(
     dtype: Any = jnp.float32,
     name: str | None = None,
     conv_impl: str = "auto",
+    train: bool = True,
+    plan: conv_plan.Plan = (),
 ) -> jax.Array:
     """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
 
     `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
     divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col", "hybrid",
     "shift") picks how the convolution is computed (see `jaxcnn.models.im2col`); the parameters are `nn.Conv`'s either way.
+    Under "auto", `plan` (`jaxcnn.models.conv_plan`, measured by `jaxcnn.core.autotune`) names the
+    implementation of this convolution's shape in its context (`train`: differentiated, or forward only).
     """
     ndim = x.ndim - 2
     in_channels = x.shape[-1]
@@ -184,6 +188,10 @@ def conv(
     stride = to_tuple(strides, "model.strides", ndim)
     pads = to_padding(padding, "model.padding", ndim)
     dilated = to_tuple(dilation, "model.dilation", ndim)
+    key = conv_plan.signature(x.shape, features, kernel, stride, pads, dilated, groups, dtype)
+    conv_plan.record(key, in_channels // groups)
+    planned = conv_plan.lookup(plan, key, conv_plan.context_of(train)) if conv_impl == "auto" else None
+    impl = planned or im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups, train=train)
     module = nn.Conv(
         features=features,
         kernel_size=kernel,
@@ -194,8 +202,7 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         name=name,
-        conv_general_dilated=im2col.IMPLEMENTATIONS[
-            im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups)],
+        conv_general_dilated=im2col.IMPLEMENTATIONS[impl],
     )
     window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilated))
     what = f"{_size(kernel)} kernel" + (f" dilated to {_size(window)}" if window != kernel else "")

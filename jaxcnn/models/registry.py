@@ -22,7 +22,7 @@ from jaxcnn.models.imported import to_tuples
 
 DEFAULT_INPUT_SHAPE = (28, 28, 1)
 # Factory arguments that are not options: set by create_model's arguments or by Flax itself.
-NOT_OPTIONS = ("num_classes", "dtype", "bn_axis_name", "parent", "name", "rngs", "self")
+NOT_OPTIONS = ("num_classes", "dtype", "bn_axis_name", "conv_plan", "parent", "name", "rngs", "self")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +111,13 @@ EXPECTED_ATTRIBUTE = "_jaxcnn_expected_output"
 
 
 def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_name: str | None = None,
-                 **options: Any) -> nn.Module:
+                 conv_plan: tuple | None = None, **options: Any) -> nn.Module:
     """Model `name` with `num_classes` logits, as a linen Module; `options` override its defaults
     (see `model_defaults`); for an import path, `options={...}` holds its keyword arguments.
 
     `dtype` is the computation dtype (params stay float32); `bn_axis_name` is BatchNorm's
-    cross-device axis, set only under pmap. Each is passed only to factories that accept it.
+    cross-device axis, set only under pmap; `conv_plan` the measured convolution plan
+    (`jaxcnn.models.conv_plan`). Each is passed only to factories that accept it.
     """
     if not is_int(num_classes) or num_classes < 1:
         raise JaxcnnError(f"invalid number of classes {num_classes!r}; expected an int >= 1")
@@ -133,7 +134,7 @@ def create_model(name: str, num_classes: int, dtype: Any = jnp.float32, bn_axis_
         merged = imported.options_dict(merged["options"])
     else:
         factory, label = _entry(name).factory, f"model {name!r}"
-    extra = {"dtype": dtype, "bn_axis_name": bn_axis_name}
+    extra = {"dtype": dtype, "bn_axis_name": bn_axis_name, "conv_plan": conv_plan or None}
     merged.update({k: v for k, v in extra.items() if v is not None and imported.accepts(factory, k, named=True)})
     module = imported.build(factory, label, num_classes, merged)
     # What `check_input_shape` checks the output against; a plain attribute, not a field, so the

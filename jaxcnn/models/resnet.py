@@ -28,10 +28,12 @@ class BasicBlock(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     conv_impl: str = "auto"
+    conv_plan: tuple = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = partial(layers.conv, use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl)
+        conv = partial(layers.conv, use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl, train=train,
+                       plan=self.conv_plan)
         y = conv(x, self.features, 3, self.strides, padding=1)
         y = self.act(layers.batch_norm(y, train, self.dtype, axis_name=self.bn_axis_name))
         y = conv(y, self.features, 3, padding=1)
@@ -52,6 +54,7 @@ class ResNet(nn.Module):
     activation: str = "relu"
     negative_slope: float = 0.01
     conv_impl: str = "auto"
+    conv_plan: tuple = ()  # measured per machine under conv_impl="auto" (jaxcnn.models.conv_plan)
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None  # set by create_model for pmap (see jaxcnn.core.executor)
 
@@ -72,12 +75,13 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         act = layers.get_activation(self.activation, self.negative_slope)
         x = layers.conv(x, self.widths[0], 3, padding=1, use_bias=False, dtype=self.dtype,
-                        conv_impl=self.conv_impl)
+                        conv_impl=self.conv_impl, train=train, plan=self.conv_plan)
         x = act(layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name))
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for block in range(size):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, act, self.dtype, self.bn_axis_name, self.conv_impl)(x, train)
+                x = BasicBlock(width, strides, act, self.dtype, self.bn_axis_name, self.conv_impl,
+                               self.conv_plan)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 

@@ -103,12 +103,22 @@ def cache_counts() -> dict[str, int]:
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str] | None:
-    """The XLA options jaxcnn compiles its training and evaluation programs with on `backend`
-    (default: JAX's default backend): `CPU_COMPILER_OPTIONS` on CPU, XLA's defaults elsewhere.
+# The option sets `jaxcnn.core.autotune` chooses among per program, by measurement: YNNPACK's
+# convolutions off ("individual_dot", the default, as measured above) or XLA's own defaults
+# ("xla_default": on another CPU, forward-only programs with XLA's convolutions ran 3x faster so).
+OPTION_SETS: dict[str, dict[str, str]] = {"individual_dot": CPU_COMPILER_OPTIONS, "xla_default": {}}
+DEFAULT_SET = "individual_dot"
+
+
+def compiler_options(backend: str | None = None, option_set: str | None = None) -> dict[str, str] | None:
+    """The XLA options jaxcnn compiles a program with on `backend` (default: JAX's default backend):
+    on CPU those of `option_set` (`OPTION_SETS`; default `DEFAULT_SET`, or what the run's measured
+    plan chose), XLA's defaults elsewhere.
 
     They are per program (`jax.jit(..., compiler_options=...)`), so other JAX code in the process,
     such as the benchmark's `baseline`, keeps XLA's defaults. Every program that must give bitwise
     equal results (one step per call and fused steps) is compiled with the same options.
     """
-    return dict(CPU_COMPILER_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
+    if (backend or jax.default_backend()) != "cpu":
+        return None
+    return dict(OPTION_SETS[option_set or DEFAULT_SET]) or None

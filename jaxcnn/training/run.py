@@ -20,13 +20,13 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data, models
-from jaxcnn.core import members
+from jaxcnn.core import autotune, members
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
 from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
 from jaxcnn.training.callbacks import Callbacks
 from jaxcnn.training.init_from import check_freeze, starting_weights
-from jaxcnn.core.build import build, make_prepare
+from jaxcnn.core.build import build, make_prepare, model_of
 from jaxcnn.training.clock import Clock
 from jaxcnn.runtime.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
@@ -59,6 +59,7 @@ class Program:
     calls: Calls
     state: Any
     cache_dir: pathlib.Path | None  # the persistent compilation cache (None: off)
+    tuned: autotune.Tuned  # the convolutions and compiler options measured for this machine
 
     @property
     def num_members(self) -> int:
@@ -94,24 +95,31 @@ class Program:
 
 
 def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str | None,
-          dataset: data.Dataset | None = None, member_list: list[members.Member] | None = None) -> Program:
+          dataset: data.Dataset | None = None, member_list: list[members.Member] | None = None,
+          recorded: autotune.Tuned | None = None) -> Program:
     """Data, members, model, compiled calls and initial state of `config`: the one setup of every
     run, timed or not. `member_list`: the config's members when the caller has them already (None:
-    worked out here). A run of members that would not fit in memory is refused here (one line)."""
+    worked out here). A run of members that would not fit in memory is refused here (one line).
+    `recorded`: the plan of convolutions and compiler options to replay (a resumed or verified run's);
+    None: this machine's (`autotune.choose`)."""
     cache_dir = enable_compilation_cache(config.compilation_cache_dir)  # on by default ("auto")
     keep_freed_host_memory()  # XLA:CPU's per-call buffers are not faulted in again every call
     member_list = member_list if member_list is not None else members.members_of(config)
     stacked = member_list is not None
     member_list = member_list or [members.Member(0, config.seed)]
     config, dataset, feeds, steps_per_epoch = load_data(config, data_dir, executor, dataset, stacked)
-    parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name)
-    models.check_input_shape(parts.model, dataset.input_shape)  # one line naming the layer, not a trace
+    # One line naming the layer, before anything is measured or traced:
+    models.check_input_shape(model_of(config, dataset.num_classes), dataset.input_shape)
+    batches = autotune.batches_of(config, executor.num_devices, stacked and executor.split_members)
+    tuned = autotune.choose(config, dataset.input_shape, dataset.num_classes, batches, cache_dir, recorded)
+    parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name, tuned.conv)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
-                             config.loss.name, TOP_K, members=stacked)
+                             config.loss.name, TOP_K, members=stacked, options=tuned.compiler_options())
     if not stacked:
         state = executor.put(parts.init_state(config, dataset.input_shape))
         check_freeze(config, state, stacked)
-        return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir)
+        return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, False, calls, state, cache_dir,
+                       tuned)
     init = lambda some: members.init_members(lambda seed: parts.init_state(config, dataset.input_shape, seed),
                                              some, config.optimizer.learning_rate)
     pool, seeds = feeds, [m.seed for m in member_list]
@@ -122,7 +130,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     feeds = pool.feeds(seeds)
     state = executor.put(init(member_list), executor.member_state)
     check_freeze(config, state, stacked)
-    return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir)
+    return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir, tuned)
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
@@ -241,7 +249,7 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
                  member_list: list[members.Member] | None = None) -> tuple[Run, Any, RunLoop]:
     """The run in the claimed workdir; a stop signal during its start-up stops it (`stop.check_startup`)."""
     clock = Clock()
-    program = setup(config, executor, data_dir, dataset, member_list)
+    program = setup(config, executor, data_dir, dataset, member_list, recorded_plan(claim))
     config = program.config
     profiler = profiling.Profiler(config, claim.path, program.steps_per_epoch)  # a range beyond the run: refused
     stop.check_startup(agree=True)  # a stop signal so far: stop before anything is written
@@ -257,6 +265,13 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
     run.state = None  # the loop owns the state from here (donated to every call)
     run.watch = divergence.Watch(config.on_nonfinite, loop.step, saver)
     return run, state, loop
+
+
+def recorded_plan(claim: Claim) -> autotune.Tuned | None:
+    """The plan the workdir records (`autotune.PLAN_FILE`): replayed, so that a resumed or verified
+    run computes what the original did. A run resumed from before plans were recorded: the defaults."""
+    recorded = autotune.read_plan(claim.path / autotune.PLAN_FILE, "recorded")
+    return autotune.DEFAULT if recorded is None and claim.resuming else recorded
 
 
 def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[Any, RunLoop]:
@@ -281,6 +296,7 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
                            total_steps=run.steps_per_epoch * config.num_epochs, num_epochs=config.num_epochs,
                            metrics_bytes=loop.metrics_bytes if restored is not None else None, config=config)
     run.writer.write_text("config.json", config_to_json(config) + "\n")
+    run.writer.write_json(autotune.PLAN_FILE, run.tuned.to_json())
     if restored is not None:
         run.writer.progress.resume(loop.step)
         run.writer.line(f"resuming from the checkpoint of step {loop.step} in {workdir / checkpoint.CHECKPOINT_DIR}")

@@ -148,6 +148,7 @@ def timing(run: Any) -> dict[str, Any]:
         "compile_s": clock.compile_s,
         "compile_cache_hit": clock.cache_hit,  # None: the compilation cache is off
         "compilation_cache": {"dir": str(run.cache_dir) if run.cache_dir else None, **clock.cache_counts()},
+        "autotune": run.tuned.to_json(),  # the convolutions and compiler options chosen for this machine
         # Training between log steps (no compile, validation or epoch ends), and the epochs' training
         # with log syncs and checkpoint saves; validation's time apart.
         "steady_train_images_per_s": clock.rate(clock.steady_steps * images, clock.steady_s),

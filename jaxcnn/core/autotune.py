@@ -1,0 +1,259 @@
+"""Convolutions and compiler options chosen by measurement, on the machine the run is on.
+
+As cuDNN's autotuner does for a GPU, `tune` times the candidates once per machine and model and
+keeps the fastest; the choice is cached (`cache_file`) next to the compilation cache, recorded in
+the run's workdir (`PLAN_FILE`: a resumed or verified run replays it, so it stays bitwise the same),
+in `summary.json` and in the certificate.
+
+What is measured is the model's own program in each context, not a convolution alone: the
+gradient of the loss for a training batch (`TRAIN`), the forward pass and argmax for an evaluation
+batch (`FORWARD`). Convolutions fuse with their neighbours, and XLA's options change which library
+computes them, so only the whole program says which is faster. The search is coordinate descent:
+from the defaults (`im2col.resolve_conv_impl`, `compilation.DEFAULT_SET`) it tries each compiler
+option set, then each candidate implementation of each convolution shape in turn, keeping a change
+only when it is faster by `MARGIN` in timings interleaved with the current best's.
+
+Only on CPU: XLA picks among cuDNN's and its own convolutions itself on GPUs and TPUs. Processes of
+a multi-process run keep the defaults unless the workdir records a plan (each would measure its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn.core.build import model_of
+from jaxcnn.models import conv_plan, im2col
+from jaxcnn.models.conv_plan import FORWARD, TRAIN
+from jaxcnn.runtime import compilation
+
+PLAN_FILE = "autotune.json"
+MARGIN = 0.97  # a candidate replaces the current choice when it takes at most 97% of its time
+SMALL_CHANNELS = 16  # shift and im2col are candidates for convolutions of at most this many input channels
+WINDOW_S = 0.06  # each timing window; the best of `ROUNDS` interleaved windows counts
+ROUNDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """A run's choices: `conv` (`conv_plan.Plan`), the compiler option set per context, where they
+    came from ("measured", "cached", "recorded" or "default") and the times measured (ms per batch)."""
+
+    conv: conv_plan.Plan = ()
+    options: tuple[tuple[str, str], ...] = ()
+    source: str = "default"
+    timings: tuple[tuple[str, str, float], ...] = ()
+
+    def compiler_options(self) -> dict[str, dict[str, str] | None]:
+        """The XLA options of the train program and of the forward-only ones (evaluate, predict)."""
+        named = dict(self.options)
+        return {context: compilation.compiler_options(option_set=named.get(context)) for context in (TRAIN, FORWARD)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "options": dict(self.options),
+                "conv": [{"shape": s, "context": c, "impl": i} for s, c, i in self.conv],
+                "timings_ms": [{"context": c, "choice": what, "ms": round(ms, 3)} for c, what, ms in self.timings]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any], source: str) -> "Tuned":
+        return cls(conv=tuple((e["shape"], e["context"], e["impl"]) for e in value.get("conv", ())),
+                   options=tuple(sorted(value.get("options", {}).items())), source=source)
+
+
+DEFAULT = Tuned()
+
+
+def candidates(in_channels: int) -> tuple[str, ...]:
+    """The implementations tried for a convolution: XLA's always; shift-and-add and im2col only for
+    few input channels, where they can win (README, "Speed"); with many they lost 2-8x."""
+    return ("xla", "shift", "im2col") if in_channels <= SMALL_CHANNELS else ("xla",)
+
+
+def machine_key() -> dict[str, Any]:
+    """What makes timings of one machine valid on another: CPU model and flags, backend, versions."""
+    cpu = {}
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("model name", "flags") and name.strip() not in cpu:
+                cpu[name.strip()] = value.strip()
+    except OSError:
+        pass
+    import jaxlib
+    return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__}
+
+
+def cache_file(cache_dir: pathlib.Path, what: dict[str, Any]) -> pathlib.Path:
+    """The cache entry of model and batches `what` on this machine."""
+    digest = hashlib.sha256(json.dumps([machine_key(), what], sort_keys=True, default=str).encode()).hexdigest()
+    return cache_dir / "autotune" / f"{digest[:32]}.json"
+
+
+def read_plan(path: pathlib.Path, source: str) -> Tuned | None:
+    """The plan in `path`, None when there is none or it cannot be read (then it is measured again)."""
+    try:
+        return Tuned.from_json(json.loads(path.read_text()), source)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write_plan(path: pathlib.Path, tuned: Tuned) -> None:
+    """Writes `tuned` atomically (another process may read or write the same cache entry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(tuned.to_json(), indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def _seconds_per_call(fn: Callable[[], Any]) -> float:
+    """One timing window: calls of `fn` for about `WINDOW_S`, each waited for (dispatch is
+    asynchronous: unwaited calls would queue far beyond the window), in seconds per call."""
+    calls, start = 0, time.perf_counter()
+    while calls < 1 or time.perf_counter() - start < WINDOW_S:
+        jax.block_until_ready(fn())
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def _interleaved(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[float, float]:
+    """The best window of each of two programs, timed in turn so that a busy moment hits both."""
+    jax.block_until_ready((first(), second()))
+    times = [(_seconds_per_call(first), _seconds_per_call(second)) for _ in range(ROUNDS)]
+    return min(t[0] for t in times), min(t[1] for t in times)
+
+
+@dataclasses.dataclass
+class _Probe:
+    """The program of one context for a model built from a plan: `run(plan, option_set)` compiles it
+    and returns a zero-argument callable that runs it once on fixed inputs."""
+
+    make_model: Callable[[conv_plan.Plan], nn.Module]
+    variables: Any
+    context: str
+    images: jax.Array
+    labels: jax.Array
+
+    def run(self, plan: conv_plan.Plan, option_set: str) -> Callable[[], Any]:
+        model = self.make_model(plan)
+        options = compilation.compiler_options(option_set=option_set)
+        if self.context == FORWARD:
+            fn = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), -1), compiler_options=options)
+            return lambda: fn(self.variables, self.images)
+        rest = {k: v for k, v in self.variables.items() if k != "params"}
+
+        def loss(params, x, y):
+            logits, _ = model.apply({"params": params, **rest}, x, train=True, mutable=list(rest),
+                                    rngs={"dropout": jax.random.key(0)})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        fn = jax.jit(jax.value_and_grad(loss), compiler_options=options)
+        return lambda: fn(self.variables["params"], self.images, self.labels)
+
+
+def _descend(probe: _Probe, shapes: list[tuple[str, int]], default: conv_plan.Plan, tune_conv: bool
+             ) -> tuple[conv_plan.Plan, str, list[tuple[str, str, float]]]:
+    """Coordinate descent over the option sets, then each convolution shape's candidates."""
+    plan, option_set = default, compilation.DEFAULT_SET
+    best = probe.run(plan, option_set)
+    timings: list[tuple[str, str, float]] = [(probe.context, f"options {option_set} (default)",
+                                              1e3 * _interleaved(best, best)[0])]
+    trials = [(plan, name) for name in compilation.OPTION_SETS if name != option_set]
+    for trial_plan, trial_set in trials:
+        _, option_set, best = _try(probe, plan, option_set, best, trial_plan, trial_set, f"options {trial_set}",
+                                   timings)
+    for key, in_channels in shapes if tune_conv else ():
+        first = conv_plan.lookup(plan, key, probe.context)
+        for impl in candidates(in_channels):
+            if impl != first:
+                trial = tuple(e for e in plan if e[:2] != (key, probe.context)) + ((key, probe.context, impl),)
+                plan, option_set, best = _try(probe, plan, option_set, best, trial, option_set, f"{key}: {impl}",
+                                              timings)
+    return plan, option_set, timings
+
+
+def _try(probe: _Probe, plan: conv_plan.Plan, option_set: str, best: Callable, trial: conv_plan.Plan,
+         trial_set: str, change: str, timings: list) -> tuple[conv_plan.Plan, str, Callable]:
+    """The better of the current choice and a trial (the current one with `change`); the trial's
+    time is noted (ms per batch) with the current one's in the same rounds."""
+    candidate = probe.run(trial, trial_set)
+    t_best, t_trial = _interleaved(best, candidate)
+    timings.append((probe.context, f"{change} (against {1e3 * t_best:.3f})", 1e3 * t_trial))
+    if t_trial <= MARGIN * t_best:
+        return trial, trial_set, candidate
+    return plan, option_set, best
+
+
+def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[int, ...], num_classes: int,
+         batches: dict[str, int], tune_conv: bool = True) -> Tuned:
+    """Measures the plan of the model `make_model(plan)` builds, for inputs of `input_shape` (H, W, C),
+    at `batches[context]` examples per device; convolutions only when `tune_conv` (conv_impl "auto")."""
+    model = make_model(())
+    with conv_plan.recorded() as shapes:
+        variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(jax.random.key(0))
+    default = tuple((key, context, im2col.resolve_conv_impl("auto", in_channels=cin, train=context == TRAIN))
+                    for key, cin in shapes for context in (TRAIN, FORWARD))
+    rng = np.random.default_rng(0)
+    conv, options, timings = [], [], []
+    for context in (TRAIN, FORWARD):
+        batch = max(1, int(batches[context]))
+        images = jnp.asarray(rng.standard_normal((batch, *input_shape), dtype=np.float32))
+        labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+        probe = _Probe(make_model, variables, context, images, labels)
+        plan, option_set, measured = _descend(probe, list(shapes), default, tune_conv)
+        conv += [e for e in plan if e[1] == context]
+        options.append((context, option_set))
+        timings += measured
+    return Tuned(tuple(conv), tuple(options), "measured", tuple(timings))
+
+
+def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str, int]:
+    """Examples per device and program: a training microbatch (`grad_accum_steps`), an evaluation
+    batch; split over the devices unless each device holds whole batches (members split over them)."""
+    share = 1 if whole_on_device else num_devices
+    train = config.batch_size // max(1, config.get("grad_accum_steps", 1)) // share
+    return {TRAIN: max(1, train), FORWARD: max(1, config.eval_batch_size // share)}
+
+
+def choose(config: Any, input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
+           cache_dir: pathlib.Path | None, recorded: Tuned | None = None) -> Tuned:
+    """The plan of `config`'s model: `recorded` (a resumed or verified run's) or `choose_plan`'s."""
+    if recorded is not None:
+        return recorded
+    what = {"model": config.model.to_dict(), "dtype": config.dtype}
+    return choose_plan(lambda plan: model_of(config, num_classes, conv_plan=plan), what, input_shape, num_classes,
+                       batches, cache_dir, tune_conv=config.model.get("conv_impl", "auto") == "auto")
+
+
+def choose_plan(make_model: Callable[[conv_plan.Plan], nn.Module], what: dict[str, Any],
+                input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
+                cache_dir: pathlib.Path | None, tune_conv: bool = True) -> Tuned:
+    """This machine's cached plan for the model `what` describes (and `make_model` builds), else
+    measured now (`tune`) and cached under `cache_dir` (default: the user cache folder). The
+    defaults off the CPU and in multi-process runs (module docstring)."""
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return DEFAULT
+    what = {**what, "input_shape": list(input_shape), "num_classes": num_classes, "batches": batches,
+            "tune_conv": tune_conv}
+    path = cache_file(pathlib.Path(cache_dir or compilation.default_cache_dir()), what)
+    cached = read_plan(path, "cached")
+    if cached is not None:
+        return cached
+    tuned = tune(make_model, input_shape, num_classes, batches, tune_conv)
+    try:
+        write_plan(path, tuned)
+    except OSError:
+        pass  # an unwritable cache: measured again next time
+    return tuned
