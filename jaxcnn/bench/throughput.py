@@ -156,7 +156,8 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
     loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
     model, shape = work.model(settings.conv_impl), tuple(work.train.images.shape[1:])
     executor = Executor("none")
-    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed))
+    scaling = precision.policy_for(work.dtype)  # float16: the dynamic loss scaling a run has
+    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed, scaling=scaling))
     prepare = prepare_fn(work.mean, work.std)
     calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K)
     train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)
