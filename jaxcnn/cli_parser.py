@@ -199,7 +199,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch-size", action="append", type=int, metavar="N",
                        help=f"batch size (repeatable; default: {defaults.batch_sizes[0]})")
     bench.add_argument("--dtype", action="append", metavar="DTYPE",
-                       help="float32 or bfloat16 (repeatable; default: float32)")
+                       help="float32, bfloat16 or float16 (repeatable; default: float32)")
     add_json_argument(bench, "{env, results}")
     bench.add_argument("--seed", type=int, default=defaults.seed, help="data, init and order seed")
     bench.add_argument("--min-time", type=float, default=defaults.min_time, metavar="S",

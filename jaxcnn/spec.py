@@ -168,6 +168,23 @@ class EmaSpec(Section):
     decay: float = key(0.0, number(0, 1, high_open=True, hint="e.g. 0.999; 0 turns it off"))
 
 
+@dataclasses.dataclass(frozen=True)
+class LossScaleSpec(Section):
+    """Dynamic loss scaling of a `dtype="float16"` run (jaxcnn/core/loss_scale.py); other dtypes
+    ignore it. The loss is multiplied by the scale before the gradient and the gradients divided by
+    it; a step whose gradients overflow is skipped and halves the scale (not below `minimum`);
+    `growth_interval` finite steps in a row double it."""
+
+    KEY: ClassVar[str] = "loss_scale"
+    initial: float = key(2.0**15, number(0, low_open=True, hint="e.g. 32768 (2**15)"))
+    growth_interval: int = key(2000, positive_int)
+    minimum: float = key(1.0, number(0, low_open=True))
+
+    def check(self) -> None:
+        if self.minimum > self.initial:
+            fail("loss_scale.minimum", f"<= loss_scale.initial ({self.initial})", self.minimum)
+
+
 def name_patterns(key: str, value: Any) -> tuple[str, ...]:
     """A tuple of non-empty name patterns (`config.freeze`)."""
     if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v for v in value):
@@ -311,7 +328,7 @@ class RunSpec(Section):
     steps_per_call: int = key(1, positive_int)  # > 1: up to that many training steps per compiled call
     max_steps: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: stop after that many steps
     limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
-    dtype: str = key("float32", DTYPES)  # computation dtype: float32 or bfloat16 (params stay float32)
+    dtype: str = key("float32", DTYPES)  # computation dtype: float32, bfloat16 or float16 (params stay float32)
     # The persistent compilation cache: "auto" = $XDG_CACHE_HOME/jaxcnn or ~/.cache/jaxcnn (off where
     # that cannot be written), a folder, or '' = off (jaxcnn/runtime/compilation.py).
     compilation_cache_dir: str = key("auto", string)
@@ -330,6 +347,7 @@ class RunSpec(Section):
     early_stopping: EarlyStoppingSpec = section(EarlyStoppingSpec)
     checkpoint: CheckpointSpec = section(CheckpointSpec)
     ema: EmaSpec = section(EmaSpec)
+    loss_scale: LossScaleSpec = section(LossScaleSpec)
     logging: LoggingSpec = section(LoggingSpec)
     sweep: SweepSpec = section(SweepSpec)
 

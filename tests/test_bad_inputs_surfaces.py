@@ -96,6 +96,16 @@ CASES = [
     ("members-sweep-negative-rate", MEMBERS + ["--config.sweep.optimizer.learning_rate=(-0.1, 0.1)"],
      "optimizer.learning_rate"),
     ("members-with-profile-steps", MEMBERS + ["--config.seeds=2", "--config.profile_steps=(1, 2)"], "profile"),
+    # float16's dynamic loss scaling
+    ("fp16-negative-initial-scale", TRAIN + T + ["--config.dtype=float16", "--config.loss_scale.initial=-1"],
+     "loss_scale.initial must be > 0, got -1.0"),
+    ("fp16-minimum-above-initial", TRAIN + T + ["--config.dtype=float16", "--config.loss_scale.minimum=1e6"],
+     "loss_scale.minimum must be <= loss_scale.initial (32768.0), got 1000000.0"),
+    ("fp16-growth-interval-0", TRAIN + T + ["--config.dtype=float16", "--config.loss_scale.growth_interval=0"],
+     "loss_scale.growth_interval must be a positive integer, got 0"),
+    ("fp16-unknown-loss-scale-key", TRAIN + T + ["--config.dtype=float16", "--config.loss_scale.scale=3"],
+     "unknown config key 'loss_scale.scale'"),
+    ("fp16-unknown-dtype", TRAIN + T + ["--config.dtype=float8"], "unknown dtype 'float8' (dtype)"),
     # export and predict --exported
     ("export-into-read-only-folder", EXPORT + ["{root}/ro_folder/model.jaxexport"], "cannot write in", {"ro": 1}),
     ("export-default-in-read-only-run", ["export", "--workdir", "{root}/ro_run"], "cannot write in", {"ro": 1}),

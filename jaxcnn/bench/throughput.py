@@ -166,7 +166,8 @@ def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -
     tuned = work.tuned(settings)
     model, shape = work.model(settings.conv_impl, tuned.conv), tuple(work.train.images.shape[1:])
     executor = Executor("none")
-    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed))
+    scaling = precision.policy_for(work.dtype)  # float16: the dynamic loss scaling a run has
+    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed, scaling=scaling))
     prepare = prepare_fn(work.mean, work.std)
     calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K, options=tuned.compiler_options())
     train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)

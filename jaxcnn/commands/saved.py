@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import ema, losses
+from jaxcnn.core import ema, losses, precision
 from jaxcnn.files import checkpoint
 from jaxcnn.core.augment import tta_logits, with_mirror
 from jaxcnn.core.build import build, make_prepare, tta_of
@@ -159,7 +159,8 @@ def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> 
     run's state, or a run of members' stacked state (and each member's best variables)."""
     parts = build(config, meta["num_classes"], meta["steps_per_epoch"])
     shape = tuple(meta["input_shape"])
-    totals = jax.eval_shape(zero_train_totals)
+    scaled = precision.scaling_of(config) is not None  # float16: the totals count skipped steps
+    totals = jax.eval_shape(lambda: zero_train_totals(scaled))
     if not meta.get("members"):
         state = parts.abstract_state(config, shape)
     else:
@@ -169,7 +170,7 @@ def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> 
         stack = jax.eval_shape(lambda: members.init_members(lambda seed: parts.init_state(config, shape, seed),
                                                             member_list, config.optimizer.learning_rate))
         state = {"state": stack, **({"best": (stack.params, stack.batch_stats)} if _restores_best(config) else {})}
-        totals = jax.eval_shape(lambda: members.stacked_zeros(zero_train_totals(), len(member_list)))
+        totals = jax.eval_shape(lambda: members.stacked_zeros(zero_train_totals(scaled), len(member_list)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         {"train_state": state, "totals": totals})

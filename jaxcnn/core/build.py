@@ -39,7 +39,8 @@ class Parts:
         for inputs of `input_shape` (H, W, C)."""
         return create_train_state(self.model, self.tx, self.loss_fn, input_shape,
                                   config.seed if seed is None else seed, config.loss.l2,
-                                  ema_decay=config.ema.decay, frozen=tuple(config.freeze))
+                                  ema_decay=config.ema.decay, frozen=tuple(config.freeze),
+                                  scaling=precision.scaling_of(config))
 
     def abstract_state(self, config: ml_collections.ConfigDict, input_shape: tuple[int, ...]) -> TrainState:
         """The state's shapes and dtypes only (nothing computed), e.g. to restore a checkpoint into."""

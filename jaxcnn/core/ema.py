@@ -35,7 +35,7 @@ def average(decay: jax.Array, old: Any, new: Any) -> Any:
 def updated(before: TrainState, after: TrainState) -> TrainState:
     """`after` (the state a training step produced from `before`) with its averages moved towards
     its new weights; a state without EMA unchanged (its program stays what it was)."""
-    if not isinstance(after, EmaTrainState):
+    if not is_on(after):
         return after
     decay = decay_at(after.ema_decay, before.step)
     return after.replace(ema={"params": average(decay, after.ema["params"], after.params),
@@ -45,10 +45,12 @@ def updated(before: TrainState, after: TrainState) -> TrainState:
 def view(state: Any) -> Any:
     """The weights to evaluate: the averages in place of the raw weights when EMA is on (same
     structure, so the same compiled calls run it), else `state` itself."""
-    if not isinstance(state, EmaTrainState):
+    if not is_on(state):
         return state
     return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
 
 
 def is_on(state: Any) -> bool:
-    return isinstance(state, EmaTrainState)
+    """Whether `state` keeps averages: an `EmaTrainState` with a decay (a float16 run's
+    `ScaledTrainState` is one, with no averages when EMA is off)."""
+    return isinstance(state, EmaTrainState) and state.ema_decay > 0

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxcnn.core import loss_scale as scaling_module
+
 
 class TrainState(struct.PyTreeNode):
     """params, batch_stats, opt_state, step and rng; the functions that use them are static fields.
@@ -63,6 +65,16 @@ class EmaTrainState(SweptTrainState):
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
+class ScaledTrainState(EmaTrainState):
+    """The state of a `dtype="float16"` run: `loss_scale` holds the dynamic loss scale's arrays
+    (`jaxcnn.core.loss_scale`), `scaling` how it moves. A subclass of the EMA state so that one class
+    carries every optional field: its `ema` (and `hyper`) are empty unless EMA (a sweep) is on, and
+    empty fields hold no arrays. Float32 and bfloat16 runs keep their classes (and checkpoints)."""
+
+    loss_scale: dict[str, jax.Array] = struct.field(default_factory=dict)
+    scaling: Any = struct.field(pytree_node=False, default=None)  # a `loss_scale.Policy`
+
+
 def hyper_of(state: TrainState) -> dict[str, jax.Array]:
     """The swept loss values of a state (`SweptTrainState.hyper`); none for a `TrainState`."""
     return getattr(state, "hyper", {})
@@ -77,16 +89,21 @@ def create_train_state(
     l2: float = 0.0,
     ema_decay: float = 0.0,
     frozen: tuple = (),
+    scaling: scaling_module.Policy | None = None,
 ) -> TrainState:
     """Initialises the model on a dummy batch of `input_shape` (H, W, C) and the optimizer; with
-    `ema_decay` > 0 an `EmaTrainState` whose averages start as (copies of) the initial weights."""
+    `ema_decay` > 0 an `EmaTrainState` whose averages start as (copies of) the initial weights; with
+    `scaling` (float16) a `ScaledTrainState` whose loss scale starts at `scaling.initial`."""
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(init_key)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
                   rng=dropout_key, apply_fn=model.apply, tx=tx, loss_fn=loss_fn, l2=float(l2), frozen=tuple(frozen))
-    if not ema_decay:
+    if not ema_decay and scaling is None:
         return TrainState(**fields)
     # Copies: a buffer in two places of a donated state would be donated twice.
-    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
-    return EmaTrainState(**fields, ema=ema, ema_decay=float(ema_decay))
+    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if ema_decay else {}
+    if scaling is None:
+        return EmaTrainState(**fields, ema=ema, ema_decay=float(ema_decay))
+    return ScaledTrainState(**fields, ema=ema, ema_decay=float(ema_decay), loss_scale=scaling_module.initial(scaling),
+                            scaling=scaling)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxcnn.core import ema, losses, optim
+from jaxcnn.core import ema, loss_scale, losses, optim
 from jaxcnn.core.augment import mixed_targets, tta_logits
 from jaxcnn.core.finetune import keep_frozen
 from jaxcnn.core.state import TrainState, hyper_of
@@ -30,6 +30,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+    scale = loss_scale.scale_of(state)  # float16: the dynamic loss scale; None otherwise
 
     def objective(params):
         outputs, updates = state.apply_fn(
@@ -39,11 +40,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
         hyper = hyper_of(state)
         l2 = hyper.get("l2", state.l2)
         penalty = l2 * losses.l2_penalty(params) if "l2" in hyper or state.l2 else 0.0
-        return loss + penalty, (loss, outputs, updates.get("batch_stats", {}))
+        return loss_scale.scaled(loss + penalty, scale), (loss, outputs, updates.get("batch_stats", {}))
 
     grads, (loss, logits, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
+    grads = loss_scale.unscaled(grads, scale)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
@@ -52,10 +54,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
         opt_state=opt_state,
     )
     new_state = ema.updated(state, new_state)  # the averages, when EMA is on (config.ema.decay)
+    new_state, skipped = loss_scale.kept_or_skipped(state, new_state, grads)  # float16: an overflow is skipped
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "learning_rate": optim.learning_rate_in_effect(opt_state),
+        "learning_rate": optim.learning_rate_in_effect(new_state.opt_state),
+        **({} if skipped is None else {"skipped": skipped}),
     }
     if axis_name is not None:
         metrics = jax.lax.pmean(metrics, axis_name)
@@ -70,15 +74,24 @@ def loss_of(state: TrainState):
     return lambda logits, labels: state.loss_fn(logits, labels, smoothing)
 
 
-def zero_train_totals() -> Metrics:
-    """The loop's on-device training totals before any step: summed loss and accuracy, step count."""
-    return {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
+def zero_train_totals(scaled: bool = False) -> Metrics:
+    """The loop's on-device training totals before any step: summed loss and accuracy, step count;
+    with `scaled` (a float16 run's loss scaling) also the count of skipped steps."""
+    totals = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(()), "steps": jnp.zeros((), jnp.int32)}
+    return {**totals, "skipped": jnp.zeros((), jnp.int32)} if scaled else totals
 
 
 def add_to_totals(totals: Metrics, metrics: Metrics) -> Metrics:
-    """The training totals with one step's metrics (`train_step`'s) added."""
-    return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
-            "steps": totals["steps"] + 1}
+    """The training totals with one step's metrics (`train_step`'s) added. With a `skipped` count
+    the loss and accuracy of a skipped step (overflowed under float16's loss scaling, possibly not
+    finite) are left out of the sums: the loop's means are over the steps applied."""
+    if "skipped" not in totals:
+        return {"loss": totals["loss"] + metrics["loss"], "accuracy": totals["accuracy"] + metrics["accuracy"],
+                "steps": totals["steps"] + 1}
+    skipped = metrics["skipped"] > 0
+    return {"loss": totals["loss"] + jnp.where(skipped, 0.0, metrics["loss"]),
+            "accuracy": totals["accuracy"] + jnp.where(skipped, 0.0, metrics["accuracy"]),
+            "steps": totals["steps"] + 1, "skipped": totals["skipped"] + skipped.astype(jnp.int32)}
 
 
 def zero_eval_sums() -> Metrics:

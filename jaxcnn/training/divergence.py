@@ -1,5 +1,9 @@
 """Divergence: a training loss (or parameters) no longer finite stops the run, exit status 3.
 
+A float16 step whose gradients overflow is skipped by the dynamic loss scaling
+(`jaxcnn.core.loss_scale`) and left out of the interval's loss: that is scaling at work, not
+divergence, unless every step of an interval overflowed at the minimum scale (`check_skipped`).
+
 The loop fetches the logging interval's loss sums at every logging step anyway (`loop.log`), so
 checking them costs no extra host sync; before each checkpoint save the parameters are checked
 too (one small reduction per save), so that no checkpoint ever holds a diverged state.
@@ -55,6 +59,13 @@ class Watch:
             self.checked_step, self.last_loss = step, (step, loss)
         elif self.stop:
             raise self._diverged(f"the training loss is {loss}", step, state)
+
+    def check_skipped(self, at_minimum: bool, step: int, state: Any) -> None:
+        """At a logging step of a float16 run where a member skipped every step of the interval for
+        overflow: not divergence while the loss scale can still go down (`at_minimum` False); at
+        its minimum, gradients that overflow whatever the scale have diverged."""
+        if at_minimum and self.stop:
+            raise self._diverged("every step overflowed in float16 at loss_scale.minimum", step, state)
 
     def check_state(self, state: Any, step: int) -> None:
         """Before a checkpoint save: refuses to save parameters that are not finite."""

@@ -31,8 +31,7 @@ from jaxcnn.core.executor import plan_calls
 from jaxcnn.core.loop_state import RunLoop, due
 from jaxcnn.training.callbacks import Callback, CallbackFailed, Callbacks
 from jaxcnn.training.run import Run, build_run
-from jaxcnn.core.steps import zero_train_totals
-from jaxcnn.training.summary import epoch_line, finish, member_field
+from jaxcnn.training.summary import epoch_line, finish, member_field, scale_fields
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -163,23 +162,39 @@ def log(run: Run, state: Any, loop: RunLoop) -> None:
     config, active = run.config, loop.active()
     fetched = per_member(run, run.totals)
     rate = run.clock.log_rate(loop.step, config.batch_size * run.num_members)
-    steps = np.maximum(fetched["steps"], 1)  # a stopped member's sums stay 0
-    loss, accuracy = fetched["loss"] / steps, fetched["accuracy"] / steps
-    worst = loss[active][~np.isfinite(loss[active])]  # a member's non-finite loss stops them all (on_nonfinite)
-    run.watch.check_loss(float(worst[0] if worst.size else np.max(loss[active], initial=0.0)), loop.step, state)
+    applied = fetched["steps"] - fetched.get("skipped", 0)  # float16: less the steps skipped for overflow
+    steps = np.maximum(applied, 1)  # a stopped member's sums stay 0
+    loss = np.where(applied > 0, fetched["loss"] / steps, np.nan)  # only skipped steps: no loss (null)
+    accuracy = np.where(applied > 0, fetched["accuracy"] / steps, np.nan)
+    scaling = scale_fields(run, state)
+    check_interval(run, state, loop, loss, active & (applied > 0), active & (applied == 0))
     if due(loop.step, config.log_every_steps):
         rates = learning_rates(run, state)
         for m in np.flatnonzero(active):
             record = {"event": "train", **member_field(run, m), "epoch": loop.epoch, "step": loop.step,
                       "loss": float(loss[m]), "accuracy": float(accuracy[m]), "learning_rate": float(rates[m]),
-                      "images_per_s": rate, "wall_time_s": run.clock.wall()}
+                      **scaling[m], "images_per_s": rate, "wall_time_s": run.clock.wall()}
             run.writer.write(record)
             run.callbacks.call("on_log", record)
     run.writer.progress.log(float(np.mean(loss[active])), float(np.mean(accuracy[active])), rate)
     for m in np.flatnonzero(active):
         sums = loop.members[m].epoch_sums
-        loop.members[m].epoch_sums = {k: sums[k] + fetched[k][m].item() for k in sums}
-    run.totals = run.zeros(zero_train_totals())
+        loop.members[m].epoch_sums = {k: sums.get(k, 0) + fetched[k][m].item() for k in {**sums, **fetched}}
+    run.totals = run.zero_totals()
+
+
+def check_interval(run: Run, state: Any, loop: RunLoop, loss: np.ndarray, checked: np.ndarray,
+                   all_skipped: np.ndarray) -> None:
+    """The divergence guard (`config.on_nonfinite`) on a logging interval: a non-finite mean loss of
+    a member that applied steps stops them all. A float16 step skipped for overflow is not
+    divergence (its loss is left out of the mean), unless every step of the interval was skipped
+    at the minimum loss scale, where scaling can do nothing more."""
+    worst = loss[checked][~np.isfinite(loss[checked])]
+    if checked.any():
+        run.watch.check_loss(float(worst[0] if worst.size else np.max(loss[checked], initial=0.0)), loop.step, state)
+    if all_skipped.any():
+        scales = per_member(run, state.loss_scale["scale"])
+        run.watch.check_skipped(bool(np.any(scales[all_skipped] <= state.scaling.minimum)), loop.step, state)
 
 
 def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
@@ -188,7 +203,8 @@ def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     config, active = run.config, loop.active()
     epoch_s = run.clock.end_epoch()
     rates = learning_rates(run, state)
-    records = {int(m): epoch_record(run, loop, int(m), float(rates[m])) for m in np.flatnonzero(active)}
+    scaling = scale_fields(run, state)
+    records = {int(m): epoch_record(run, loop, int(m), float(rates[m]), scaling[m]) for m in np.flatnonzero(active)}
     improved = None  # None: no validation split
     if run.has_val:
         started = time.perf_counter()
@@ -219,11 +235,15 @@ def end_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     return state
 
 
-def epoch_record(run: Run, loop: RunLoop, m: int, learning_rate: float) -> dict[str, Any]:
+def epoch_record(run: Run, loop: RunLoop, m: int, learning_rate: float, scaling: dict[str, Any]) -> dict[str, Any]:
+    """Member `m`'s epoch record before validation: its training means over the steps applied (a
+    float16 step skipped for overflow left out) and, under loss scaling, its scale (`scaling`)."""
     sums = loop.members[m].epoch_sums
+    applied = sums["steps"] - sums.get("skipped", 0)
+    mean = lambda key: sums[key] / applied if applied else float("nan")
     return {"event": "epoch", **member_field(run, m), "epoch": loop.epoch, "step": loop.step,
-            "train_loss": sums["loss"] / sums["steps"], "train_accuracy": sums["accuracy"] / sums["steps"],
-            "learning_rate": learning_rate}
+            "train_loss": mean("loss"), "train_accuracy": mean("accuracy"), "learning_rate": learning_rate,
+            **scaling}
 
 
 def early_stopping_lines(run: Run, loop: RunLoop, records: dict[int, dict], by_callback: dict[int, str | None]) -> None:

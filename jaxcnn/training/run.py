@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data, models
-from jaxcnn.core import autotune, members
+from jaxcnn.core import autotune, members, precision
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
 from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
@@ -64,6 +64,15 @@ class Program:
     @property
     def num_members(self) -> int:
         return len(self.members)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the run scales its loss (`dtype="float16"`): its totals count the skipped steps."""
+        return precision.scaling_of(self.config) is not None
+
+    def zero_totals(self) -> Any:
+        """The training totals of a logging interval before its first step, placed."""
+        return self.zeros(zero_train_totals(self.scaled))
 
     def zeros(self, tree: Any) -> Any:
         """`tree` (zero sums) placed on the devices: one per member for a stacked state."""
@@ -165,7 +174,8 @@ def check_memory(calls: Calls, pool: MemberPool, one_state: Any, num_members: in
     measured = jax.tree.leaves(one_state)[0].shape[0]
     feeds = pool.feeds([config.seed] * measured)
     inputs, start = next(iter(feeds["train"].train_calls(1, config.batch_size, [(0, 1)])))
-    totals = pool.executor.put(members.stacked_zeros(zero_train_totals(), measured), pool.executor.member_state)
+    scaled = precision.scaling_of(config) is not None
+    totals = pool.executor.put(members.stacked_zeros(zero_train_totals(scaled), measured), pool.executor.member_state)
     tracks_best = config.early_stopping.enabled and config.early_stopping.restore_best and len(feeds["val"]) > 0
     shared = sum(x.nbytes for feed in (feeds["train"], feeds["test"]) for x in jax.tree.leaves(feed.device_arrays))
     one = member_bytes(calls.programs["train"], (one_state, totals, inputs, start), tracks_best) + pool.index_bytes
@@ -259,7 +269,7 @@ def assemble_run(config: ml_collections.ConfigDict, claim: Claim, executor: Exec
         "steps_per_epoch": program.steps_per_epoch,
         **({"members": [m.to_json() for m in program.members]} if program.stacked else {})}, watch_signals=True)
     fields = {f.name: getattr(program, f.name) for f in dataclasses.fields(Program)}
-    run = Run(**fields, workdir=claim.path, saver=saver, clock=clock, totals=program.zeros(zero_train_totals()),
+    run = Run(**fields, workdir=claim.path, saver=saver, clock=clock, totals=program.zero_totals(),
               claim=claim, profiler=profiler)
     state, loop = start_or_resume(run, program.state, claim.resuming, quiet)
     run.state = None  # the loop owns the state from here (donated to every call)

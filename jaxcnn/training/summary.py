@@ -36,6 +36,17 @@ def member_field(run: Any, m: int) -> dict[str, int]:
     return {"member": int(m)} if run.stacked else {}
 
 
+def scale_fields(run: Any, state: Any) -> list[dict[str, Any]]:
+    """Each member's loss-scaling keys of its records and summary (a float16 run): the loss scale
+    in effect and the steps skipped for overflow so far; none without loss scaling."""
+    loss_scale = getattr(state, "loss_scale", None)
+    if not loss_scale:
+        return [{} for _ in range(run.num_members)]
+    fetched = {k: np.reshape(v, (-1,)) for k, v in jax.device_get(loss_scale).items()}
+    return [{"loss_scale": float(fetched["scale"][m]), "skipped_steps": int(fetched["skipped_steps"][m])}
+            for m in range(run.num_members)]
+
+
 def predict_members(run: Any, state: Any) -> dict[str, np.ndarray]:
     """Per-example `predicted`, `confidence`, `in_top_k` of every member: (members, examples) each."""
     feed, config = run.feeds["test"], run.config
@@ -80,8 +91,9 @@ def finish(run: Any, state: Any, loop: RunLoop) -> tuple[dict[str, Any], Any]:
     final, state = state, tested_state(run, state)
     test, raw = run.evaluate(state, "test"), raw_test(run, final)
     predictions = predict_members(run, state)
-    summaries = [test_member(run, loop, m, test, {k: v[m] for k, v in predictions.items()}, ema_fields(run, raw, m))
-                 for m in range(run.num_members)]
+    scaling = scale_fields(run, final)
+    summaries = [{**test_member(run, loop, m, test, {k: v[m] for k, v in predictions.items()},
+                                ema_fields(run, raw, m)), "scaling": scaling[m]} for m in range(run.num_members)]
     summary = summarize(run, state, loop, summaries[0]) if not run.stacked else summarize_members(run, state, loop,
                                                                                                   summaries)
     run.saver.wait()  # the last save committed (or its failure reported) before the run is marked finished
@@ -118,6 +130,7 @@ def summarize(run: Any, state: Any, loop: RunLoop, tested: dict[str, Any]) -> di
         "test_loss": tested["test_loss"],
         "test_examples": tested["test_examples"],
         **tested["ema"],  # EMA on: test_* are the averages', raw_test_* the raw weights'
+        **tested["scaling"],  # float16: the final loss scale and the steps skipped for overflow
         "best_val_accuracy": member.best_val_accuracy if run.has_val else None,
         "best_val_loss": member.best_val_loss if run.has_val else None,
         "best_epoch": member.stopping.best_epoch if run.has_val else None,
@@ -162,7 +175,7 @@ def timing(run: Any) -> dict[str, Any]:
 def member_summary(run: Any, loop: RunLoop, m: int, tested: dict[str, Any]) -> dict[str, Any]:
     member, has_val = loop.members[m], run.has_val
     return {**run.members[m].to_json(), "test_accuracy": tested["test_accuracy"], "test_loss": tested["test_loss"],
-            **tested["extra"], **tested["ema"],
+            **tested["extra"], **tested["ema"], **tested["scaling"],
             "best_val_accuracy": member.best_val_accuracy if has_val else None,
             "best_val_loss": member.best_val_loss if has_val else None,
             "best_epoch": member.stopping.best_epoch if has_val else None,
@@ -237,7 +250,10 @@ def epoch_line(records: dict[int, dict], num_epochs: int, num_members: int, stac
                 f"loss {first['train_loss']:.4f}  acc {first['train_accuracy']:.4f}")
         if "val_loss" in first:
             text += f"  val_loss {first['val_loss']:.4f}  val_acc {first['val_accuracy']:.4f}"
-        return text + f"  lr {first['learning_rate']:.3g}  {first['images_per_s']:.0f} img/s"
+        text += f"  lr {first['learning_rate']:.3g}"
+        if "loss_scale" in first:  # float16
+            text += f"  loss scale {first['loss_scale']:g} ({first['skipped_steps']} skipped)"
+        return text + f"  {first['images_per_s']:.0f} img/s"
 
     def spread(key: str) -> str:
         values = np.asarray([r[key] for r in records.values()])
