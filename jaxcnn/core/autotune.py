@@ -216,7 +216,7 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
         conv += [e for e in plan if e[1] == context]
         options.append((context, option_set))
         timings += measured
-    return Tuned(tuple(conv), tuple(options), "measured", tuple(timings))
+    return Tuned(tuple(conv), tuple(sorted(options)), "measured", tuple(timings))
 
 
 def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str, int]:

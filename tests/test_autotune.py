@@ -1,0 +1,101 @@
+"""Convolutions and compiler options chosen by measurement (`jaxcnn.core.autotune`)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxcnn.core import autotune
+from jaxcnn.models import conv_plan, create_model
+
+
+
+def _conv_ops(model, train: bool) -> int:
+    """How many of XLA's convolution ops the model's forward pass holds."""
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    rngs = {"dropout": jax.random.key(1)}
+    text = str(jax.make_jaxpr(lambda v: model.apply(v, jnp.zeros((2, 28, 28, 1)), train=train, rngs=rngs,
+                                                   mutable=["batch_stats"]))(variables))
+    return text.count("conv_general_dilated")
+
+
+def _key(model) -> str:
+    with conv_plan.recorded() as shapes:
+        model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    return shapes[0][0]
+
+
+def test_a_plan_picks_each_convolutions_implementation_per_context():
+    key = _key(create_model("tiny_cnn", 10))
+    plan = ((key, "train", "xla"), (key, "forward", "shift"))
+    model = create_model("tiny_cnn", 10, conv_plan=plan)
+    assert _conv_ops(model, train=True) == 1 and _conv_ops(model, train=False) == 0
+    flipped = create_model("tiny_cnn", 10, conv_plan=((key, "train", "shift"), (key, "forward", "xla")))
+    assert _conv_ops(flipped, train=False) == 1
+
+
+def test_a_fixed_conv_impl_ignores_the_plan():
+    key = _key(create_model("tiny_cnn", 10))
+    model = create_model("tiny_cnn", 10, conv_impl="xla", conv_plan=((key, "forward", "shift"),))
+    assert _conv_ops(model, train=False) == 1
+
+
+def test_forward_only_defaults_to_xlas_convolution_without_a_plan():
+    assert _conv_ops(create_model("tiny_cnn", 10), train=False) == 1
+
+
+def test_the_descent_keeps_only_changes_that_are_faster_by_the_margin(monkeypatch):
+    """Timings stubbed by what the program computes: shift is 2x faster in training, im2col only 1%
+    faster (within the margin), and the other option set slower."""
+    def cost(plan, option_set, context):
+        impl = conv_plan.lookup(plan, "k", context) or "xla"
+        return {"xla": 1.0, "shift": 0.5 if context == "train" else 1.2, "im2col": 0.99}[impl] * (
+            1.5 if option_set != "individual_dot" else 1.0)
+
+    class Probe:
+        def __init__(self, context):
+            self.context = context
+
+        def run(self, plan, option_set):
+            return lambda: cost(plan, option_set, self.context)
+
+    monkeypatch.setattr(autotune, "_interleaved", lambda a, b: (a(), b()))
+    for context, expected in (("train", "shift"), ("forward", "xla")):
+        plan, option_set, timings = autotune._descend(Probe(context), [("k", 1)], (("k", context, "xla"),), True)
+        assert conv_plan.lookup(plan, "k", context) == expected and option_set == "individual_dot"
+        assert len(timings) == 1 + 1 + 2  # the default, the other option set, two other implementations
+
+
+def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):
+    make = lambda plan: create_model("tiny_cnn", 10, conv_plan=plan)
+    batches = {"train": 8, "forward": 16}
+    first = autotune.choose_plan(make, {"model": "tiny_cnn"}, (28, 28, 1), 10, batches, tmp_path)
+    assert first.source == "measured" and {c for _, c, _ in first.conv} == {"train", "forward"}
+    assert dict(first.options).keys() == {"train", "forward"} and first.timings
+    monkeypatch.setattr(autotune, "tune", lambda *a, **k: pytest.fail("measured again"))
+    second = autotune.choose_plan(make, {"model": "tiny_cnn"}, (28, 28, 1), 10, batches, tmp_path)
+    assert second.source == "cached" and (second.conv, second.options) == (first.conv, first.options)
+
+
+def test_a_run_records_its_plan_and_a_resumed_run_replays_it(tmp_path, monkeypatch):
+    from jaxcnn.training.loop import train_and_evaluate
+    from jaxcnn.config import load_config
+
+    config = load_config("digits_cnn", ["num_epochs=1", "dataset.name=synthetic", "dataset.num_train=64",
+                                        "dataset.num_test=32", "batch_size=16", "eval_batch_size=32",
+                                        "model.blocks=((4,),)", "model.hidden=()"])
+    summary = train_and_evaluate(config, tmp_path / "run", quiet=True)
+    recorded = json.loads((tmp_path / "run" / autotune.PLAN_FILE).read_text())
+    assert summary["autotune"]["conv"] == recorded["conv"] and recorded["source"] in ("measured", "cached")
+    certificate = json.loads((tmp_path / "run" / "certificate.json").read_text())
+    assert certificate["autotune"]["conv"] == recorded["conv"]
+    assert set(certificate["compiler_options"]) == {"train", "forward"}
+    # A plan the machine would not choose, written into the workdir, is the one a later run uses.
+    forced = {**recorded, "conv": [{**e, "impl": "im2col"} for e in recorded["conv"]]}
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / autotune.PLAN_FILE).write_text(json.dumps(forced))
+    monkeypatch.setattr(autotune, "tune", lambda *a, **k: pytest.fail("measured instead of replayed"))
+    again = train_and_evaluate(config, tmp_path / "again", quiet=True)
+    assert again["autotune"]["source"] == "recorded"
+    assert {e["impl"] for e in again["autotune"]["conv"]} == {"im2col"}
