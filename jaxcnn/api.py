@@ -84,7 +84,7 @@ class Model:
         """Class probabilities (N, num_classes) of `images`: (N, H, W) or (N, H, W, C) at the run's
         input shape, uint8 0..255 or floats in [0, 1] or [0, 255] (like `Dataset.from_arrays`)."""
         pixels = self._pixels(images)
-        classify = jax.jit(classifier(self.saved))
+        classify = self.saved.jit(classifier(self.saved))
         variables = self.saved.state.variables()
         return np.concatenate([np.asarray(classify(variables, pixels[i:i + batch_size]))
                                for i in range(0, len(pixels), batch_size)])

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxcnn import data
-from jaxcnn.core import ema, losses, precision
+from jaxcnn.core import autotune, ema, losses, precision
 from jaxcnn.files import checkpoint
 from jaxcnn.core.augment import tta_logits, with_mirror
 from jaxcnn.core.build import build, make_prepare, tta_of
@@ -28,6 +28,7 @@ from jaxcnn.data.device import normalize
 from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.data.images import load_image
 from jaxcnn.errors import JaxcnnError
+from jaxcnn.models.conv_plan import FORWARD
 from jaxcnn.core.evaluation import evaluate
 from jaxcnn.core.executor import Executor
 from jaxcnn.core.metrics import TOP_K, classification_metrics
@@ -44,6 +45,11 @@ class SavedModel:
     config: ml_collections.ConfigDict
     meta: dict[str, Any]
     state: TrainState
+    tuned: autotune.Tuned = autotune.DEFAULT  # the run's recorded convolutions and compiler options
+
+    def jit(self, fn: Any) -> Any:
+        """`fn` jitted with the XLA options the run chose for its forward-only programs."""
+        return jax.jit(fn, compiler_options=self.tuned.compiler_options()[FORWARD])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -125,14 +131,15 @@ def load_saved_model(workdir: str | pathlib.Path, step: str | None = None, membe
         chosen = _choose_step(manager, step, latest_meta, config, directory)
         meta = _read(checkpoint.read_meta, manager, chosen, directory)
         config = config_from_json(json.dumps(meta["config"]))
-        like = _abstract_saved(config, meta)
+        tuned = autotune.read_plan(workdir / autotune.PLAN_FILE, "recorded") or autotune.DEFAULT
+        like = _abstract_saved(config, meta, tuned.conv)
         restored = _read(checkpoint.read_arrays, manager, chosen, directory, like)
     finally:
         manager.close()
     if member is None:  # with EMA on, the moving averages (what the run validated and tested)
-        return SavedModel(workdir, chosen, config, meta, ema.view(restored["train_state"]))
+        return SavedModel(workdir, chosen, config, meta, ema.view(restored["train_state"]), tuned)
     state = _member_state(restored["train_state"], member, best=step is None and _restores_best(config))
-    return SavedModel(workdir, chosen, member_config(config, meta["members"][member]), meta, state)
+    return SavedModel(workdir, chosen, member_config(config, meta["members"][member]), meta, state, tuned)
 
 
 def check_member(workdir: pathlib.Path, members_meta: list | None, member: int | None) -> None:
@@ -154,10 +161,11 @@ def _restores_best(config: ml_collections.ConfigDict) -> bool:
     return stopping.enabled and stopping.restore_best and config.dataset.val_fraction > 0
 
 
-def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> dict[str, Any]:
+def _abstract_saved(config: ml_collections.ConfigDict, meta: dict[str, Any], plan: tuple = ()) -> dict[str, Any]:
     """The checkpoint's arrays as shapes only, placed on this process's first device: a single
-    run's state, or a run of members' stacked state (and each member's best variables)."""
-    parts = build(config, meta["num_classes"], meta["steps_per_epoch"])
+    run's state, or a run of members' stacked state (and each member's best variables). `plan`: the
+    run's convolution plan, which the state's model computes with."""
+    parts = build(config, meta["num_classes"], meta["steps_per_epoch"], conv_plan=plan)
     shape = tuple(meta["input_shape"])
     scaled = precision.scaling_of(config) is not None  # float16: the totals count skipped steps
     totals = jax.eval_shape(lambda: zero_train_totals(scaled))
@@ -215,7 +223,7 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
         raise JaxcnnError(f"the run has no {split} split (dataset.val_fraction is 0); use --split test")
     executor = Executor("none")
     calls = executor.compile(make_prepare(config, train=False), make_prepare(config, train=False),
-                             config.loss.name, TOP_K)
+                             config.loss.name, TOP_K, options=saved.tuned.compiler_options())
     result = evaluate(calls, executor.put(saved.state), DeviceFeed(examples, executor), config.eval_batch_size)
     return {f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"],
             f"{split}_examples": result["count"], "step": saved.step, "model": config.model.name,
@@ -232,7 +240,7 @@ def evaluate_arrays(saved: SavedModel, pixels: np.ndarray, labels: np.ndarray, b
                           f"{len(saved.class_names)} classes (0 to {len(saved.class_names) - 1})")
     mean, std, loss_name = saved.config.dataset.mean, saved.config.dataset.std, saved.config.loss.name
 
-    @jax.jit
+    @saved.jit
     def outputs(state, images, classes):
         batch = {"image": normalize(images, mean, std), "label": classes, "mask": jnp.ones(classes.shape)}
         return eval_step(state, batch), predict_step(state, batch, loss_name, TOP_K)
@@ -283,7 +291,7 @@ def predict(saved: SavedModel, files: Sequence[str | pathlib.Path], top: int = 3
     if not files:
         raise JaxcnnError("predict needs at least one image file")
     pixels = np.stack([load_image(f, saved.input_shape, invert) for f in files])
-    probabilities = jax.jit(classifier(saved))(saved.state.variables(), jnp.asarray(pixels))
+    probabilities = saved.jit(classifier(saved))(saved.state.variables(), jnp.asarray(pixels))
     return top_classes(files, np.asarray(probabilities), saved.class_names, top)
 
 
