@@ -147,6 +147,9 @@ def check_input_options(section: Any, crop_scale: Any, members: bool) -> None:
     if members:
         raise JaxcnnError("dataset.input=grain feeds a single run; a run of members (seeds, sweep) reads its "
                           "pool on the device or the host: set dataset.input=host")
+    if section.per_channel_stats:
+        raise JaxcnnError("dataset.per_channel_stats measures the decoded training split, which dataset.input=grain "
+                          "does not hold in memory; set dataset.per_channel_stats=false and give dataset.mean/std")
     from jaxcnn.data.grain_feed import import_grain
 
     import_grain()

@@ -63,6 +63,16 @@ def train_pipeline(grain: Any, records: TrainRecords, start_step: int, workers: 
     return reading.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=WORKER_BUFFER))
 
 
+def read_steps(iterator: Any, first: int, n: int) -> dict[str, np.ndarray]:
+    """The iterator's next `n` batches, global steps `first`..., stacked as (steps, rows, ...)."""
+    batches = [next(iterator) for _ in range(n)]
+    steps = [int(b["step"][0]) for b in batches]
+    if steps != list(range(first, first + n)):
+        raise JaxcnnError(f"the Grain pipeline gave step {steps[0] + 1} where step {first + 1} was due "
+                          "(a checkpoint's input state that does not match its step); pass --fresh to start over")
+    return {"image": np.stack([b["image"] for b in batches]), "label": np.stack([b["label"] for b in batches])}
+
+
 class GrainFeed:
     """A split read record by record by a Grain pipeline (see the module doc)."""
 
@@ -84,46 +94,56 @@ class GrainFeed:
 
     def train_calls(self, seed: int, epoch: int, batch_size: int,
                     calls: Sequence[tuple[int, int]]) -> Iterator[TrainCall]:
+        """The calls' batches from the run's pipeline, opened on the first request (at the
+        checkpoint's state when resuming); a request that does not continue it (the memory
+        analysis of the first call, after training) is read by a pipeline of its own in this process."""
         rows = self.executor.process_rows(batch_size)
         layout = Layout(len(self), batch_size, (rows.start, rows.stop))
+        records = TrainRecords(self.images, self.labels, layout, seed, self.crop_scale)
         first = (epoch - 1) * layout.steps + calls[0][0]
-        if self._key != (seed, layout) or self._next != first:
-            self._open(TrainRecords(self.images, self.labels, layout, seed, self.crop_scale), first)
-        self._key = (seed, layout)
+        if self._iterator is None or self._key != (seed, layout):
+            self._open(records, first)
+            self._key = (seed, layout)
+        elif self._next != first:
+            stacks = self._aside(records, first, calls)
+            return self._handed(prefetch(stacks, lambda item: (self.executor.assemble(item[0], batch_size), None),
+                                         self.prefetch_calls))
         stacks = (self._take(n) for _, n in calls)
         placed = prefetch(stacks, lambda item: (self.executor.assemble(item[0], batch_size), item[1]),
                           self.prefetch_calls)
         return self._handed(placed)
 
-    def _handed(self, placed: Iterator[tuple[dict[str, Any], dict[str, Any]]]) -> Iterator[TrainCall]:
+    def _handed(self, placed: Iterator[tuple[dict[str, Any], dict[str, Any] | None]]) -> Iterator[TrainCall]:
         for inputs, state in placed:
-            self._state = state  # the loop runs this call next: a save after it resumes after it
+            if state is not None:
+                self._state = state  # the loop runs this call next: a save after it resumes after it
             yield inputs, self.executor.index(0)
 
     def _open(self, records: TrainRecords, first: int) -> None:
         """Opens the pipeline at global step `first`: from the checkpoint's Grain state when it is
-        for that step and this many workers, else from the step itself."""
+        for that step, this many workers and this process's rows, else from the step itself."""
         self.close()
         saved, self._restored = self._restored, None
         where = {"workers": self.workers, "rows": list(records.layout.rows), "batch": records.layout.batch_size}
         resume = saved is not None and saved["step"] == first and all(saved.get(k) == v for k, v in where.items())
-        self._where = where
-        self._start = saved["start"] if resume else first
+        self._where, self._start = where, saved["start"] if resume else first
         self._iterator = iter(train_pipeline(self.grain, records, self._start, self.workers))
         if resume:
             self._iterator.set_state(saved["grain"])
         self._next = first
 
     def _take(self, n: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The next `n` batches stacked (steps, rows, ...), and the iterator's state after them."""
-        batches = [next(self._iterator) for _ in range(n)]
-        steps = [int(b["step"][0]) for b in batches]
-        if steps != list(range(self._next, self._next + n)):
-            raise JaxcnnError(f"the Grain pipeline gave step {steps[0] + 1} where step {self._next + 1} was due "
-                              "(a checkpoint's input state that does not match its step); pass --fresh to start over")
+        """The pipeline's next `n` batches stacked (steps, rows, ...), and its state after them."""
+        stacked = read_steps(self._iterator, self._next, n)
         self._next += n
-        state = {"start": self._start, "step": self._next, **self._where, "grain": self._iterator.get_state()}
-        return {"image": np.stack([b["image"] for b in batches]), "label": np.stack([b["label"] for b in batches])}, state
+        return stacked, {"start": self._start, "step": self._next, **self._where, "grain": self._iterator.get_state()}
+
+    def _aside(self, records: TrainRecords, first: int,
+               calls: Sequence[tuple[int, int]]) -> Iterator[tuple[dict[str, np.ndarray], None]]:
+        iterator = iter(train_pipeline(self.grain, records, first, 0))
+        for _, n in calls:
+            yield read_steps(iterator, first, n), None
+            first += n
 
     def iterator_state(self) -> dict[str, Any] | None:
         """What a checkpoint holds of this process's input: JSON (None before any call)."""
