@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.data.device import epoch_order, eval_order
+from jaxcnn.data.calls import EvalCall, TrainCall, chunks, eval_batches  # noqa: F401 (re-exported)
+from jaxcnn.data.device import epoch_order
 from jaxcnn.data.host import choose_input, prefetch
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
@@ -29,22 +30,6 @@ from jaxcnn.errors import JaxcnnError
 # Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
 # and split along the batch.
 WHOLE_KEYS = ("images", "labels")
-
-# A call's inputs (see `executor.gather`) and its first batch index.
-TrainCall = tuple[dict[str, Any], jax.Array]
-EvalCall = tuple[dict[str, Any], jax.Array, int]
-
-
-def chunks(total: int, size: int) -> list[tuple[int, int]]:
-    """(start, count) of consecutive pieces of `size` covering `total`; the last may be shorter."""
-    return [(start, min(size, total - start)) for start in range(0, total, size)]
-
-
-def eval_batches(num_examples: int, batch_size: int, max_batches: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`eval_order`, cut to its first `max_batches` batches when that is > 0."""
-    order, mask = eval_order(num_examples, batch_size)
-    return (order[:max_batches], mask[:max_batches]) if max_batches > 0 else (order, mask)
-
 
 def input_gate(loss: jax.Array) -> jax.Array:
     """0, computed from the previous step's loss, added to the next step's batch index.

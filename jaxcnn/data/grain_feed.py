@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcnn.data.feed import EvalCall, TrainCall, chunks, eval_batches
+from jaxcnn.data.calls import EvalCall, TrainCall, chunks, eval_batches
 from jaxcnn.data.host import prefetch
 from jaxcnn.data.records import EvalRecords, Layout, TrainRecords
 from jaxcnn.data.splits import Split
