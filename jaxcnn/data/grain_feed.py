@@ -36,7 +36,7 @@ from jaxcnn.errors import JaxcnnError
 
 GRAIN_EXTRA = "pip install 'jaxcnn[grain]'"
 READ_THREADS = 4  # threads reading records in each process (the main one, or each worker)
-READ_BUFFER = 8  # batches each of those processes keeps ready
+READ_BUFFER = 4  # batches each of those processes keeps ready (one per thread)
 WORKER_BUFFER = 2  # batches each worker process keeps ready for the main one
 _ALL_EPOCHS = 2**40  # records in the range: more than any run reads (the pipeline is lazy)
 
