@@ -120,6 +120,17 @@ def sizes(key: str, value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def area_shares(key: str, value: Any) -> tuple[float, ...]:
+    """() (off) or (min, max) area shares with 0 < min <= max <= 1 (a random-resized crop's scale)."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 0:
+        return ()
+    ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+          and all(is_number(v) for v in value) and 0 < value[0] <= value[1] <= 1)
+    if not ok:
+        fail(key, "(min, max) area shares with 0 < min <= max <= 1, e.g. (0.08, 1.0), or () for off", value)
+    return tuple(float(v) for v in value)
+
+
 def increasing_epochs(key: str, value: Any) -> tuple[float, ...]:
     """Positive numbers in increasing order, e.g. the epochs of a piecewise schedule."""
     ok = (isinstance(value, Sequence) and not isinstance(value, str)

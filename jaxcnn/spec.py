@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from jaxcnn.checks import (  # noqa: F401 (the shared checks, re-exported: spec.positive_int, ...)
-    Check, Registry, Section, boolean, choice, fail, finite, increasing_epochs, integer, is_int, is_number, key,
+    Check, Registry, Section, area_shares, boolean, choice, fail, finite, increasing_epochs, integer, is_int, is_number, key,
     non_negative_int, number, one_of, plain, positive_int, section, sizes, stat, string)
 from jaxcnn.errors import JaxcnnError
 
@@ -47,7 +47,7 @@ POOLS = Registry("pool kind", "model.pool", "jaxcnn.models.layers")  # name -> l
 DTYPES = Registry("dtype", "dtype", "jaxcnn.core.precision")  # name -> jnp dtype
 REGISTRIES = (OPTIMIZERS, SCHEDULES, LOSSES, ACTIVATIONS, POOLS, DTYPES)
 PARALLEL = ("auto", "none", "pmap", "sharded")
-INPUT_MODES = ("auto", "device", "host")
+INPUT_MODES = ("auto", "device", "host", "grain")
 MONITORS = ("val_loss", "val_accuracy")
 # What a run of members can sweep in one program: values that are arrays inside the step (jaxcnn/core/members.py).
 SWEEPABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "loss.label_smoothing", "loss.l2")
@@ -141,6 +141,9 @@ class AugmentSpec(Section):
     cutout: int = key(0, integer(0, "a non-negative integer (0 turns it off)"))
     mixup: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 0.2; 0 turns it off)"))
     cutmix: float = key(0.0, number(0, note=" (the Beta alpha, e.g. 1.0; 0 turns it off)"))
+    # (min, max) area share of a random crop resized back to the image size, in the Grain workers
+    # on the CPU (dataset.input=grain; jaxcnn/data/records.py); () turns it off.
+    random_resized_crop: tuple = key((), area_shares)
 
     @property
     def enabled(self) -> bool:
@@ -219,6 +222,7 @@ class DatasetSpec(Section):
     download: bool = key(False, boolean)
     input: str = key("auto", input_mode)
     device_budget_mb: float = key(4096.0, number(0, low_open=True, expected="a positive number of MiB"))
+    workers: int = key(0, integer(0, "a non-negative number of worker processes (0: decode in the main process)"))
     options: dict = dataclasses.field(default_factory=dict)
 
     @classmethod

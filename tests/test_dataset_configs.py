@@ -29,7 +29,7 @@ def test_switching_to_a_tfds_dataset_adds_its_split_options():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dataset.input=gpu", r"unknown input mode 'gpu' \(dataset\.input\); expected one of: auto, device, host"),
+    ("dataset.input=gpu", r"unknown input mode 'gpu' \(dataset\.input\); expected one of: auto, device, grain, host"),
     ("dataset.device_budget_mb=0", "dataset.device_budget_mb must be a positive number"),
     ("augment.crop_padding=-2", "augment.crop_padding must be a non-negative integer"),
     ("dataset.std=0", "dataset.std must be a positive number"),

@@ -93,7 +93,7 @@ def test_auto_input_picks_host_when_the_splits_exceed_the_budget():
     assert choose_input("auto", splits, budget_mb=1.0) == "device"
     assert choose_input("host", splits, budget_mb=1.0) == "host"
     assert isinstance(make_feeds(splits, "auto", 0.05, Executor("none"))[0], HostFeed)
-    with pytest.raises(JaxcnnError, match=r"\(dataset\.input\); expected one of: auto, device, host"):
+    with pytest.raises(JaxcnnError, match=r"\(dataset\.input\); expected one of: auto, device, grain, host"):
         choose_input("gpu", splits, 1.0)
 
 

@@ -235,9 +235,11 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     from jaxcnn import data, models  # the registries; data imports heavy optional pieces lazily
     from jaxcnn.core import members
     from jaxcnn.core.build import build  # a layer below; imported here because building starts JAX
+    from jaxcnn.data.feed import check_input_options
 
     run = spec.parse(config)
-    members.members_of(config)  # the seeds and the swept values
+    member_list = members.members_of(config)  # the seeds and the swept values
+    check_input_options(run.dataset, run.augment.random_resized_crop, member_list is not None)
     run_options.parse_profile_steps(config.profile_steps)  # its range is checked with the data (profiling)
     data.check_dataset_name(config.dataset.name)
     parts = build(config, num_classes=2, steps_per_epoch=1)

@@ -76,6 +76,9 @@ class DatasetSource:
     # False: the data directory plays no part (made in memory, or read from `dataset.path` as
     # image_folder and arrays are, or by a registered loader): a run needs and records no data dir.
     reads_files: bool = True
+    # True: `load` takes `lazy=True` and then returns images that are read when indexed
+    # (`records.FileImages`), for the Grain feed (`dataset.input=grain`).
+    lazy: bool = False
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
@@ -105,7 +108,8 @@ _DATASETS: dict[str, DatasetSource] = {
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
                                options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
-                                  options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS, reads_files=False),
+                                  options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS, reads_files=False,
+                                  lazy=True),
     "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
                             options=arrays.OPTIONS, defaults=arrays.DEFAULTS, reads_files=False),
 }
@@ -193,7 +197,7 @@ def _source(name: str) -> DatasetSource:
 
 
 def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, download: bool = False, **options: Any) -> Dataset:
+                 seed: int = 0, download: bool = False, lazy: bool = False, **options: Any) -> Dataset:
     """Load dataset `name` and carve `val_fraction` of its training split into a validation split.
 
     `seed` picks the validation examples (and draws the synthetic data); `options` are the
@@ -201,7 +205,9 @@ def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = No
     path, ...). `download` first fetches missing files of a dataset that has public mirrors (or
     prepares a TFDS dataset). `name` may also be an already built `Dataset` (`Dataset.from_arrays`):
     then `data_dir`, `download` and `options` are not used, and a validation split is carved unless
-    it has one. Bad names, options or files raise `JaxcnnError`.
+    it has one. `lazy`: a dataset that can (`image_folder`) keeps its images as files, decoded when
+    read (`dataset.input=grain`); the others load as they always do. Bad names, options or files
+    raise `JaxcnnError`.
     """
     check_val_fraction(val_fraction)
     if not is_int(seed) or seed < 0:
@@ -217,7 +223,7 @@ def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = No
             f"known options: {', '.join(source.options) or 'none'}; remove it or fix its spelling")
     if download and source.fetch is not None:
         source.fetch(data_dir)
-    loaded = source.load(data_dir, seed, **options)
+    loaded = source.load(data_dir, seed, **options, **({"lazy": True} if lazy and source.lazy else {}))
     if not isinstance(loaded, Dataset):
         train, test, class_names = loaded
         loaded = Dataset(name, train, _empty(train), test, len(class_names), class_names)

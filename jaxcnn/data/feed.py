@@ -2,6 +2,8 @@
 
 - `DeviceFeed`: the split lives whole on every device as uint8; a call's inputs are the split and
   the epoch order (steps, batch), and the call gathers its batches on the device.
+- `GrainFeed` (`jaxcnn.data.grain_feed`): data read record by record by Grain's CPU workers,
+  for data larger than the host's memory too.
 - `HostFeed`: for data larger than `dataset.device_budget_mb`, the split stays in host memory (or
   a memory-mapped file); a background thread gathers each call's batches, stacked as
   (steps, batch, ...), and places them on the devices ahead of the call.
@@ -19,29 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn.data.device import epoch_order, eval_order
+from jaxcnn.data.calls import EvalCall, TrainCall, chunks, eval_batches  # noqa: F401 (re-exported)
+from jaxcnn.data.device import epoch_order
 from jaxcnn.data.host import choose_input, prefetch
 from jaxcnn.data.splits import Split
+from jaxcnn.errors import JaxcnnError
 
 # Inputs read whole by every device (the on-device split); every other input is (steps, batch, ...)
 # and split along the batch.
 WHOLE_KEYS = ("images", "labels")
-
-# A call's inputs (see `executor.gather`) and its first batch index.
-TrainCall = tuple[dict[str, Any], jax.Array]
-EvalCall = tuple[dict[str, Any], jax.Array, int]
-
-
-def chunks(total: int, size: int) -> list[tuple[int, int]]:
-    """(start, count) of consecutive pieces of `size` covering `total`; the last may be shorter."""
-    return [(start, min(size, total - start)) for start in range(0, total, size)]
-
-
-def eval_batches(num_examples: int, batch_size: int, max_batches: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`eval_order`, cut to its first `max_batches` batches when that is > 0."""
-    order, mask = eval_order(num_examples, batch_size)
-    return (order[:max_batches], mask[:max_batches]) if max_batches > 0 else (order, mask)
-
 
 def input_gate(loss: jax.Array) -> jax.Array:
     """0, computed from the previous step's loss, added to the next step's batch index.
@@ -128,8 +116,38 @@ class HostFeed:
 Feed = Union[DeviceFeed, HostFeed]
 
 
-def make_feeds(splits: Sequence[Split], input_mode: str, budget_mb: float, executor: Any) -> tuple[Feed, ...]:
-    """The splits as the calls read them: all on the devices, or all fed from the host
-    (`dataset.input`; `auto` compares the splits' size with `budget_mb`)."""
+def check_input_options(section: Any, crop_scale: Any, members: bool) -> None:
+    """One line for the input keys that need `dataset.input=grain` without it, or a Grain run
+    that cannot be (members, measured statistics, no grain package installed). `section`: the
+    parsed `config.dataset` (`spec.DatasetSpec`)."""
+    workers = section.workers
+    if section.input != "grain":
+        if workers:
+            raise JaxcnnError(f"dataset.workers={workers} reads with Grain's worker processes: set "
+                              "dataset.input=grain, or dataset.workers=0")
+        if crop_scale:
+            raise JaxcnnError("augment.random_resized_crop runs in Grain's CPU workers: set dataset.input=grain, "
+                              "or augment.random_resized_crop=()")
+        return
+    if members:
+        raise JaxcnnError("dataset.input=grain feeds a single run; a run of members (seeds, sweep) reads its "
+                          "pool on the device or the host: set dataset.input=host")
+    if section.per_channel_stats:
+        raise JaxcnnError("dataset.per_channel_stats measures the decoded training split, which dataset.input=grain "
+                          "does not hold in memory; set dataset.per_channel_stats=false and give dataset.mean/std")
+    from jaxcnn.data.grain_feed import import_grain
+
+    import_grain()
+
+
+def make_feeds(splits: Sequence[Split], input_mode: str, budget_mb: float, executor: Any, workers: int = 0,
+               crop_scale: tuple[float, float] | None = None) -> tuple[Feed, ...]:
+    """The splits as the calls read them: all on the devices, all fed from the host, or all read
+    by Grain with `workers` worker processes (`dataset.input`; `auto` compares the splits' size with
+    `budget_mb`). `crop_scale`: the Grain workers' random-resized crop of the training records."""
+    if input_mode == "grain":
+        from jaxcnn.data.grain_feed import GrainFeed  # imports grain: only when asked for
+
+        return tuple(GrainFeed(split, executor, workers, crop_scale) for split in splits)
     feed = HostFeed if choose_input(input_mode, tuple(splits), budget_mb) == "host" else DeviceFeed
     return tuple(feed(split, executor) for split in splits)

@@ -28,6 +28,7 @@ import numpy as np
 from jaxcnn.data.arrays import check_path, check_test_fraction
 from jaxcnn.data.images import IMAGE_SUFFIXES, load_image, read_header
 from jaxcnn.data.paths import not_a_regular_file
+from jaxcnn.data.records import FileImages
 from jaxcnn.data.splits import Split, stratified_holdout
 from jaxcnn.errors import JaxcnnError
 
@@ -39,8 +40,10 @@ _ANNOUNCE_FROM = 1000  # print a line before decoding at least this many images
 
 
 def load_image_folder(seed: int, path: str = "", image_size: Any = None, test_fraction: float = 0.2,
-                      skip_bad_images: bool = False) -> tuple[Split, Split, tuple[str, ...]]:
-    """(train, test, class_names) of the folder `path` (see the module doc)."""
+                      skip_bad_images: bool = False, lazy: bool = False) -> tuple[Split, Split, tuple[str, ...]]:
+    """(train, test, class_names) of the folder `path` (see the module doc). `lazy`: the images as
+    `FileImages`, decoded when read (by the Grain feed's workers), not into the cache; only the
+    files' headers are read here."""
     size = check_image_size(image_size)
     check_test_fraction(test_fraction)
     if not isinstance(skip_bad_images, bool):
@@ -50,7 +53,12 @@ def load_image_folder(seed: int, path: str = "", image_size: Any = None, test_fr
         raise JaxcnnError(f"dataset.path: {root} is not a folder; image_folder needs a folder with one "
                           "subfolder of images per class")
     files, labels, class_names, num_train = scan(root)
-    images, labels, num_train = cached_pixels(root, files, labels, num_train, size, skip_bad_images)
+    if lazy:
+        shape, good, _ = read_headers(root, files, size, skip_bad_images)
+        images = FileImages([str(files[i]) for i in good], shape)
+        labels, num_train = labels[good], int(np.sum(np.asarray(good) < num_train))
+    else:
+        images, labels, num_train = cached_pixels(root, files, labels, num_train, size, skip_bad_images)
     given = (root / "test").is_dir()  # train/ and test/ folders give the split
     if given:
         train, test = Split(images[:num_train], labels[:num_train]), Split(images[num_train:], labels[num_train:])
@@ -235,18 +243,25 @@ def _attempt(function: Any, *args: Any) -> tuple[Any, str | None]:
         return None, str(e)
 
 
+def read_headers(root: pathlib.Path, files: list[pathlib.Path], size: tuple[int, int] | None,
+                 skip_bad_images: bool) -> tuple[tuple[int, int, int], list[int], dict[int, str]]:
+    """(H, W, C) of the split, the readable files' indices and the unreadable ones' messages, from
+    the files' headers (grey if every image is grey; the size given, else the images' one size)."""
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        headers = list(pool.map(lambda f: _attempt(read_header, f), files))
+    bad = {i: error for i, (_, error) in enumerate(headers) if error}
+    good = [i for i in range(len(files)) if i not in bad]
+    if (bad and not skip_bad_images) or not good:
+        raise JaxcnnError(next(iter(bad.values())) + "; fix or remove it, or set dataset.skip_bad_images=true")
+    height, width = size or _common_size(root, files, headers, good)
+    return (height, width, 1 if all(headers[i][0][2] for i in good) else 3), good, bad
+
+
 def decode_into(folder: pathlib.Path, root: pathlib.Path, files: list[pathlib.Path], labels: np.ndarray,
                 num_train: int, size: tuple[int, int] | None, skip_bad_images: bool) -> None:
     """Decodes `files` into `folder/images.npy` (uint8 N×H×W×C), with `labels.npy` and `meta.json`."""
-    workers = min(8, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        headers = list(pool.map(lambda f: _attempt(read_header, f), files))
-        bad = {i: error for i, (_, error) in enumerate(headers) if error}
-        good = [i for i in range(len(files)) if i not in bad]
-        if (bad and not skip_bad_images) or not good:
-            raise JaxcnnError(next(iter(bad.values())) + "; fix or remove it, or set dataset.skip_bad_images=true")
-        height, width = size or _common_size(root, files, headers, good)
-        shape = (height, width, 1 if all(headers[i][0][2] for i in good) else 3)
+    shape, good, bad = read_headers(root, files, size, skip_bad_images)
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         if len(good) >= _ANNOUNCE_FROM:
             print(f"decoding {len(good)} images of {root} into {folder.parent}", file=sys.stderr, flush=True)
         images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(len(good), *shape))

@@ -5,7 +5,9 @@ Each checkpoint step holds two items, neither pickled:
   on-device log-interval accumulators, written by Orbax's `StandardSave` (tensorstore);
 - `meta`: JSON: where the loop stands (`LoopState`: epoch and position in that epoch's shuffled
   order, the per-epoch sums, early-stopping and plateau state, the length of `metrics.jsonl`),
-  the best step so far, the config, the dataset's input shape and classes, library versions.
+  the best step so far, the config, the dataset's input shape and classes, library versions,
+  and with `dataset.input=grain` every process's input iterator state (`inputs`, one per process,
+  Grain's `get_state()`: `jaxcnn.data.grain_feed`), restored into the feed on resume.
 
 Retention: Orbax's `best_fn` + `max_to_keep` can delete the latest step, so the manager gets
 preservation policies instead: `LatestN(keep)` + `BestN(keep_best)`. "Best" is the early-stopping
@@ -199,6 +201,7 @@ class Checkpointer:
         self.static_meta = {"config": json.loads(json.dumps(config.to_dict())), "versions": library_versions(),
                             **run_info}
         self.best_step: int | None = None
+        self.restored_inputs: list[Any] | None = None  # every process's input state, of the step restored
         self.in_flight: int | None = None  # the step of the save not yet known to be committed
         self.failed = False  # a save failed (reported once, in one line)
         self.signals = stop.SIGNALS
@@ -281,15 +284,18 @@ class Checkpointer:
                                          or due(step, self.section.every_steps))
 
     def save(self, state: Any, totals: dict[str, Any], loop: LoopState, *,
-             improved: bool | None = None, monitor: str = "", value: float | None = None) -> None:
+             improved: bool | None = None, monitor: str = "", value: float | None = None,
+             inputs: list[Any] | None = None) -> None:
         """Saves asynchronously. `improved` is None for a step without validation metrics
-        (mid-epoch), else whether this epoch-end step is the tracker's new best."""
+        (mid-epoch), else whether this epoch-end step is the tracker's new best. `inputs`: every
+        process's input iterator state (JSON), or None for feeds that have none."""
         metrics = None
         if improved is not None:
             if improved:
                 self.best_step = loop.step
             metrics = {"best_rank": loop.epochs_run if improved else 0, monitor: value}
-        meta = {**self.static_meta, "loop": loop.to_json(), "best_step": self.best_step}
+        meta = {**self.static_meta, "loop": loop.to_json(), "best_step": self.best_step,
+                **({"inputs": inputs} if inputs is not None else {})}
         self.wait()  # Orbax waits for the save before anyway; this reports its failure in one line
         try:
             self.manager.save(loop.step, args=ocp.args.Composite(
@@ -330,7 +336,7 @@ class Checkpointer:
                                   f"{_members_text(self.static_meta.get('members'))}; pass --fresh to start a new run")
             for bad_step, _ in unreadable:
                 self._set_aside(bad_step)
-            self.best_step = meta["best_step"]
+            self.best_step, self.restored_inputs = meta["best_step"], meta.get("inputs")
             return restored["train_state"], restored["totals"], loop
         if unreadable:
             step, error = unreadable[0]

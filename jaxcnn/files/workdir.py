@@ -36,8 +36,8 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.files.writers import check_output_paths, check_writable
 
 # Config keys that may differ when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir", "steps_per_call",
-                  "max_steps", "limit_eval_batches", "on_nonfinite", "profile_steps")
+RESUMABLE_KEYS = ("num_epochs", "log_every_steps", "eval_batch_size", "dataset.data_dir", "dataset.workers",
+                  "steps_per_call", "max_steps", "limit_eval_batches", "on_nonfinite", "profile_steps")
 LOCK_FILE = ".jaxcnn.lock"
 RESUMABLE_SECTIONS = ("checkpoint.",)
 # Written into config.json from the training split when dataset.per_channel_stats is on.

@@ -6,9 +6,11 @@ the writers ask which process they are in (`jaxcnn.files.writers`).
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -127,3 +129,18 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def all_processes_json(value: Any) -> list[Any]:
+    """`value` (anything JSON holds) of every process, in process order: each process's own part of
+    a checkpoint, which process 0 writes. Every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(rows, sizes)]

@@ -307,7 +307,7 @@ def save(run: Run, state: Any, loop: RunLoop, stop_now: bool, improved: bool | N
     loop.metrics_bytes = run.writer.size()
     run.watch.check_state(state, loop.step)  # no checkpoint of a diverged state
     run.saver.save(run.saved(state), run.totals, loop, improved=improved, monitor=loop.members[0].stopping.monitor,
-                   value=value)
+                   value=value, inputs=run.input_states())
     if stop_now:
         interrupt(run, loop, saved=True)
 

@@ -23,6 +23,7 @@ from jaxcnn import data, models
 from jaxcnn.core import autotune, members, precision
 from jaxcnn.files import checkpoint
 from jaxcnn.runtime import determinism, stop
+from jaxcnn.runtime.distributed import all_processes_json
 from jaxcnn.training import callbacks as callbacks_module, divergence, profiling
 from jaxcnn.training.callbacks import Callbacks
 from jaxcnn.training.init_from import check_freeze, starting_weights
@@ -90,6 +91,18 @@ class Program:
             return feed.train_calls(epoch, batch_size, plan)
         return feed.train_calls(self.config.seed, epoch, batch_size, plan)
 
+    def input_states(self) -> list[Any] | None:
+        """Every process's training input state for a checkpoint (the Grain feed's iterator; the
+        other feeds have none: their order is a function of the loop's position)."""
+        state_of = getattr(self.feeds["train"], "iterator_state", None)
+        return all_processes_json(state_of()) if state_of is not None else None
+
+    def restore_inputs(self, states: list[Any] | None) -> None:
+        """This process's part of a checkpoint's `input_states()`, given back to the feed."""
+        restore = getattr(self.feeds["train"], "restore", None)
+        if restore is not None and states:
+            restore(states[jax.process_index()] if jax.process_index() < len(states) else None)
+
     def evaluate(self, state: Any, split: str) -> dict[str, np.ndarray]:
         """Loss, accuracy and count over `split`, one value per member."""
         config = self.config
@@ -149,15 +162,17 @@ def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor:
     whole, from which each member carves its own validation split: a `MemberPool` instead of feeds."""
     dataset = data.load_dataset(dataset or config.dataset.name, data_dir=data_dir or config.dataset.data_dir or None,
                                 val_fraction=0.0 if stacked else config.dataset.val_fraction, seed=config.seed,
-                                download=config.dataset.download, **dataset_options(config))
+                                download=config.dataset.download, lazy=config.dataset.input == "grain",
+                                **dataset_options(config))
     if stacked:
         feeds = MemberPool(dataset.train, dataset.test, config.dataset.val_fraction, executor, config.dataset.input,
                            config.dataset.device_budget_mb)
         train_size = feeds.train_size
     else:
         splits = (dataset.train, dataset.val, dataset.test)
-        feeds = dict(zip(("train", "val", "test"), make_feeds(splits, config.dataset.input,
-                                                               config.dataset.device_budget_mb, executor)))
+        feeds = dict(zip(("train", "val", "test"), make_feeds(
+            splits, config.dataset.input, config.dataset.device_budget_mb, executor, config.dataset.workers,
+            tuple(config.augment.random_resized_crop) or None)))
         train_size = len(feeds["train"])
     if config.batch_size > train_size:
         raise JaxcnnError(f"batch_size {config.batch_size} is larger than the training split "
@@ -227,6 +242,8 @@ class Run(Program):
     def close(self) -> None:
         try:
             self.profiler.stop()  # a trace still running when training stopped early or failed
+            for feed in self.feeds.values() if isinstance(self.feeds, dict) else ():
+                getattr(feed, "close", lambda: None)()  # the Grain feed's worker processes
             if self.writer is not None:
                 self.writer.close()
             if self.saver is not None:
@@ -299,6 +316,7 @@ def start_or_resume(run: Run, state: Any, resuming: bool, quiet: bool) -> tuple[
             run.best_variables = run.put(jax.tree.map(jnp.copy, (state.params, state.batch_stats)))
     elif restored is not None:
         saved, run.totals, loop = restored
+        run.restore_inputs(saver.restored_inputs)
         state, run.best_variables = (saved["state"], saved.get("best")) if run.stacked else (saved, None)
         if not run.stacked and run.tracks_best and saver.best_step is not None:
             run.best_variables = saver.restore_variables(saver.best_step, state, run.totals)
