@@ -12,7 +12,7 @@ from jaxcnn.bench import throughput as bench
 from jaxcnn.errors import JaxcnnError
 
 RESULT_FIELDS = {"model", "mode", "batch_size", "dtype", "train_images_per_s", "eval_images_per_s",
-                 "compile_s", "warm_compile_s", "peak_rss_mb", "flops_per_image", "gflops", "fingerprint"}
+                 "compile_s", "warm_compile_s", "peak_rss_mb", "flops_per_image", "gflops", "peak_pct", "fingerprint"}
 TINY = ["--model", "mlp", "--batch-size", "16", "--min-time", "0.05", "--repeats", "1",
         "--steps-per-call", "4", "--fingerprint-steps", "6", "--num-train", "256", "--num-test", "64"]
 
@@ -30,13 +30,15 @@ def test_bench_json_holds_every_field_and_the_same_fingerprint_on_two_runs(tmp_p
     second, _ = run_bench(tmp_path, "b")
     env = first["env"]
     assert {"device_kind", "versions", "seed", "config"} <= set(env)
-    assert env["versions"]["jax"] and env["config"]["steps_per_call"] == 4
+    assert env["versions"]["jax"] and env["config"]["steps_per_call"] == 4 and env["matmul_peak_gflops"] > 0
     assert [r["mode"] for r in first["results"]] == ["baseline", "step", "fused"]
     for row in first["results"]:
         assert RESULT_FIELDS <= set(row)
         assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
         assert row["compile_s"] > 0 and row["warm_compile_s"] > 0 and row["peak_rss_mb"] > 0
-        assert row["flops_per_image"] > 0 and row["gflops"] > 0
+        assert row["flops_per_image"] > 0 and row["gflops"] > 0 and 0 < row["peak_pct"] == pytest.approx(
+            100 * row["gflops"] / env["matmul_peak_gflops"])
+    assert all("autotune" in row for row in first["results"][1:])  # jaxcnn's modes: the plan `train` uses
     fingerprints = lambda report: [r["fingerprint"] for r in report["results"]]
     assert fingerprints(first) == fingerprints(second)
     # Same seed, same data, same init: jaxcnn's two modes train exactly the same steps.

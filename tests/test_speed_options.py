@@ -80,8 +80,8 @@ def test_a_bfloat16_run_trains_on_digits(tmp_path):
 
 
 def test_unknown_dtype_and_bad_accumulation_are_user_errors():
-    with pytest.raises(JaxcnnError, match=r"unknown dtype 'float16' \(dtype\); expected one of: bfloat16, float32"):
-        load_config("digits_cnn", ["dtype=float16"])
+    with pytest.raises(JaxcnnError, match=r"unknown dtype 'float8' \(dtype\); expected one of: bfloat16, float16, float32"):
+        load_config("digits_cnn", ["dtype=float8"])
     with pytest.raises(JaxcnnError, match="grad_accum_steps"):
         load_config("digits_cnn", ["grad_accum_steps=0"])
 

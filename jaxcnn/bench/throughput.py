@@ -272,6 +272,20 @@ def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -
     return Workload(name, batch_size, dtype, train, test, dataset.num_classes, order, 0.0, 1.0)
 
 
+def matmul_peak_gflops(n: int = 2048, seconds: float = 1.0) -> float:
+    """This process's float32 matmul rate (n×n @ n×n, jitted, XLA's defaults), in GFLOP/s: the best
+    of back-to-back calls over `seconds`. The peak a model's GFLOP/s is a share of (`peak_pct`)."""
+    a = jax.device_put(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
 def environment(settings: BenchSettings) -> dict[str, Any]:
     device = jax.devices()[0]
     versions = {}
@@ -316,6 +330,7 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
         baselines = {case: baseline.run(workloads[case], settings, _measure, compile_times, flops_of, LEARNING_RATE,
                                         MOMENTUM) for case in cases} if "baseline" in settings.modes else {}
         keep_freed_host_memory()
+        peak = matmul_peak_gflops()
         results = []
         for case in cases:
             baseline_rate = baselines[case]["train_images_per_s"] if case in baselines else None
@@ -326,11 +341,12 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
                     row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else 1)
                 name, batch_size, dtype = case
                 row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row,
-                       "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None}
+                       "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None,
+                       "peak_pct": 100 * row["gflops"] / peak if row.get("gflops") else None}
                 results.append(row)
                 if report:
                     report(row)
-    return {"env": environment(settings), "results": results}
+    return {"env": {**environment(settings), "matmul_peak_gflops": peak}, "results": results}
 
 
 TABLE_COLUMNS = (
@@ -338,7 +354,7 @@ TABLE_COLUMNS = (
     ("train img/s", "train_images_per_s", "{:,.0f}"), ("× baseline", "speedup_vs_baseline", "{:.2f}"),
     ("eval img/s", "eval_images_per_s", "{:,.0f}"), ("compile s", "compile_s", "{:.2f}"),
     ("warm s", "warm_compile_s", "{:.2f}"), ("MFLOP/img", "flops_per_image", "{}"),
-    ("GFLOP/s", "gflops", "{:.1f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"), ("fingerprint", "fingerprint", "{:.6f}"),
+    ("GFLOP/s", "gflops", "{:.1f}"), ("% peak", "peak_pct", "{:.1f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"), ("fingerprint", "fingerprint", "{:.6f}"),
 )
 
 

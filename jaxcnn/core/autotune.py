@@ -11,7 +11,9 @@ batch (`FORWARD`). Convolutions fuse with their neighbours, and XLA's options ch
 computes them, so only the whole program says which is faster. The search is coordinate descent:
 from the defaults (`im2col.resolve_conv_impl`, `compilation.DEFAULT_SET`) it tries each compiler
 option set, then each candidate implementation of each convolution shape in turn, keeping a change
-only when it is faster by `MARGIN` in timings interleaved with the current best's.
+only when it is faster by `MARGIN` in timings interleaved with the current best's. Forward programs
+are timed on at most `FORWARD_BATCH_CAP` examples, and trials not started within `BUDGET_S` per
+context are skipped, so that a large model's first run waits seconds, not minutes.
 
 Only on CPU: XLA picks among cuDNN's and its own convolutions itself on GPUs and TPUs. Processes of
 a multi-process run keep the defaults unless the workdir records a plan (each would measure its own).
@@ -42,8 +44,10 @@ from jaxcnn.runtime import compilation
 PLAN_FILE = "autotune.json"
 MARGIN = 0.97  # a candidate replaces the current choice when it takes at most 97% of its time
 SMALL_CHANNELS = 16  # shift and im2col are candidates for convolutions of at most this many input channels
-WINDOW_S = 0.06  # each timing window; the best of `ROUNDS` interleaved windows counts
+WINDOW_S = 0.05  # each timing window; the best of `ROUNDS` interleaved windows counts
 ROUNDS = 3
+FORWARD_BATCH_CAP = 256  # forward programs are timed on at most this many examples: per-example cost is flat by then
+BUDGET_S = 20.0  # per context: trials not started by then are skipped (the best so far is kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,17 +171,17 @@ def _descend(probe: _Probe, shapes: list[tuple[str, int]], default: conv_plan.Pl
              ) -> tuple[conv_plan.Plan, str, list[tuple[str, str, float]]]:
     """Coordinate descent over the option sets, then each convolution shape's candidates."""
     plan, option_set = default, compilation.DEFAULT_SET
+    deadline = time.perf_counter() + BUDGET_S
     best = probe.run(plan, option_set)
-    timings: list[tuple[str, str, float]] = [(probe.context, f"options {option_set} (default)",
-                                              1e3 * _interleaved(best, best)[0])]
+    timings: list[tuple[str, str, float]] = []
     trials = [(plan, name) for name in compilation.OPTION_SETS if name != option_set]
     for trial_plan, trial_set in trials:
-        _, option_set, best = _try(probe, plan, option_set, best, trial_plan, trial_set, f"options {trial_set}",
+        plan, option_set, best = _try(probe, plan, option_set, best, trial_plan, trial_set, f"options {trial_set}",
                                    timings)
     for key, in_channels in shapes if tune_conv else ():
         first = conv_plan.lookup(plan, key, probe.context)
         for impl in candidates(in_channels):
-            if impl != first:
+            if impl != first and time.perf_counter() < deadline:
                 trial = tuple(e for e in plan if e[:2] != (key, probe.context)) + ((key, probe.context, impl),)
                 plan, option_set, best = _try(probe, plan, option_set, best, trial, option_set, f"{key}: {impl}",
                                               timings)
@@ -209,6 +213,7 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
     conv, options, timings = [], [], []
     for context in (TRAIN, FORWARD):
         batch = max(1, int(batches[context]))
+        batch = min(batch, FORWARD_BATCH_CAP) if context == FORWARD else batch
         images = jnp.asarray(rng.standard_normal((batch, *input_shape), dtype=np.float32))
         labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
         probe = _Probe(make_model, variables, context, images, labels)
