@@ -12,6 +12,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # and the processes they start, use a temporary one and never write into the real home's cache.
 _CACHE_HOME = tempfile.TemporaryDirectory(prefix="jaxcnn-test-cache-home-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME.name
+# The autotuner (jaxcnn/core/autotune.py) measures each model and batch size once per machine: across the
+# suite's hundreds of small configs that is minutes. Its own tests turn it on; the README's commands
+# run as a newcomer runs them (with it on).
+os.environ["JAXCNN_AUTOTUNE"] = "0"
 
 
 def real_data_dir() -> pathlib.Path | None:

@@ -7,6 +7,11 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcnn.core import autotune
+
+
+@pytest.fixture(autouse=True)
+def tuner_on(monkeypatch):
+    monkeypatch.setenv(autotune.SWITCH_ENV, "1")  # the suite turns it off (conftest.py)
 from jaxcnn.models import conv_plan, create_model
 
 
@@ -77,6 +82,14 @@ def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, 
     monkeypatch.setattr(autotune, "tune", lambda *a, **k: pytest.fail("measured again"))
     second = autotune.choose_plan(make, {"model": "tiny_cnn"}, (28, 28, 1), 10, batches, tmp_path)
     assert second.source == "cached" and (second.conv, second.options) == (first.conv, first.options)
+
+
+def test_the_switch_off_gives_the_defaults_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setenv(autotune.SWITCH_ENV, "0")
+    monkeypatch.setattr(autotune, "tune", lambda *a, **k: pytest.fail("measured"))
+    plan = autotune.choose_plan(lambda plan: create_model("tiny_cnn", 10, conv_plan=plan), {"model": "tiny_cnn"},
+                                (28, 28, 1), 10, {"train": 8, "forward": 16}, tmp_path)
+    assert plan == autotune.DEFAULT and plan.source == "default"
 
 
 def test_a_run_records_its_plan_and_a_resumed_run_replays_it(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ from jaxcnn.models.conv_plan import FORWARD, TRAIN
 from jaxcnn.runtime import compilation
 
 PLAN_FILE = "autotune.json"
+SWITCH_ENV = "JAXCNN_AUTOTUNE"  # "0": no measurement, the defaults (many short runs; the test suite)
 MARGIN = 0.97  # a candidate replaces the current choice when it takes at most 97% of its time
 SMALL_CHANNELS = 16  # shift and im2col are candidates for convolutions of at most this many input channels
 WINDOW_S = 0.05  # each timing window; the best of `ROUNDS` interleaved windows counts
@@ -261,8 +262,8 @@ def choose_plan(make_model: Callable[[conv_plan.Plan], nn.Module], what: dict[st
                 cache_dir: pathlib.Path | None, tune_conv: bool = True) -> Tuned:
     """This machine's cached plan for the model `what` describes (and `make_model` builds), else
     measured now (`tune`) and cached under `cache_dir` (default: the user cache folder). The
-    defaults off the CPU and in multi-process runs (module docstring)."""
-    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+    defaults off the CPU, in multi-process runs (module docstring) and with `SWITCH_ENV`=0."""
+    if jax.default_backend() != "cpu" or jax.process_count() > 1 or os.environ.get(SWITCH_ENV, "1") == "0":
         return DEFAULT
     what = {**what, "input_shape": list(input_shape), "num_classes": num_classes, "batches": batches,
             "tune_conv": tune_conv}
