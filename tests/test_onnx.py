@@ -49,6 +49,19 @@ def test_onnxruntime_gives_jaxcnn_predicts_probabilities_within_1e_5(name, tmp_p
             assert c["probability"] == pytest.approx(probabilities[c["class"]], abs=1e-5)
 
 
+def test_a_members_onnx_export_gives_that_members_probabilities(tmp_path):
+    workdir = tmp_path / "members"
+    train_and_evaluate(load_config("digits_cnn", MODELS["mlp"] + SHORT + ["seeds=(0, 1)"]), workdir, quiet=True)
+    files = images(tmp_path, (8, 8, 1))
+    for member in (0, 1):
+        out, _ = onnx_export.write_onnx(workdir, out=tmp_path / f"m{member}.onnx", member=member)
+        expected = predict(load_saved_model(workdir, member=member), files, top=10)
+        for want, have in zip(expected, onnx_export.predict_onnx(out, files, top=10)):
+            probabilities = {c["class"]: c["probability"] for c in want["top"]}
+            assert all(c["probability"] == pytest.approx(probabilities[c["class"]], abs=1e-5) for c in have["top"])
+    assert (tmp_path / "m0.onnx").read_bytes() != (tmp_path / "m1.onnx").read_bytes()
+
+
 def test_export_format_onnx_and_predict_onnx_on_the_command_line(tmp_path, capsys):
     workdir = tmp_path / "w"
     train_and_evaluate(load_config("digits_cnn", MODELS["mlp"] + SHORT), workdir, quiet=True)
