@@ -8,15 +8,29 @@ otherwise raises one `JaxcnnError` line naming the key and what was expected:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from jaxcnn.errors import JaxcnnError
+
+
+@contextlib.contextmanager
+def without_bytecode() -> Iterator[None]:
+    """Loading the user's code (config files, models named by import path) leaves their folders as
+    they were: Python writes no `__pycache__` beside them meanwhile."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
 
 Check = Callable[[str, Any], Any]  # (dotted key, value) -> the value (normalised), or raise JaxcnnError
 

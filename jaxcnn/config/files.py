@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxcnn.checks import without_bytecode
 from jaxcnn.errors import JaxcnnError
 
 # The presets, shipped in the package: found from the package, not from this file's folder, so that
@@ -77,7 +78,8 @@ def run_config_file(file: pathlib.Path) -> ml_collections.ConfigDict:
     try:
         spec = importlib.util.spec_from_file_location(f"jaxcnn_config_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        with without_bytecode():
+            spec.loader.exec_module(module)
     except Exception as e:  # a broken config file is the user's to fix
         raise JaxcnnError(_failure(file, e, "loading it")) from e
     get_config = getattr(module, "get_config", None)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import flax.linen as nn
 from flax.core import FrozenDict
 
+from jaxcnn.checks import without_bytecode
 from jaxcnn.errors import JaxcnnError
 
 
@@ -51,13 +52,14 @@ def _import(module_name: str, path: str) -> Any:
     """The module, looked up on sys.path and then in the current folder (as `python -m` would)."""
     here = os.getcwd()
     try:
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if not _is_missing(e, module_name) or here in sys.path or "" in sys.path:
-                raise
-            sys.path.append(here)
-            return importlib.import_module(module_name)
+        with without_bytecode():  # the user's folder stays as it was
+            try:
+                return importlib.import_module(module_name)
+            except ModuleNotFoundError as e:
+                if not _is_missing(e, module_name) or here in sys.path or "" in sys.path:
+                    raise
+                sys.path.append(here)
+                return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if _is_missing(e, module_name):
             raise JaxcnnError(f"model.name {path!r}: no module named {e.name!r}; put the folder holding it on "
