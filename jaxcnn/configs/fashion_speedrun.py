@@ -6,7 +6,9 @@
 Conv 16 → BN → ReLU → max-pool, conv 32 (same), conv 64 (same), then one Dense 576 → 10; Nesterov
 SGD with momentum 0.9, batch 128, label smoothing 0.1, random horizontal flips, the one-cycle
 learning rate (`warmup_linear`) over all epochs of the 60,000 training images (no validation
-split: the test split only measures). Measured figures: README, "Time to accuracy".
+split: the test split only measures). Measured (AMD EPYC, 2 cores, 2026-12-06, seeds 0-4): every
+seed reached 92.0% at 7.75-8.75 epochs, median training time 50.6 s; 4 epochs ended at 91.1-91.5%.
+README, "Time to accuracy", has the PyTorch-eager twin beside it.
 """
 
 from jaxcnn.configs.mnist_speedrun import get_config as mnist_speedrun
@@ -16,7 +18,7 @@ def get_config():
     config = mnist_speedrun().unlock()
     config.dataset.name = "fashion_mnist"
     config.model.blocks = ((16,), (32,), (64,))
-    config.num_epochs = 4
+    config.num_epochs = 10
     config.optimizer.learning_rate = 0.2
     config.augment.flip = True
     config.schedule.warmup_epochs = 0.5

@@ -9,8 +9,8 @@ Flax), Nesterov SGD with momentum 0.9, label smoothing 0.1, the one-cycle schedu
 a new shuffle per epoch. The images load from the canonical IDX files before the clock starts.
 
     python scripts/peers/torch_speedrun.py --data-dir ../shared/data --seeds 0 1 2 3 4
-    python scripts/peers/torch_speedrun.py --dataset fashion_mnist --widths 16 32 64 --epochs 4 \
-        --learning-rate 0.2 --warmup-epochs 0.5 --flip --seeds 0 1 2 3 4      # fashion_speedrun
+    python scripts/peers/torch_speedrun.py --dataset fashion_mnist --widths 16 32 64 --epochs 10 \
+        --learning-rate 0.2 --warmup-epochs 0.5 --flip --seeds 0 1 2 3 4      # fashion_speedrun (--epochs 10)
 
 Prints one JSON line per seed: training seconds (the optimisation steps only, as `jaxcnn bench
 --to-accuracy` counts them), test accuracy after the last epoch, and the evaluation's seconds.
