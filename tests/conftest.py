@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import tempfile
 
 import pytest
@@ -27,3 +28,22 @@ requires_mnist = pytest.mark.skipif(
     real_data_dir() is None or not (real_data_dir() / "mnist").is_dir(),
     reason="real MNIST not available: set JAXCNN_DATA_DIR to a directory with mnist/ "
            "(CI sets it to ../shared/data)")
+
+
+def sigterm_after(monkeypatch, steps: int):
+    """Sends this process SIGTERM once the progress bar has counted `steps` training steps (at the
+    first call that reaches them): a stop in mid-run, as a scheduler's. Returns (the steps of each
+    call seen, a function that puts the progress bar back for the resumed run)."""
+    from jaxcnn.files import writers
+
+    original, seen = writers.Progress.step, []
+
+    def step_and_signal(self, epoch, num_steps=1):
+        original(self, epoch, num_steps)
+        seen.append(num_steps)
+        if sum(seen) >= steps and not hasattr(self, "signalled"):
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    return seen, lambda: monkeypatch.setattr(writers.Progress, "step", original)

@@ -1,19 +1,19 @@
 """EMA of the weights (`config.ema.decay`): the warm-up, the summary's raw and EMA numbers, the
 saved averages used by the saved-model commands, members, and bitwise resume after SIGTERM."""
 
-import os
-import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import sigterm_after
+
 from jaxcnn.commands.saved import evaluate_saved, load_saved_model
 from jaxcnn.config import load_config
 from jaxcnn.core import ema
 from jaxcnn.core.state import EmaTrainState, TrainState
-from jaxcnn.files import checkpoint, writers
+from jaxcnn.files import checkpoint
 from jaxcnn.files.writers import read_jsonl, without_timing
 from jaxcnn.training.loop import fit, train_and_evaluate
 
@@ -77,18 +77,10 @@ def test_a_run_of_members_reports_each_members_ema_and_raw_test(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["seeds=2"]], ids=["single", "members"])
 def test_a_run_with_ema_stopped_by_sigterm_resumes_bitwise_like_the_uninterrupted_run(tmp_path, monkeypatch, extra):
     straight = train_and_evaluate(load_config("digits_cnn", MLP + extra), tmp_path / "straight", quiet=True)
-    original, seen = writers.Progress.step, []
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original(self, epoch, num_steps)
-        seen.append(num_steps)
-        if sum(seen) == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    _, restore = sigterm_after(monkeypatch, 50)
     with pytest.raises(checkpoint.TrainingInterrupted):
         train_and_evaluate(load_config("digits_cnn", MLP + extra), tmp_path / "run", quiet=True)
-    monkeypatch.setattr(writers.Progress, "step", original)
+    restore()
     resumed = train_and_evaluate(load_config("digits_cnn", MLP + extra), tmp_path / "run", quiet=True)
     assert resumed["raw_test_accuracy"] == straight["raw_test_accuracy"]
     assert resumed["test_accuracy"] == straight["test_accuracy"]

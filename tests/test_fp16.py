@@ -3,9 +3,7 @@ it trains, an overflowing step is skipped (the state unchanged, the scale halved
 guard tells skipping from diverging, resume is bitwise, members each have their own scale, and a
 float32 run is left exactly as it was."""
 
-import os
 import pathlib
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +11,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import sigterm_after
+
 from jaxcnn.config import load_config
 from jaxcnn.core import loss_scale
 from jaxcnn.core.build import build
 from jaxcnn.core.state import ScaledTrainState, TrainState
 from jaxcnn.core.steps import train_step
-from jaxcnn.files import checkpoint, writers
+from jaxcnn.files import checkpoint
 from jaxcnn.files.writers import read_jsonl, without_timing
 from jaxcnn.training.divergence import TrainingDiverged
 from jaxcnn.training.loop import fit, train_and_evaluate
@@ -104,19 +104,10 @@ def test_a_float16_run_stopped_by_sigterm_resumes_bitwise_like_the_uninterrupted
     overrides = MLP + extra + ["loss_scale.initial=1e8", "loss_scale.growth_interval=10", "ema.decay=0.9",
                                "steps_per_call=3"]
     straight = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "straight", quiet=True)
-    original, seen = writers.Progress.step, []
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original(self, epoch, num_steps)
-        seen.append(num_steps)
-        if sum(seen) >= 50 and not hasattr(self, "signalled"):
-            self.signalled = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    _, restore = sigterm_after(monkeypatch, 50)
     with pytest.raises(checkpoint.TrainingInterrupted):
         train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True)
-    monkeypatch.setattr(writers.Progress, "step", original)
+    restore()
     resumed = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True)
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert records(tmp_path / "run") == records(tmp_path / "straight")

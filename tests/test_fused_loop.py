@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -10,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from jaxcnn.files import checkpoint, writers
+from conftest import REPO, sigterm_after
+from jaxcnn.files import checkpoint
 from jaxcnn.config import load_config, validate_config
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.training.loop import train_and_evaluate
@@ -59,21 +58,12 @@ def test_a_stop_mid_epoch_with_fused_steps_resumes_to_the_per_step_run(tmp_path,
     a resumable key) finishes bitwise like the straight run. An MLP with dropout: quick to compile."""
     overrides = RUN + ["model.name=mlp", "model.hidden=(32,)", "model.dropout=0.1"]
     straight = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "straight", quiet=True)
-    original, seen = writers.Progress.step, []
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original(self, epoch, num_steps)
-        seen.append(num_steps)
-        if sum(seen) >= 50 and not hasattr(self, "signalled"):
-            self.signalled = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    seen, restore = sigterm_after(monkeypatch, 50)
     workdir = tmp_path / "run"
     with pytest.raises(checkpoint.TrainingInterrupted) as stopped:
         train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=4"]), workdir, quiet=True)
     assert 50 <= stopped.value.step < 54 and stopped.value.step == sum(seen)  # after the call it was in
-    monkeypatch.setattr(writers.Progress, "step", original)
+    restore()
 
     summary = train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=5"]), workdir, quiet=True)
     assert summary["steps"] == 80 and summary["test_accuracy"] == straight["test_accuracy"]

@@ -2,9 +2,7 @@
 workers, and a SIGTERM then resume equals the uninterrupted run (the iterator state restored from
 the checkpoint); each process reads its own records; bad keys and a missing extra are one line."""
 
-import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -13,10 +11,10 @@ import numpy as np
 import pytest
 
 from cli_run import assert_one_line_error, run_cli
-from conftest import REPO
+from conftest import REPO, sigterm_after
 from jaxcnn.config import load_config
 from jaxcnn.data import records
-from jaxcnn.files import checkpoint, writers
+from jaxcnn.files import checkpoint
 from jaxcnn.files.writers import read_jsonl, without_timing
 from jaxcnn.training.loop import train_and_evaluate
 
@@ -69,24 +67,16 @@ def test_two_workers_stopped_by_sigterm_and_resumed_equal_the_straight_run(folde
     or from the step: `start` stays the first run's) and ends bitwise as the 0-worker straight run."""
     from jaxcnn.data import grain_feed
 
-    original_step, original_pipeline, starts, seen = writers.Progress.step, grain_feed.train_pipeline, [], []
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original_step(self, epoch, num_steps)
-        seen.append(num_steps)
-        if sum(seen) >= 7 and not hasattr(self, "signalled"):
-            self.signalled = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
+    original_pipeline, starts = grain_feed.train_pipeline, []
     monkeypatch.setattr(grain_feed, "train_pipeline", lambda *a: starts.append(tuple(a[2:4])) or original_pipeline(*a))
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    _, restore = sigterm_after(monkeypatch, 7)
     workdir = tmp_path / "run"
     with pytest.raises(checkpoint.TrainingInterrupted) as stopped:
         train_and_evaluate(config(folder, "dataset.workers=2"), workdir, quiet=True)
     assert stopped.value.step == 7
     meta = checkpoint.read_meta(checkpoint.open_manager(workdir / "checkpoints", read_only=True), 7)
     assert meta["inputs"][0]["step"] == 7 and meta["inputs"][0]["workers"] == 2 and "grain" in meta["inputs"][0]
-    monkeypatch.setattr(writers.Progress, "step", original_step)
+    restore()
 
     summary = train_and_evaluate(config(folder, "dataset.workers=2"), workdir, quiet=True)
     # (start, workers): the stopped run's pipeline; the resumed run's, from step 0 again at the saved

@@ -2,16 +2,16 @@
 seed (within the tolerance vmap's batched matmuls allow), bitwise repeatable, resumable."""
 
 import json
-import os
 import pathlib
-import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxcnn.files import checkpoint, writers
+from conftest import sigterm_after
+
+from jaxcnn.files import checkpoint
 from jaxcnn.config import load_config
 from jaxcnn.training.loop import train_and_evaluate
 from jaxcnn.commands.saved import load_saved_model
@@ -127,20 +127,11 @@ def test_a_run_of_members_stopped_by_sigterm_resumes_to_the_uninterrupted_run(tm
     steps_per_call) finishes bitwise like the straight run. Dropout: each member's keys resume too."""
     overrides = MLP + ["model.hidden=(32,)", "model.dropout=0.1", "num_epochs=2", f"seeds={SEEDS}"]
     train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "straight", quiet=True)
-    original, seen = writers.Progress.step, []
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original(self, epoch, num_steps)
-        seen.append(num_steps)
-        if sum(seen) >= 50 and not hasattr(self, "signalled"):
-            self.signalled = True
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    _, restore = sigterm_after(monkeypatch, 50)
     with pytest.raises(checkpoint.TrainingInterrupted) as stopped:
         train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=4"]), tmp_path / "run", quiet=True)
     assert 50 <= stopped.value.step < 54
-    monkeypatch.setattr(writers.Progress, "step", original)
+    restore()
     summary = train_and_evaluate(load_config("digits_cnn", overrides + ["steps_per_call=5"]), tmp_path / "run",
                                  quiet=True)
     assert summary["steps"] == 80

@@ -4,20 +4,20 @@ test-time augmentation (eval.tta="flip") in evaluation, test and prediction."""
 from __future__ import annotations
 
 import csv
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import sigterm_after
+
 from jaxcnn.commands.saved import classifier, load_saved_model
 from jaxcnn.config import load_config
 from jaxcnn.core import losses
 from jaxcnn.core.augment import AugmentConfig, betas, cutmix, make_mix, mixed_targets, mixup, tta_logits, with_mirror
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.files import checkpoint, writers
+from jaxcnn.files import checkpoint
 from jaxcnn.files.writers import read_jsonl, without_timing
 from jaxcnn.training.loop import train_and_evaluate
 from test_trackers import mlflow_metric, needs_mlflow, offline  # noqa: F401 (offline: a fixture)
@@ -123,17 +123,10 @@ def test_a_run_of_members_with_mixup_cutmix_and_tta_trains_tracks_and_predicts_w
 def test_a_mixed_run_stopped_mid_epoch_resumes_bitwise_and_its_csv_matches(tmp_path, monkeypatch):
     overrides = MIXED + ["logging.csv=true"]
     straight = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "straight", quiet=True)
-    original = writers.Progress.step
-
-    def step_and_signal(self, epoch, num_steps=1):
-        original(self, epoch, num_steps)
-        if self.steps == 15:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(writers.Progress, "step", step_and_signal)
+    _, restore = sigterm_after(monkeypatch, 15)
     with pytest.raises(checkpoint.TrainingInterrupted):
         train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True)
-    monkeypatch.setattr(writers.Progress, "step", original)
+    restore()
     summary = train_and_evaluate(load_config("digits_cnn", overrides), tmp_path / "run", quiet=True)
     assert (summary["test_loss"], summary["test_accuracy"]) == (straight["test_loss"], straight["test_accuracy"])
     records = [without_timing(r) for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
