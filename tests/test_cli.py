@@ -117,3 +117,37 @@ def test_truncated_idx_file_is_one_line_exit_2(tmp_path):
 def test_unrecognised_argument_is_a_usage_error():
     result = jaxcnn("train", "--epochs", "3")
     assert result.returncode == 2 and "unrecognized argument: --epochs" in result.stderr
+
+
+def test_the_quick_exit_waits_for_a_thread_still_working():
+    """`exit_now` skips the interpreter's teardown only when nothing else runs: a non-daemon thread
+    still working gets the usual exit, which waits for it."""
+    import threading
+
+    from jaxcnn.cli import exit_now
+
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            exit_now(3)
+        assert exited.value.code == 3
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_the_command_ends_with_its_output_whole_and_its_exit_handlers_run(tmp_path):
+    script = tmp_path / "handlers.py"
+    script.write_text("import atexit, sys\n"
+                      "marker = sys.argv[1]\n"
+                      "atexit.register(lambda: open(marker, 'w').write('ran'))\n"
+                      "from jaxcnn.cli import console\n"
+                      "sys.argv = ['jaxcnn', 'models']\n"
+                      "console()\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "ran.txt")], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "\nresnet18 " in result.stdout and result.stdout.endswith("\n")
+    assert (tmp_path / "ran.txt").read_text() == "ran"
