@@ -13,10 +13,10 @@ from jaxcnn.core.build import prepare_fn
 from jaxcnn.data import Split
 from jaxcnn.data.device import epoch_order
 from jaxcnn.data.feed import DeviceFeed, HostFeed, chunks
-from jaxcnn.core.evaluation import evaluate, predict
+from jaxcnn.core.evaluation import eval_predict, evaluate
 from jaxcnn.core.executor import Executor, input_gate, plan_calls
 from jaxcnn.core.state import create_train_state
-from jaxcnn.core.steps import zero_train_totals
+from jaxcnn.core.steps import zero_eval_sums, zero_train_totals
 
 
 def small_state(model_name, conv_impl="auto"):
@@ -76,15 +76,16 @@ def test_host_fed_calls_train_bitwise_like_on_device_calls(split):
 
 
 @pytest.mark.parametrize("feed_type", [DeviceFeed, HostFeed])
-def test_evaluation_in_calls_of_k_batches_equals_one_call_per_batch_and_counts_each_example_once(split, feed_type):
+def test_evaluation_in_calls_of_k_batches_equals_one_call_per_batch_and_counts_each_example_once_as_the_test_does(split, feed_type):
     executor = Executor("none")
     calls = executor.compile(prepare_fn(0.5, 0.25), prepare_fn(0.5, 0.25), "cross_entropy", 5)
     state, feed = executor.put(small_state("tiny_cnn")), feed_type(split, executor)
     per_batch = evaluate(calls, state, feed, 50, 1)  # 117 examples: a padded last batch
     assert evaluate(calls, state, feed, 50, 2) == per_batch and per_batch["count"] == 117
-    predicted = predict(calls, state, feed, 50, 2)
-    assert predicted["predicted"].shape == (117,)
-    assert np.mean(predicted["predicted"] == split.labels) == pytest.approx(per_batch["accuracy"])
+    sums, outputs = eval_predict(calls, state, feed, 50, executor.put(zero_eval_sums()), 2)
+    predicted = np.concatenate([o["predicted"].reshape(-1) for o in outputs])[:117]  # the last batch padded
+    assert sums["count"] == 117 and float(sums["correct"] / sums["count"]) == pytest.approx(per_batch["accuracy"])
+    assert np.mean(predicted == split.labels) == pytest.approx(per_batch["accuracy"])
 
 
 def test_plan_calls_covers_the_epoch_in_calls_of_at_most_k_steps_with_a_last_partial_one():

@@ -29,11 +29,11 @@ from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.data.images import load_image
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.models.conv_plan import FORWARD
-from jaxcnn.core.evaluation import evaluate
+from jaxcnn.core.evaluation import eval_predict, evaluate
 from jaxcnn.core.executor import Executor
 from jaxcnn.core.metrics import TOP_K, classification_metrics
 from jaxcnn.core.state import TrainState
-from jaxcnn.core.steps import eval_step, predict_step, zero_train_totals
+from jaxcnn.core.steps import eval_predict_step, zero_eval_sums, zero_train_totals
 
 
 @dataclasses.dataclass
@@ -224,7 +224,13 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
     executor = Executor("none")
     calls = executor.compile(make_prepare(config, train=False), make_prepare(config, train=False),
                              config.loss.name, TOP_K, options=saved.tuned.compiler_options())
-    result = evaluate(calls, executor.put(saved.state), DeviceFeed(examples, executor), config.eval_batch_size)
+    state, feed = executor.put(saved.state), DeviceFeed(examples, executor)
+    if split == "test":  # the program the run's test used (`Run.test`), so the numbers are its own
+        sums, _ = eval_predict(calls, state, feed, config.eval_batch_size, executor.put(zero_eval_sums()))
+        result = {"loss": float(sums["loss_sum"] / sums["count"]), "accuracy": float(sums["correct"] / sums["count"]),
+                  "count": int(sums["count"])}
+    else:  # the validation's program
+        result = evaluate(calls, state, feed, config.eval_batch_size)
     return {f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"],
             f"{split}_examples": result["count"], "step": saved.step, "model": config.model.name,
             "dataset": dataset.name, "seed": config.seed}
@@ -232,8 +238,8 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
 
 def evaluate_arrays(saved: SavedModel, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> dict:
     """Loss, accuracy and the test metrics (`classification_metrics`, as `summary.json`'s
-    `test_metrics`) of uint8 `pixels` (N, H, W, C) with int `labels` (N,): the run's own evaluation
-    and prediction steps (`eval_step`, `predict_step`) on its normalisation, so the numbers are those
+    `test_metrics`) of uint8 `pixels` (N, H, W, C) with int `labels` (N,): the run's own test step
+    (`eval_predict_step`) on its normalisation, so the numbers are those
     its test would give on these images."""
     if labels.max() >= len(saved.class_names):
         raise JaxcnnError(f"labels: class {labels.max()} is out of range; the model has "
@@ -243,7 +249,7 @@ def evaluate_arrays(saved: SavedModel, pixels: np.ndarray, labels: np.ndarray, b
     @saved.jit
     def outputs(state, images, classes):
         batch = {"image": normalize(images, mean, std), "label": classes, "mask": jnp.ones(classes.shape)}
-        return eval_step(state, batch), predict_step(state, batch, loss_name, TOP_K)
+        return eval_predict_step(state, batch, loss_name, TOP_K)
 
     parts = [jax.device_get(outputs(saved.state, pixels[i:i + batch_size], labels[i:i + batch_size]))
              for i in range(0, len(pixels), batch_size)]

@@ -1,4 +1,5 @@
-"""Evaluation and prediction over a whole split, through the executor's compiled calls.
+"""Evaluation and the test (evaluation and per-example predictions in one pass) over a whole split,
+through the executor's compiled calls.
 
 Both run `BATCHES_PER_CALL` batches per compiled call (a rolled loop: `executor.EVAL_UNROLL`),
 whatever the training's `steps_per_call`: on the 2-core CPU the Flax-example CNN evaluated 5
@@ -42,16 +43,13 @@ def evaluate_sums(calls: Calls, state: TrainState, feed: Any, batch_size: int, t
     return jax.device_get(totals)
 
 
-def predict(calls: Calls, state: TrainState, feed: Feed, batch_size: int,
-            steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> dict[str, np.ndarray]:
-    """Per-example `predicted`, `confidence`, `in_top_k` for every example of `feed` (of its first
-    `max_batches` batches when that is > 0), in order.
-
-    The outputs stay on the device until the host fetches them all once, at the end; the padding
-    of the last batch is cut off.
-    """
-    outputs = [calls.predict(state, inputs, start, num_steps=num_steps)
-               for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call, max_batches)]
-    fetched = jax.device_get(outputs)
-    count = min(len(feed), sum(int(np.size(o["predicted"])) for o in fetched))
-    return {key: np.concatenate([o[key].reshape(-1) for o in fetched])[:count] for key in fetched[0]}
+def eval_predict(calls: Calls, state: TrainState, feed: Any, batch_size: int, totals: Any,
+         steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> tuple[dict[str, np.ndarray], list]:
+    """The test of every example of `feed` (of its first `max_batches` batches when that is > 0) in one
+    forward pass: `eval_step`'s sums added to `totals` (stacked per member for a run of members) and
+    `predict_step`'s per-example outputs, one (num_steps, batch) dict per call; fetched once, at the end."""
+    outputs = []
+    for inputs, start, num_steps in feed.eval_calls(batch_size, steps_per_call, max_batches):
+        totals, out = calls.test(state, totals, inputs, start, num_steps)
+        outputs.append(out)
+    return jax.device_get((totals, outputs))

@@ -1,7 +1,7 @@
 """The executor: every compiled call of training, evaluation and prediction, on any devices.
 
 One call shape: a compiled call runs `num_steps` steps (`config.steps_per_call`; 1 is the plain
-step) of one pure body built from `steps.train_step` (`eval_step`, `predict_step`), reading batch
+step) of one pure body built from `steps.train_step` (`eval_step`, `eval_predict_step`), reading batch
 `j` of the call with `gather(inputs, start + j)` from whatever the data feed supplies
 (`jaxcnn.data.feed`): an on-device split with the epoch order, or batches stacked on the host.
 
@@ -40,7 +40,7 @@ from jaxcnn.data.feed import WHOLE_KEYS, input_gate
 from jaxcnn.core.member_calls import over_members, split_members
 from jaxcnn.spec import PARALLEL, one_of
 from jaxcnn.core.state import TrainState
-from jaxcnn.core.steps import add_to_totals, eval_step, predict_step, train_step
+from jaxcnn.core.steps import add_to_totals, eval_step, eval_predict_step, train_step
 
 AXIS = "data"  # the mesh's one axis; under pmap also the named axis of lax.pmean and BatchNorm
 
@@ -130,16 +130,21 @@ def eval_body(prepare: Prepare, axis_name: str | None, constrain: Callable, unro
     return call
 
 
-def predict_body(prepare: Prepare, loss_name: str, top_k: int, constrain: Callable,
-                 unroll: bool | int | None) -> Callable:
-    """The pure k-batch prediction call: `(state, inputs, start, num_steps) -> outputs`, each of
-    `predict_step`'s per-example outputs stacked as (num_steps, batch)."""
+def eval_predict_body(prepare: Prepare, loss_name: str, top_k: int, axis_name: str | None,
+                      constrain: Callable, unroll: bool | int | None) -> Callable:
+    """The pure k-batch test call: `(state, totals, inputs, start, num_steps) -> (totals, outputs)`,
+    `eval_body`'s sums and the per-example outputs stacked as (num_steps, batch), of one forward
+    pass per batch (`eval_predict_step`)."""
 
-    def call(state, inputs, start, num_steps):
-        def step(_, j):
-            return None, predict_step(state, prepare(constrain(gather(inputs, start + j)), state), loss_name, top_k)
+    def call(state, totals, inputs, start, num_steps):
+        def step(totals, j):
+            batch = prepare(constrain(gather(inputs, start + j)), state)
+            sums, outputs = eval_predict_step(state, batch, loss_name, top_k)
+            if axis_name is not None:  # each device summed its slice of the batch
+                sums = lax.psum(sums, axis_name)
+            return jax.tree.map(jnp.add, totals, sums), outputs
 
-        return scan_steps(step, None, num_steps, state.params, EVAL_UNROLL if unroll is None else unroll)[1]
+        return scan_steps(step, totals, num_steps, state.params, EVAL_UNROLL if unroll is None else unroll)
 
     return call
 
@@ -147,7 +152,7 @@ def predict_body(prepare: Prepare, loss_name: str, top_k: int, constrain: Callab
 @dataclasses.dataclass(frozen=True)
 class Calls:
     """The compiled calls of one run (`Executor.compile`); `programs` holds the jitted functions
-    themselves ("train", "evaluate", "predict"), e.g. to lower them for the benchmark."""
+    themselves ("train", "evaluate", "test"), e.g. to lower them for the benchmark."""
 
     programs: dict[str, Callable]
     wait: Callable[[Any], Any]
@@ -160,9 +165,10 @@ class Calls:
         """`num_steps` evaluation batches added to `totals` (donated)."""
         return self.programs["evaluate"](state, self.wait(totals), inputs, start, num_steps=num_steps)
 
-    def predict(self, state: TrainState, inputs: dict, start: jax.Array, num_steps: int) -> dict[str, jax.Array]:
-        """Per-example outputs of `num_steps` batches, (num_steps, batch) each."""
-        return self.programs["predict"](state, inputs, start, num_steps=num_steps)
+    def test(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> tuple:
+        """`num_steps` test batches: (`totals` (donated) with their sums added, their per-example
+        outputs, (num_steps, batch) each)."""
+        return self.programs["test"](state, self.wait(totals), inputs, start, num_steps=num_steps)
 
 
 class Executor:
@@ -285,7 +291,7 @@ class Executor:
                 options: Mapping[str, dict[str, str] | None] | None = None) -> Calls:
         """The run's three compiled calls; the parallel mapping applied here and nowhere else.
         `members`: the state is a stack of members, each call vmapped over them (`over_members`).
-        `options`: XLA's options for the "train" program and the "forward" ones (evaluate, predict),
+        `options`: XLA's options for the "train" program and the "forward" ones (evaluate, test),
         as the run's measured plan chose them (`jaxcnn.core.autotune`); default `compiler_options()`."""
         options = options or {context: compiler_options() for context in ("train", "forward")}
         axis = AXIS if self.per_device else None
@@ -301,8 +307,8 @@ class Executor:
                                options["train"], members),
             "evaluate": self._jit(mapped(eval_body(prepare_eval, axis, constrain, unroll)), (1,), 2, "totals",
                                   options["forward"], members),
-            "predict": self._jit(mapped(predict_body(prepare_eval, loss_name, top_k, constrain, unroll)), (), 1,
-                                 "outputs", options["forward"], members),
+            "test": self._jit(mapped(eval_predict_body(prepare_eval, loss_name, top_k, axis, constrain, unroll)),
+                              (1,), 2, "test", options["forward"], members),
         }
         return Calls(programs, self.wait)
 
@@ -318,7 +324,7 @@ class Executor:
         programs = {
             "train": split(train_body(prepare_train, None, same, unroll), 2, (0, 1), (state, out), "train"),
             "evaluate": split(eval_body(prepare_eval, None, same, unroll), 2, (1,), out, "forward"),
-            "predict": split(predict_body(prepare_eval, loss_name, top_k, same, unroll), 1, (), out, "forward"),
+            "test": split(eval_predict_body(prepare_eval, loss_name, top_k, None, same, unroll), 2, (1,), out, "forward"),
         }
         return Calls(programs, self.wait)
 
@@ -332,9 +338,10 @@ class Executor:
 
     def _per_device(self, body: Callable, num_replicated: int, output: str, members: bool) -> Callable:
         """`body` as `jax.shard_map` over the mesh: the replicated arguments whole on every device,
-        the inputs split as `sharding_of` says; per-example outputs gathered along the batch (which
-        follows the member axis of a run of members)."""
-        out_spec = (P(None, None, AXIS) if members else P(None, AXIS)) if output == "outputs" else P()
+        the inputs split as `sharding_of` says; the test's per-example outputs gathered along the batch
+        (which follows the member axis of a run of members)."""
+        outputs = P(None, None, AXIS) if members else P(None, AXIS)  # per-example: split along the batch
+        out_spec = (P(), outputs) if output == "test" else P()
 
         def mapped(*args, num_steps):
             inputs = args[num_replicated]

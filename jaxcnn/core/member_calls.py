@@ -41,7 +41,7 @@ def _in_turn(body: Callable, own: list, inputs: dict, start: jax.Array, num_step
 
 
 def over_members(body: Callable) -> Callable:
-    """`body` (`train_body`, `eval_body`, `predict_body`) for a stack of independent members
+    """`body` (`train_body`, `eval_body`, `eval_predict_body`) for a stack of independent members
     (`jaxcnn.core.members`): `jax.vmap` over the leading axis of its state (and totals) and of every
     input but the shared split (`WHOLE_KEYS`), or the members in turn (`members_in_turn`); the
     call's start and step count are shared. An `active` input (one flag per member) keeps a stopped

@@ -94,16 +94,22 @@ def create_train_state(
     """Initialises the model on a dummy batch of `input_shape` (H, W, C) and the optimizer; with
     `ema_decay` > 0 an `EmaTrainState` whose averages start as (copies of) the initial weights; with
     `scaling` (float16) a `ScaledTrainState` whose loss scale starts at `scaling.initial`."""
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(init_key)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-                  rng=dropout_key, apply_fn=model.apply, tx=tx, loss_fn=loss_fn, l2=float(l2), frozen=tuple(frozen))
-    if not ema_decay and scaling is None:
-        return TrainState(**fields)
-    # Copies: a buffer in two places of a donated state would be donated twice.
-    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if ema_decay else {}
-    if scaling is None:
-        return EmaTrainState(**fields, ema=ema, ema_decay=float(ema_decay))
-    return ScaledTrainState(**fields, ema=ema, ema_decay=float(ema_decay), loss_scale=scaling_module.initial(scaling),
-                            scaling=scaling)
+    def init(key):
+        init_key, dropout_key = jax.random.split(key)
+        variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=dropout_key, apply_fn=model.apply, tx=tx, loss_fn=loss_fn,
+                      l2=float(l2), frozen=tuple(frozen))
+        if not ema_decay and scaling is None:
+            return TrainState(**fields)
+        # Copies: a buffer in two places of a donated state would be donated twice.
+        ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if ema_decay else {}
+        if scaling is None:
+            return EmaTrainState(**fields, ema=ema, ema_decay=float(ema_decay))
+        return ScaledTrainState(**fields, ema=ema, ema_decay=float(ema_decay),
+                                loss_scale=scaling_module.initial(scaling), scaling=scaling)
+
+    # One program (from the compilation cache after the first run), not the model's init and then
+    # each of the optimizer's zeros and the schedule's values compiled and run one operation at a time.
+    return jax.jit(init)(jax.random.PRNGKey(seed))  # the key outside: a seed may not fit in an int32

@@ -99,9 +99,15 @@ def zero_eval_sums() -> Metrics:
     return {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
-    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count."""
-    logits = tta_logits(lambda images: state.apply_fn(state.variables(), images, train=False), batch)
+def logits_of(state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+    """The model's evaluation-mode logits of a batch (averaged over `eval.tta`'s views)."""
+    return tta_logits(lambda images: state.apply_fn(state.variables(), images, train=False), batch)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], logits: jax.Array | None = None) -> Metrics:
+    """Sums over the real (mask = 1) examples of a batch: loss, correct predictions, count
+    (of `logits` when the caller has them already)."""
+    logits = logits_of(state, batch) if logits is None else logits
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
@@ -111,10 +117,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
     }
 
 
-def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str, top_k: int = 5) -> Metrics:
+def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str, top_k: int = 5,
+                 logits: jax.Array | None = None) -> Metrics:
     """Per-example outputs for the final metrics: predicted class, its probability (the confidence,
     by the output activation of `loss_name`), and whether the true class is among the `top_k` scores."""
-    logits = tta_logits(lambda images: state.apply_fn(state.variables(), images, train=False), batch)
+    logits = logits_of(state, batch) if logits is None else logits
     probabilities = losses.predict_probabilities(loss_name, logits)
     true_score = jnp.take_along_axis(logits, batch["label"][:, None], axis=-1)
     return {
@@ -122,3 +129,10 @@ def predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str,
         "confidence": jnp.max(probabilities, -1),
         "in_top_k": jnp.sum(logits > true_score, axis=-1) < top_k,
     }
+
+
+def eval_predict_step(state: TrainState, batch: dict[str, jax.Array], loss_name: str,
+                      top_k: int = 5) -> tuple[Metrics, Metrics]:
+    """`eval_step`'s sums and `predict_step`'s per-example outputs of one forward pass: the test."""
+    logits = logits_of(state, batch)
+    return eval_step(state, batch, logits), predict_step(state, batch, loss_name, top_k, logits)

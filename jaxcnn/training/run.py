@@ -34,7 +34,7 @@ from jaxcnn.config import config_to_json, dataset_options, validate_config
 from jaxcnn.data.feed import make_feeds
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.core.evaluation import evaluate, evaluate_sums
+from jaxcnn.core.evaluation import eval_predict, evaluate, evaluate_sums
 from jaxcnn.core.executor import Calls, Executor
 from jaxcnn.runtime.host_memory import keep_freed_host_memory
 from jaxcnn.core.loop_state import RunLoop
@@ -114,6 +114,19 @@ class Program:
                              self.zeros(zero_eval_sums()), max_batches=config.limit_eval_batches)
         return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
                 "count": sums["count"].astype(int)}
+
+    def test(self, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The test split in one forward pass: its loss, accuracy and count (one value per member), and
+        every member's per-example `predicted`, `confidence`, `in_top_k` ((members, examples) each)."""
+        config, feed, num = self.config, self.feeds["test"], self.num_members
+        sums, outputs = eval_predict(self.calls, state, feed, config.eval_batch_size, self.zeros(zero_eval_sums()),
+                             max_batches=config.limit_eval_batches)
+        count = min(len(feed), sum(int(np.size(o["predicted"])) for o in outputs) // num)  # the padding cut off
+        predictions = {key: np.concatenate([o[key].reshape(num, -1) for o in outputs], axis=1)[:, :count]
+                       for key in outputs[0]}
+        sums = {key: np.reshape(value, (-1,)) for key, value in sums.items()}
+        return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
+                "count": sums["count"].astype(int)}, predictions
 
 
 def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str | None,

@@ -18,7 +18,6 @@ from jaxcnn import models
 from jaxcnn.core import ema, stats
 from jaxcnn.files import certificate
 from jaxcnn.training import profiling
-from jaxcnn.core.evaluation import predict
 from jaxcnn.core.loop_state import RunLoop
 from jaxcnn.core.metrics import classification_metrics, most_confident_mistakes
 
@@ -45,21 +44,6 @@ def scale_fields(run: Any, state: Any) -> list[dict[str, Any]]:
     fetched = {k: np.reshape(v, (-1,)) for k, v in jax.device_get(loss_scale).items()}
     return [{"loss_scale": float(fetched["scale"][m]), "skipped_steps": int(fetched["skipped_steps"][m])}
             for m in range(run.num_members)]
-
-
-def predict_members(run: Any, state: Any) -> dict[str, np.ndarray]:
-    """Per-example `predicted`, `confidence`, `in_top_k` of every member: (members, examples) each."""
-    feed, config = run.feeds["test"], run.config
-    if not run.stacked:
-        one = predict(run.calls, state, feed, config.eval_batch_size, max_batches=config.limit_eval_batches)
-        return {key: value[None] for key, value in one.items()}
-    outputs = [run.calls.predict(state, inputs, start, num_steps=n)
-               for inputs, start, n in feed.eval_calls(config.eval_batch_size, config.steps_per_call,
-                                                       config.limit_eval_batches)]
-    fetched = jax.device_get(outputs)
-    count = min(len(feed), sum(int(np.size(o["predicted"])) for o in fetched) // run.num_members)
-    return {key: np.concatenate([o[key].reshape(run.num_members, -1) for o in fetched], axis=1)[:, :count]
-            for key in fetched[0]}
 
 
 def tested_state(run: Any, state: Any) -> Any:
@@ -89,8 +73,7 @@ def finish(run: Any, state: Any, loop: RunLoop) -> tuple[dict[str, Any], Any]:
     """Tests each member's final (or best) parameters, writes its predictions and test record, the
     summary and the certificate; returns the summary and the state tested."""
     final, state = state, tested_state(run, state)
-    test, raw = run.evaluate(state, "test"), raw_test(run, final)
-    predictions = predict_members(run, state)
+    (test, predictions), raw = run.test(state), raw_test(run, final)
     scaling = scale_fields(run, final)
     summaries = [{**test_member(run, loop, m, test, {k: v[m] for k, v in predictions.items()},
                                 ema_fields(run, raw, m)), "scaling": scaling[m]} for m in range(run.num_members)]
