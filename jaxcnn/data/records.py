@@ -185,7 +185,7 @@ class TrainRecords:
         if self.crop_scale is None:
             pixels = np.asarray(self.images[example], np.uint8)
         else:
-            source = self.images.native(example) if isinstance(self.images, FileImages) else np.asarray(
+            source = self.images.native(example) if hasattr(self.images, "native") else np.asarray(
                 self.images[example], np.uint8)
             rng = np.random.default_rng([self.seed, _CROP_SALT, epoch, example])
             pixels = random_resized_crop(source, self.images.shape[1:3], self.crop_scale, rng)
