@@ -1,6 +1,11 @@
-"""Grain sources read record by record: jaxcnn's own ArrayRecord files (`dataset.name=array_record`,
-written by `jaxcnn pack` or `pack_arrays`). Read lazily they decode to the pixels the eager loaders
-give; 0 and 2 Grain workers train bitwise alike; a bad record folder is one line and exit status 2."""
+"""Grain sources read record by record: a TFDS dataset's prepared ArrayRecord files through
+`tfds.data_source` (`dataset.name=tfds:NAME`), and jaxcnn's own ArrayRecord files
+(`dataset.name=array_record`, written by `jaxcnn pack` or `pack_arrays`). Read lazily they decode
+to the pixels the eager loaders give; 0 and 2 Grain workers train bitwise alike; a bad record
+folder is one line and exit status 2.
+
+The TFDS dataset is a builder of this file, prepared here without network or TensorFlow (its
+images given as PNG bytes, which TFDS stores as they are)."""
 
 import io
 import json
@@ -12,9 +17,11 @@ import pytest
 from cli_run import assert_one_line_error, run_cli
 from jaxcnn.config import load_config
 from jaxcnn.data import array_records, load_dataset
+from jaxcnn.data.tfds import TfdsReader
 from jaxcnn.training.loop import train_and_evaluate
 
 pytest.importorskip("grain", reason="dataset.input=grain needs the [grain] extra")
+tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed (extra [tfds])")
 Image = pytest.importorskip("PIL.Image", reason="images are encoded with Pillow")
 
 # 3 classes of 8x8 grey images: 90 for training (81 after validation: 10 steps of 8), 24 for test.
@@ -35,6 +42,32 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0]).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class TinyShades(tfds.core.GeneratorBasedBuilder):
+    """`tfds:tiny_shades`: `shades` as a TFDS dataset."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 1)),
+                                               "label": tfds.features.ClassLabel(names=["dark", "mid", "light"])})
+        return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(90, 0), "test": self._generate_examples(24, 1)}
+
+    def _generate_examples(self, n, seed):
+        for i, (pixels, label) in enumerate(zip(*shades(n, seed))):
+            yield i, {"image": png(pixels), "label": int(label)}
+
+
+@pytest.fixture(scope="module")
+def tfds_root(tmp_path_factory):
+    """A data directory with tiny_shades prepared in DATA/tfds/ (ArrayRecord), as `--download` would."""
+    root = tmp_path_factory.mktemp("data")
+    TinyShades(data_dir=str(root / "tfds"), file_format="array_record").download_and_prepare()
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +94,26 @@ def trained_with_0_and_2_workers(tmp_path, overrides, data_dir=None):
         assert summary["input"] == "grain" and summary["steps"] == 20
         runs.append((summary["test_loss"], params(tmp_path / f"w{workers}")))
     return runs
+
+
+def test_a_prepared_tfds_dataset_is_read_through_its_data_source_as_the_eager_cache_decodes_it(tfds_root):
+    lazy = load_dataset("tfds:tiny_shades", data_dir=tfds_root, lazy=True, val_fraction=0.1)
+    assert isinstance(lazy.train.images, array_records.RecordImages)
+    assert isinstance(lazy.train.images.reader, TfdsReader) and lazy.train.images.shape == (81, 8, 8, 1)
+    cache = tfds_root / "tfds" / "jaxcnn_cache" / "tiny_shades"
+    assert sorted(p.name.split("-")[0] for p in cache.rglob("*.npy")) == ["test", "train"]  # labels only
+    assert not list(cache.rglob("*.images.npy"))
+    eager = load_dataset("tfds:tiny_shades", data_dir=tfds_root, val_fraction=0.1)  # decodes into the .npy cache
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.asarray(getattr(lazy, split).images), getattr(eager, split).images)
+        np.testing.assert_array_equal(getattr(lazy, split).labels, getattr(eager, split).labels)
+    assert lazy.class_names == ("dark", "mid", "light")
+
+
+def test_a_tfds_dataset_read_by_0_and_2_grain_workers_trains_bitwise_alike(tfds_root, tmp_path):
+    (loss0, params0), (loss2, params2) = trained_with_0_and_2_workers(
+        tmp_path, ["dataset.name=tfds:tiny_shades"], data_dir=str(tfds_root))
+    assert np.isfinite(loss0) and loss0 == loss2 and params0 == params2
 
 
 def test_array_record_files_read_by_0_and_2_grain_workers_train_bitwise_alike(packed, tmp_path):

@@ -195,7 +195,7 @@ def _source(name: str) -> DatasetSource:
         return DatasetSource(
             lambda data_dir, seed, **options: tfds.load_tfds(tfds_name, resolve_data_dir(data_dir), **options),
             options=tfds.OPTIONS,
-            fetch=lambda data_dir: tfds.prepare_tfds(tfds_name, resolve_data_dir(data_dir)))
+            fetch=lambda data_dir: tfds.prepare_tfds(tfds_name, resolve_data_dir(data_dir)), lazy=True)
     return DATASETS[name]
 
 
