@@ -186,3 +186,25 @@ def test_a_bad_array_record_folder_is_one_line(packed, tmp_path, capsys, case, f
     result = run_cli(capsys, "train", "--workdir", tmp_path / "w", "--quiet", "--config.dataset.name=array_record",
                      f"--config.dataset.path={folder}", "--config.dataset.input=grain", "--config.model.name=mlp")
     assert_one_line_error(result, fragment)
+
+
+def test_a_damaged_record_read_by_a_grain_worker_is_one_line_naming_it(packed, tmp_path, capsys):
+    """Record 7's image cut short: found by the worker that decodes it, after training began."""
+    import shutil
+
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(packed, folder)
+    reader = ArrayRecordReader(str(folder / "train.array_record"))
+    kept = reader.read(list(range(90)))
+    reader.close()
+    writer = ArrayRecordWriter(str(folder / "train.array_record"), "group_size:1")
+    for i, record in enumerate(kept):
+        writer.write(record[:20] if i == 7 else record)
+    writer.close()
+    result = run_cli(capsys, "train", "--workdir", tmp_path / "w", "--quiet", "--config.dataset.name=array_record",
+                     f"--config.dataset.path={folder}", "--config.dataset.input=grain", "--config.dataset.workers=2",
+                     "--config.model.name=mlp", "--config.dataset.val_fraction=0")
+    assert_one_line_error(result, f"{folder / 'train.array_record'}: record 7: cannot be read as an image "
+                                  "(UnidentifiedImageError: cannot identify image file its bytes)")

@@ -96,7 +96,8 @@ def _read_image(path: pathlib.Path | io.BytesIO, name: str | None = None) -> np.
         except JaxcnnError:
             raise
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
-            raise JaxcnnError(f"{path}: cannot be read as an image ({_one_line(e)})") from e
+            reason = _one_line(e).replace(repr(source), "its bytes") if name else _one_line(e)
+            raise JaxcnnError(f"{path}: cannot be read as an image ({reason})") from e
 
 
 def _decoded(image: "Image.Image") -> np.ndarray:
