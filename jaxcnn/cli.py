@@ -236,8 +236,24 @@ def run_verify(args: argparse.Namespace, overrides: list[str]) -> int:
     return verify(args.workdir, args.steps, args.data_dir)
 
 
+def run_pack(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`jaxcnn pack FOLDER OUT`: an image folder as ArrayRecord files (`jaxcnn.data.array_records`)."""
+    from jaxcnn.data.array_records import pack_image_folder
+
+    size = None
+    if args.image_size:
+        try:
+            size = tuple(int(v) for v in args.image_size.split(","))
+        except ValueError:
+            raise JaxcnnError(f"--image-size: expected H,W in pixels, got {args.image_size!r}; e.g. --image-size 28,28")
+    counts = pack_image_folder(args.folder, args.out, size, args.test_fraction, args.seed)
+    print(f"wrote {counts['train']} training and {counts['test']} test records to {args.out}")
+    return 0
+
+
 COMMANDS = {"train": run_train, "report": run_report, "models": run_models, "eval": run_eval, "predict": run_predict,
-            "export": run_export, "verify": run_verify, "compare": run_compare, "bench": run_bench}
+            "export": run_export, "verify": run_verify, "compare": run_compare, "bench": run_bench,
+            "pack": run_pack}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_parser(commands)
     add_compare_parser(commands)
     add_bench_parser(commands)
+    add_pack_parser(commands)
     return parser
 
 
@@ -182,6 +183,22 @@ def add_models_parser(commands: argparse._SubParsersAction) -> None:
                         help="your own models by import path (their folder on PYTHONPATH or the current one)")
     models.add_argument("--input-shape", metavar="H,W,C", default="28,28,1",
                         help="input of the import-path models (default: 28,28,1)")
+
+
+def add_pack_parser(commands: argparse._SubParsersAction) -> None:
+    pack = commands.add_parser(
+        "pack", help="write an image folder as ArrayRecord files (dataset.name=array_record)",
+        description="Write the images of FOLDER (one subfolder per class; train/ and test/, else a seeded "
+                    "stratified --test-fraction held out) into OUT as ArrayRecord files, read lazily by "
+                    "dataset.name=array_record dataset.path=OUT (jaxcnn/data/array_records.py); needs the "
+                    "[grain] extra.")
+    pack.add_argument("folder", metavar="FOLDER", help="the image folder")
+    pack.add_argument("out", metavar="OUT", help="the folder to write (meta.json, train/test .array_record)")
+    pack.add_argument("--image-size", metavar="H,W", help="the size images are resized to when read "
+                                                          "(default: their one size)")
+    pack.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                      help="share of each class held out as the test split without test/ (default: 0.2)")
+    pack.add_argument("--seed", type=int, default=0, help="picks the held-out examples (default: 0)")
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:

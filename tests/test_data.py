@@ -343,14 +343,14 @@ def test_synthetic_rejects_bad_option_values(key, value):
 # --- registry ---------------------------------------------------------------------------------
 
 def test_registry_lists_the_datasets():
-    assert list_datasets() == ("arrays", "cifar10", "cifar100", "digits", "fashion_mnist", "image_folder", "mnist",
-                               "synthetic")
+    assert list_datasets() == ("array_record", "arrays", "cifar10", "cifar100", "digits", "fashion_mnist",
+                               "image_folder", "mnist", "synthetic")
 
 
 def test_unknown_dataset_name_lists_known_names():
     with pytest.raises(JaxcnnError, match=(
             "unknown dataset 'mnsit'; "
-            "known datasets: arrays, cifar10, cifar100, digits, fashion_mnist, image_folder, mnist, synthetic, "
+            "known datasets: array_record, arrays, cifar10, cifar100, digits, fashion_mnist, image_folder, mnist, synthetic, "
             "or tfds:NAME")):
         load_dataset("mnsit")
 

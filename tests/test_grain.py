@@ -2,9 +2,12 @@
 workers, and a SIGTERM then resume equals the uninterrupted run (the iterator state restored from
 the checkpoint); each process reads its own records; bad keys and a missing extra are one line."""
 
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from cli_run import assert_one_line_error, run_cli
 from conftest import REPO, sigterm_after
+from test_parallel import device_env
 from jaxcnn.config import load_config
 from jaxcnn.data import records
 from jaxcnn.files import checkpoint
@@ -134,3 +138,32 @@ def test_a_missing_grain_package_names_the_extra(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "jaxcnn: error: dataset.input=grain needs the grain package, which is not installed; "
         "pip install 'jaxcnn[grain]'"]
+
+
+def test_sigterm_to_the_process_group_of_a_run_with_workers_stops_it_without_a_resource_tracker_warning(folder, tmp_path):
+    """A scheduler (or `timeout`, or Ctrl-C) signals the whole process group, Grain's workers too:
+    they ignore it, the main process stops after its call and closes them, so no shared memory is
+    left for the resource tracker to warn about, and no worker outlives the run."""
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "jaxcnn.cli", "train", "--workdir", str(workdir), "--config", "digits_cnn",
+               *[f"--config.{o}" for o in RUN], f"--config.dataset.path={folder}", "--config.dataset.workers=2",
+               "--config.num_epochs=500", "--config.log_every_steps=1"]
+    run = subprocess.Popen(command, env=device_env(1), cwd=REPO, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (workdir / "metrics.jsonl").is_file() or len(read_jsonl(workdir / "metrics.jsonl")) < 3:
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr[-3000:]  # a stop with a checkpoint is a success
+    assert "resource_tracker" not in stderr and "leaked" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("jaxcnn: SIGTERM: stopped after step "), stderr
+    for _ in range(50):  # the workers end with the run (killpg raises once the group is empty)
+        try:
+            os.killpg(run.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a Grain worker outlived the stopped run")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from jaxcnn.data import arrays, cifar, digits, download, image_folder, mnist, synthetic, tfds
+from jaxcnn.data import array_records, arrays, cifar, digits, download, image_folder, mnist, synthetic, tfds
 from jaxcnn.data.cifar import load_cifar10, load_cifar100
 from jaxcnn.data.digits import load_digits
 from jaxcnn.data.mnist import load_fashion_mnist, load_mnist
@@ -77,7 +77,7 @@ class DatasetSource:
     # image_folder and arrays are, or by a registered loader): a run needs and records no data dir.
     reads_files: bool = True
     # True: `load` takes `lazy=True` and then returns images that are read when indexed
-    # (`records.FileImages`), for the Grain feed (`dataset.input=grain`).
+    # (`records.FileImages`, `array_records.RecordImages`), for the Grain feed (`dataset.input=grain`).
     lazy: bool = False
 
 
@@ -109,6 +109,9 @@ _DATASETS: dict[str, DatasetSource] = {
                                options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
                                   options=image_folder.OPTIONS, defaults=image_folder.DEFAULTS, reads_files=False,
+                                  lazy=True),
+    "array_record": DatasetSource(lambda data_dir, seed, **options: array_records.load_array_record(seed, **options),
+                                  options=array_records.OPTIONS, defaults=array_records.DEFAULTS, reads_files=False,
                                   lazy=True),
     "arrays": DatasetSource(lambda data_dir, seed, **options: arrays.load_arrays(seed, **options),
                             options=arrays.OPTIONS, defaults=arrays.DEFAULTS, reads_files=False),
@@ -192,7 +195,7 @@ def _source(name: str) -> DatasetSource:
         return DatasetSource(
             lambda data_dir, seed, **options: tfds.load_tfds(tfds_name, resolve_data_dir(data_dir), **options),
             options=tfds.OPTIONS,
-            fetch=lambda data_dir: tfds.prepare_tfds(tfds_name, resolve_data_dir(data_dir)))
+            fetch=lambda data_dir: tfds.prepare_tfds(tfds_name, resolve_data_dir(data_dir)), lazy=True)
     return DATASETS[name]
 
 
@@ -205,8 +208,9 @@ def load_dataset(name: str | Dataset, *, data_dir: str | os.PathLike | None = No
     path, ...). `download` first fetches missing files of a dataset that has public mirrors (or
     prepares a TFDS dataset). `name` may also be an already built `Dataset` (`Dataset.from_arrays`):
     then `data_dir`, `download` and `options` are not used, and a validation split is carved unless
-    it has one. `lazy`: a dataset that can (`image_folder`) keeps its images as files, decoded when
-    read (`dataset.input=grain`); the others load as they always do. Bad names, options or files
+    it has one. `lazy`: a dataset that can (`image_folder`, `array_record`, `tfds:NAME`) keeps its
+    images as files or records, decoded when read (`dataset.input=grain`); the others load as they
+    always do. Bad names, options or files
     raise `JaxcnnError`.
     """
     check_val_fraction(val_fraction)

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxcnn.data.calls import EvalCall, TrainCall, chunks, eval_batches
 from jaxcnn.data.host import prefetch
-from jaxcnn.data.records import EvalRecords, Layout, TrainRecords
+from jaxcnn.data.records import EvalRecords, Layout, TrainRecords, ignore_stop_signals
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
 
@@ -60,7 +60,8 @@ def train_pipeline(grain: Any, records: TrainRecords, start_step: int, workers: 
     batches = grain.MapDataset.range(start_step * rows, _ALL_EPOCHS * rows).map(records)
     reading = batches.batch(rows, drop_remainder=True).to_iter_dataset(
         grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_BUFFER))
-    return reading.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=WORKER_BUFFER))
+    return reading.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=WORKER_BUFFER),
+                               worker_init_fn=ignore_stop_signals)
 
 
 def read_steps(iterator: Any, first: int, n: int) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ before decoding; `.npy` arrays are memory-mapped and their shape checked before 
 
 from __future__ import annotations
 
+import io
 import pathlib
 import warnings
 
@@ -72,15 +73,18 @@ def _read_npy(path: pathlib.Path) -> np.ndarray:
     return array
 
 
-def _read_image(path: pathlib.Path) -> np.ndarray:
-    """An image file as an (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA uint8 array; an image over
-    `MAX_IMAGE_PIXELS` is refused from its header, before it is decoded."""
+def _read_image(path: pathlib.Path | io.BytesIO, name: str | None = None) -> np.ndarray:
+    """An image file (or its bytes, called `name` in messages) as an (H, W) grey, (H, W, 3) RGB or
+    (H, W, 4) RGBA uint8 array; an image over `MAX_IMAGE_PIXELS` is refused from its header, before
+    it is decoded."""
     from PIL import Image
+
+    source, path = path, name or path
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # jaxcnn's own, lower limit applies
         try:
-            with Image.open(path, formats=PILLOW_FORMATS) as image:
+            with Image.open(source, formats=PILLOW_FORMATS) as image:
                 width, height = image.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise JaxcnnError(f"{path}: {width}x{height} pixels is over predict's limit of "
@@ -92,7 +96,8 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
         except JaxcnnError:
             raise
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
-            raise JaxcnnError(f"{path}: cannot be read as an image ({_one_line(e)})") from e
+            reason = _one_line(e).replace(repr(source), "its bytes") if name else _one_line(e)
+            raise JaxcnnError(f"{path}: cannot be read as an image ({reason})") from e
 
 
 def _decoded(image: "Image.Image") -> np.ndarray:
@@ -142,6 +147,14 @@ def load_image(path: str | pathlib.Path, input_shape: tuple[int, int, int], inve
         raise JaxcnnError(f"{path}: {problem}; expected an image file")
     array = _read_npy(path) if suffix == ".npy" else _read_image(path)
     return _to_pixels(_check_pixels(array, path), input_shape, invert)
+
+
+def image_from_bytes(data: bytes, name: str, input_shape: tuple[int, int, int], native: bool = False) -> np.ndarray:
+    """Encoded image bytes (a record's; `name` says which in messages) as uint8 (H, W, C) of
+    `input_shape`, or at the image's own H and W with `native` (for a random crop)."""
+    array = _check_pixels(_read_image(io.BytesIO(data), name), name)
+    shape = (array.shape[0], array.shape[1], input_shape[2]) if native else input_shape
+    return _to_pixels(array, shape, invert=False)
 
 
 def read_header(path: pathlib.Path) -> tuple[int, int, bool]:

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
+import signal
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ import numpy as np
 _ORDER_SALT, _CROP_SALT = 0x6A41, 0xC409
 RATIO = (3 / 4, 4 / 3)  # the crop's aspect-ratio range (Inception's, as torchvision's RandomResizedCrop)
 _CROP_TRIES = 10
+_PARENT_POLL_S = 0.5  # how often a worker looks whether the main process is still there
 
 
 class FileImages:
@@ -62,6 +67,27 @@ class FileImages:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
         return out if dtype is None else out.astype(dtype)
+
+
+def ignore_stop_signals(worker: int, num_workers: int) -> None:
+    """Grain's `worker_init_fn`: a worker ignores SIGTERM, SIGINT and the requeue signal, and ends
+    when the main process is gone. Why: a scheduler, `timeout` or Ctrl-C signals the whole process
+    group; a worker killed by it leaves its batches' shared memory unlinked (the resource tracker
+    then warns of "leaked shared_memory objects"), and the main process still needs them to finish
+    the current call. The main process stops the workers itself when the feed closes (Grain's
+    `close`); the watch ends a worker whose main process quit without closing (a second Ctrl-C)."""
+    from jaxcnn.runtime import stop  # imports nothing heavy
+
+    for signum in stop.stop_signals():
+        signal.signal(signum, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="jaxcnn-parent-watch", daemon=True).start()
 
 
 def decode(path: str, shape: tuple[int, int, int], native: bool = False) -> np.ndarray:
@@ -159,7 +185,7 @@ class TrainRecords:
         if self.crop_scale is None:
             pixels = np.asarray(self.images[example], np.uint8)
         else:
-            source = self.images.native(example) if isinstance(self.images, FileImages) else np.asarray(
+            source = self.images.native(example) if hasattr(self.images, "native") else np.asarray(
                 self.images[example], np.uint8)
             rng = np.random.default_rng([self.seed, _CROP_SALT, epoch, example])
             pixels = random_resized_crop(source, self.images.shape[1:3], self.crop_scale, rng)

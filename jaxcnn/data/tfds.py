@@ -6,7 +6,9 @@ Preparing a dataset that is not yet prepared (`--download`) runs TFDS's `downloa
 `DATA_DIR/tfds/manual/NAME/` (TFDS checks their sha256) and run with `--download` again.
 
 Decoded splits are cached as `.npy` files in `DATA_DIR/tfds/jaxcnn_cache/NAME/VERSION/` and
-memory-mapped on later runs, so they start fast and a large dataset need not fit in memory.
+memory-mapped on later runs, so they start fast and a large dataset need not fit in memory. With
+`dataset.input=grain` nothing is decoded ahead: the Grain workers read the prepared ArrayRecord
+files record by record through `tfds.data_source` (`TfdsReader`); only the labels are cached.
 """
 
 from __future__ import annotations
@@ -41,16 +43,86 @@ def manual_dir(root: Path, name: str) -> Path:
     return tfds_dir(root) / "manual" / name
 
 
-def load_tfds(name: str, root: Path, train_split: str = "train",
-              test_split: str = "test") -> tuple[Split, Split, tuple[str, ...]]:
-    """(train, test, class_names) of TFDS dataset `name`, prepared under `DATA_DIR/tfds/`."""
+def load_tfds(name: str, root: Path, train_split: str = "train", test_split: str = "test",
+              lazy: bool = False) -> tuple[Split, Split, tuple[str, ...]]:
+    """(train, test, class_names) of TFDS dataset `name`, prepared under `DATA_DIR/tfds/`. `lazy`
+    (`dataset.input=grain`): the images read record by record from the prepared ArrayRecord files
+    through `tfds.data_source` (`TfdsReader`), decoded in the Grain workers; only the labels are
+    read here (once, then cached). Else every image is decoded into the `.npy` cache."""
     builder = _builder(name, root)
     image_key, label_key = _feature_keys(builder, name)
     cache = tfds_dir(root) / "jaxcnn_cache" / name / str(builder.info.version)
     label_feature = builder.info.features[label_key]
-    train, test = (_cached_split(builder, name, root, split, cache, image_key, label_key, label_feature.num_classes)
-                   for split in (train_split, test_split))
+    keys = (image_key, label_key, label_feature.num_classes)
+    load = _lazy_split if lazy else _cached_split
+    train, test = (load(builder, name, root, split, cache, *keys) for split in (train_split, test_split))
     return train, test, tuple(label_feature.names)
+
+
+class TfdsReader:
+    """The examples of a prepared TFDS split through `tfds.data_source` (its ArrayRecord files, no
+    TensorFlow), the image left encoded: `array_records.RecordImages` decodes it with Pillow where it
+    is read (a Grain worker). Opened on the first read in each process, pickled as its arguments."""
+
+    def __init__(self, name: str, data_dir: str, split: str, image_key: str, label_key: str):
+        self.args, self._source = (name, str(data_dir), split, image_key, label_key), None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"args": self.args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(*state["args"])
+
+    def _open(self) -> Any:
+        if self._source is None:
+            tfds = _tfds()
+            name, data_dir, split, image_key, _ = self.args
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                            decoders={image_key: tfds.decode.SkipDecoding()},
+                                            builder_kwargs={"file_format": "array_record"})
+        return self._source
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def where(self, index: int) -> str:
+        return f"dataset.name {PREFIX}{self.args[0]}: split {self.args[2]!r}, example {index}"
+
+    def read(self, index: int) -> tuple[bytes, int]:
+        """(encoded image bytes, label) of example `index`."""
+        example = self._open()[index]
+        return bytes(example[self.args[3]]), int(example[self.args[4]])
+
+
+def _cache_stem(cache: Path, split: str) -> Path:
+    """The cache files' path without suffix: the split's name made safe, and its hash."""
+    return cache / (re.sub(r"[^A-Za-z0-9._-]", "_", split) + "-" + hashlib.sha1(split.encode()).hexdigest()[:8])
+
+
+def _lazy_split(builder: Any, name: str, root: Path, split: str, cache: Path, image_key: str,
+                label_key: str, num_classes: int) -> Split:
+    from jaxcnn.data.array_records import RecordImages
+
+    _data_source(builder, name, root, split)  # one line when the split is not prepared
+    reader = TfdsReader(name, tfds_dir(root), split, image_key, label_key)
+    labels_path = Path(f"{_cache_stem(cache, split)}.labels.npy")
+    if not labels_path.is_file():
+        labels = np.asarray([reader.read(i)[1] for i in range(len(reader))], np.int32)
+        _check_labels(labels, name, split, num_classes)
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=labels_path.parent, suffix=".npy.part")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, labels, allow_pickle=False)
+        os.replace(temp, labels_path)
+    labels = np.load(labels_path, allow_pickle=False)
+    return Split(RecordImages(reader, tuple(builder.info.features[image_key].shape), np.arange(len(labels))), labels)
+
+
+def _check_labels(labels: np.ndarray, name: str, split: str, num_classes: int) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise JaxcnnError(f"dataset.name {PREFIX}{name}: split {split!r} has label {labels[bad[0]]} "
+                          f"outside 0..{num_classes - 1}; the prepared data is corrupt, prepare it again")
 
 
 def prepare_tfds(name: str, root: Path) -> None:
@@ -123,8 +195,8 @@ def _feature_keys(builder: Any, name: str) -> tuple[str, str]:
 
 def _cached_split(builder: Any, name: str, root: Path, split: str, cache: Path, image_key: str,
                   label_key: str, num_classes: int) -> Split:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", split) + "-" + hashlib.sha1(split.encode()).hexdigest()[:8]
-    images_path, labels_path = cache / f"{stem}.images.npy", cache / f"{stem}.labels.npy"
+    stem = _cache_stem(cache, split)
+    images_path, labels_path = Path(f"{stem}.images.npy"), Path(f"{stem}.labels.npy")
     if not (images_path.is_file() and labels_path.is_file()):
         _decode_to_cache(builder, name, root, split, images_path, labels_path, image_key, label_key, num_classes)
     try:
@@ -137,13 +209,7 @@ def _cached_split(builder: Any, name: str, root: Path, split: str, cache: Path, 
 
 def _decode_to_cache(builder: Any, name: str, root: Path, split: str, images_path: Path, labels_path: Path,
                      image_key: str, label_key: str, num_classes: int) -> None:
-    try:
-        source = builder.as_data_source(split=split)
-    except (KeyError, ValueError, NotImplementedError, FileNotFoundError) as e:
-        raise JaxcnnError(
-            f"dataset.name {PREFIX}{name}: split {split!r} is not available in {tfds_dir(root)} ({e}); "
-            "prepare the dataset with --download (needs TensorFlow), or set dataset.train_split / "
-            "dataset.test_split to splits it has") from None
+    source = _data_source(builder, name, root, split)
     n = len(source)
     shape = builder.info.features[image_key].shape
     print(f"decoding {PREFIX}{name} split {split!r} ({n} examples) into {images_path.parent}",
@@ -161,10 +227,7 @@ def _decode_to_cache(builder: Any, name: str, root: Path, split: str, images_pat
             labels[i] = example[label_key]
         images.flush()
         del images
-        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if bad.size:
-            raise JaxcnnError(f"dataset.name {PREFIX}{name}: split {split!r} has label {labels[bad[0]]} "
-                              f"outside 0..{num_classes - 1}; the prepared data is corrupt, prepare it again")
+        _check_labels(labels, name, split, num_classes)
         with open(label_temp, "wb") as f:
             np.save(f, labels, allow_pickle=False)
         os.replace(label_temp, labels_path)
@@ -173,6 +236,17 @@ def _decode_to_cache(builder: Any, name: str, root: Path, split: str, images_pat
         for temp in (image_temp, label_temp):
             if os.path.exists(temp):
                 os.unlink(temp)
+
+
+def _data_source(builder: Any, name: str, root: Path, split: str) -> Any:
+    """The builder's data source of `split`, or one line saying how to prepare it."""
+    try:
+        return builder.as_data_source(split=split)
+    except (KeyError, ValueError, NotImplementedError, FileNotFoundError) as e:
+        raise JaxcnnError(
+            f"dataset.name {PREFIX}{name}: split {split!r} is not available in {tfds_dir(root)} ({e}); "
+            "prepare the dataset with --download (needs TensorFlow), or set dataset.train_split / "
+            "dataset.test_split to splits it has") from None
 
 
 def _expected_files(builder: Any) -> str:
