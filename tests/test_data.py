@@ -12,7 +12,7 @@ import pytest
 
 from conftest import real_data_dir, requires_mnist
 from jaxcnn.data import Split, expected_input_shape, list_datasets, load_dataset, resolve_data_dir, train_val_split
-from jaxcnn.data.idx import load_idx_dataset, read_idx
+from jaxcnn.data.idx import decoded_cache_file, load_idx_dataset, read_idx
 from jaxcnn.errors import JaxcnnError
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -57,6 +57,33 @@ def test_read_idx_reads_raw_and_gzipped_files(tmp_path, name):
     images = np.random.default_rng(1).integers(0, 256, (5, 3, 4)).astype(np.uint8)
     path = write(tmp_path / name, idx_bytes(images))
     np.testing.assert_array_equal(read_idx(path, expect_ndim=3), images)
+
+
+def test_a_gzipped_file_is_decoded_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = np.random.default_rng(2).integers(0, 256, (5, 3, 4)).astype(np.uint8)
+    path = write(tmp_path / "images.idx3.gz", idx_bytes(images))
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), images)
+    kept = decoded_cache_file(path)
+    assert kept.is_file() and kept.parent == tmp_path / "cache" / "jaxcnn" / "decoded"
+    np.testing.assert_array_equal(np.load(kept), images)
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), images)  # from the cache
+    with pytest.raises(JaxcnnError, match="bad magic number"):  # the kept array is checked as the file was
+        read_idx(path, expect_ndim=1)
+    changed = images[::-1].copy()
+    write(path, idx_bytes(changed))
+    os.utime(path, ns=(kept.stat().st_mtime_ns + 10**9,) * 2)  # a new modification time, as a rewrite has
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), changed)
+    kept.write_bytes(b"not an array")  # a damaged cache entry is decoded again
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), changed)
+
+
+def test_the_decoded_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXCNN_DECODED_CACHE", "0")
+    path = write(tmp_path / "labels.idx1.gz", idx_bytes(np.arange(7)))
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=1), np.arange(7))
+    assert decoded_cache_file(path) is None and not (tmp_path / "cache").exists()
 
 
 def test_read_idx_reads_labels(tmp_path):

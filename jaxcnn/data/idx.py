@@ -2,11 +2,17 @@
 
 Layout: a 4-byte magic number (0x00, 0x00, type code, ndim), then ndim big-endian int32 sizes,
 then the uint8 payload, exactly as many bytes as the product of the sizes.
+
+A gzipped file, once checked and decompressed, is kept decoded as `.npy` in the user cache folder
+(`decoded/` beside the compilation cache, keyed by the file's path, size and modification time):
+decompressing MNIST's training images took 0.15 s of every run's start, loading the `.npy` ~0.02 s.
+`JAXCNN_DECODED_CACHE=0` turns it off; an unwritable cache folder is skipped silently.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -24,12 +30,58 @@ NUM_CLASSES = 10
 _KINDS = {1: "labels", 3: "images"}
 
 
+DECODED_CACHE_ENV = "JAXCNN_DECODED_CACHE"
+
+
 def read_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.ndarray:
-    """The uint8 array stored in the IDX file at `path` (`.gz` files are decompressed).
+    """The uint8 array stored in the IDX file at `path` (`.gz` files are decompressed, once: see the
+    module doc).
 
     `expect_ndim` (1 for labels, 3 for images) makes a file of any other kind an error.
     """
     path = Path(path)
+    cached = decoded_cache_file(path)
+    if cached is not None:
+        try:
+            array = np.load(cached)
+            if array.dtype == np.uint8 and expect_ndim in (None, array.ndim):
+                return array
+        except (OSError, ValueError):
+            pass  # absent or unreadable: decoded again below
+    array = _decode(path, expect_ndim)
+    if cached is not None:
+        _keep_decoded(cached, array)
+    return array
+
+
+def decoded_cache_file(path: Path) -> Path | None:
+    """Where the decoded array of gzipped `path` is kept; None for raw files (read as fast as a
+    `.npy`), for files that cannot be looked at (the decoding reports why) and with the cache off."""
+    if path.suffix != ".gz" or os.environ.get(DECODED_CACHE_ENV, "1") == "0":
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    from jaxcnn.runtime.compilation import default_cache_dir
+
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    return default_cache_dir() / "decoded" / f"{hashlib.sha256(key).hexdigest()[:32]}.npy"
+
+
+def _keep_decoded(cached: Path, array: np.ndarray) -> None:
+    """Writes the `.npy` atomically (another process may write the same one); skipped if it can't be."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.stem}.{os.getpid()}.npy")
+        np.save(partial, array)
+        os.replace(partial, cached)
+    except OSError:
+        pass
+
+
+def _decode(path: Path, expect_ndim: int | None) -> np.ndarray:
+    """The checked array of the IDX file at `path`, read and decompressed."""
     data = _read_bytes(path)
     ndim = _check_magic(path, data, expect_ndim)
     header_size = 4 + 4 * ndim

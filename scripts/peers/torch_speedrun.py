@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("JAXCNN_DATA_DIR", "../shared/data"))
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.3)
     parser.add_argument("--warmup-epochs", type=float, default=0.2)
