@@ -55,3 +55,31 @@ def test_timed_rate_repeats_for_at_least_min_time_and_reports_the_median():
     calls = []
     rate = bench.timed_rate(lambda: calls.append(1) or 10, lambda: None, min_time=0.01, repeats=3)
     assert rate > 0 and len(calls) >= 3
+
+
+def test_the_jaxcnn_modes_time_the_program_that_trainings_setup_builds_for_the_equivalent_config(monkeypatch):
+    from jaxcnn.bench import workload
+    from jaxcnn.training import run
+
+    built = []
+
+    def recording_setup(*args, **kwargs):
+        built.append(run.setup(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(workload, "setup", recording_setup)
+    settings = bench.BenchSettings(models=("tiny_cnn",), modes=("step", "fused"), batch_sizes=(16,), min_time=0.01,
+                                   repeats=1, steps_per_call=4, fingerprint_steps=6, num_train=256, num_test=64,
+                                   conv_impl="shift")
+    rows = bench.run_benchmark(settings)["results"]
+    assert [p.config.steps_per_call for p in built] == [1, 4]  # one program per jaxcnn mode, from setup
+    for program in built:  # the settings reach the program as config keys that setup honours
+        config = program.config
+        assert config.model.conv_impl == "shift" and (config.batch_size, config.eval_batch_size) == (16, 64)
+        assert (config.optimizer.name, config.optimizer.learning_rate, config.optimizer.momentum) == (
+            "sgd", bench.LEARNING_RATE, bench.MOMENTUM) and config.schedule.name == "constant"
+        assert len(program.dataset.train.labels) == 256 and len(program.dataset.val.labels) == 0
+        assert program.feeds["train"].kind == "device" and not program.stacked
+    # The rows report the plan setup chose, and both modes train exactly the same steps.
+    assert [row["autotune"] for row in rows] == [p.tuned.to_json() for p in built]
+    assert rows[0]["fingerprint"] == rows[1]["fingerprint"]

@@ -22,52 +22,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jaxcnn.bench.throughput import (BenchSettings, LEARNING_RATE, MOMENTUM, TrainCycle, Workload, _workload,
-                                     check_settings, environment, timed_rate)
+from jaxcnn.bench.settings import BenchSettings
+from jaxcnn.bench.throughput import check_settings, environment, timed_rate
+from jaxcnn.bench.workload import Workload, bench_program, full_calls, make_workload, train_cycle
 from jaxcnn.checks import check_seed_count
-from jaxcnn.config import base_config, validate_config
-from jaxcnn.core.executor import Executor
-from jaxcnn.core.steps import zero_train_totals
-from jaxcnn.data import Dataset
-from jaxcnn.data.feed import chunks
-from jaxcnn.errors import JaxcnnError
-from jaxcnn.training.run import setup
-
-
-def _config(work: Workload, settings: BenchSettings, num_members: int | None, cache_dir: str) -> Any:
-    """The run `jaxcnn train` would build for the workload: its model, SGD with momentum at a
-    constant rate, one epoch of its batches; `seeds` N for the members."""
-    config = base_config(model=work.name)
-    config.update_from_flattened_dict({
-        "seed": settings.seed, "seeds": num_members, "batch_size": work.batch_size, "num_epochs": 1,
-        "steps_per_call": settings.steps_per_call, "dtype": work.dtype, "compilation_cache_dir": cache_dir,
-        "optimizer.name": "sgd", "optimizer.learning_rate": LEARNING_RATE, "optimizer.momentum": MOMENTUM,
-        "schedule.name": "constant", "dataset.val_fraction": 0.0, "dataset.mean": work.mean,
-        "dataset.std": work.std, "dataset.input": "device"})
-    if "conv_impl" in config.model:
-        config.model.conv_impl = settings.conv_impl
-    validate_config(config)
-    return config
 
 
 def _program(work: Workload, settings: BenchSettings, num_members: int | None, cache_dir: str) -> dict[str, Any]:
     """The training call of a single run (`num_members` None) or of a run of `num_members` members,
-    built by `jaxcnn train`'s own setup (`training.run.setup`) on the devices there are, warmed up:
+    built by `jaxcnn train`'s own setup (`bench_program`) on the devices there are, warmed up:
     `train_some` (one call; returns the member-images it trained), `sync` and the cold `compile_s`."""
-    config = _config(work, settings, num_members, cache_dir)
-    names = [str(c) for c in range(work.num_classes)]
-    dataset = Dataset.from_arrays(work.train.images, work.train.labels, work.test.images, work.test.labels, names)
-    program = setup(config, Executor(config.parallel, members=num_members or 0), None, dataset)
     k = settings.steps_per_call
-    full = [(position, k) for position, n in chunks(program.steps_per_epoch, k) if n == k]
-    calls = list(program.train_calls(1, full))
-    totals = program.zeros(zero_train_totals())
+    program = bench_program(work, settings, k, cache_dir, num_members, parallel="auto")
+    inputs, first = full_calls(program, k)[0]
     start = time.perf_counter()
-    compiled = program.calls.programs["train"].lower(program.state, totals, calls[0][0], calls[0][1],
+    compiled = program.calls.programs["train"].lower(program.state, program.zero_totals(), inputs, first,
                                                      num_steps=k).compile()
     compile_s = time.perf_counter() - start
-    cycle = TrainCycle(compiled, program.state, totals, calls[0][0], [s for _, s in calls],
-                       work.batch_size * k * program.num_members)
+    cycle = train_cycle(program, compiled, program.state, k)
     cycle()
     return {"train_some": cycle, "sync": cycle.sync, "compile_s": compile_s}
 
@@ -97,7 +69,7 @@ def run_seeds_benchmark(settings: BenchSettings, num_members: int, cache_dir: st
         for name in settings.models:
             for batch_size in settings.batch_sizes:
                 for dtype in settings.dtypes:
-                    work = _workload(name, batch_size, dtype, settings)
+                    work = make_workload(name, batch_size, dtype, settings)
                     row = {"model": name, "batch_size": batch_size, "dtype": dtype, "members": num_members,
                            **_rates(work, settings, num_members, cache_dir or tmp), "load": os.getloadavg()[0]}
                     results.append(row)

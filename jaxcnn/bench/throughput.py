@@ -5,10 +5,13 @@ Modes:
   TrainState, one `jax.jit` step per batch over NumPy batches sliced on the host (as the Flax MNIST
   example does), XLA's own convolution (`nn.Conv`).
 - `step`: jaxcnn, one compiled call per step, data on the device, state donated.
-- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them (`jaxcnn.core.executor`).
+- `fused`: jaxcnn, `steps_per_call` steps per compiled call, as the training loop runs them.
+Both are the program `jaxcnn train` builds for the equivalent config (`training.run.setup`, through
+`jaxcnn.bench.workload.bench_program`): its feeds, compiled calls, initial state and autotuned plan.
 
 Each (model, mode, batch size, dtype) gets a fresh, seeded state. The `fingerprint` is the loss of
-the `fingerprint_steps`-th step from that state: identical across runs with the same seed.
+the `fingerprint_steps`-th step from that state: identical across runs with the same seed. The timed
+training then goes on from the state after that step.
 Throughput is the median of `repeats` timed repeats (each at least `min_time` seconds) after a
 warm-up; compile time is cold (first compilation, which fills a persistent compilation cache) and
 warm (the same program again, now loaded from that cache).
@@ -30,25 +33,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import data, models
+from jaxcnn import models
 from jaxcnn.bench import baseline
-from jaxcnn.core import autotune, losses, optim, precision
+from jaxcnn.core import precision
 from jaxcnn.models import im2col
 # JAX-free, so that the grammar (`jaxcnn bench --help`) shows the defaults without loading JAX.
 from jaxcnn.bench.settings import MODES, BenchSettings
-from jaxcnn.core.build import prepare_fn
+from jaxcnn.bench.workload import (LEARNING_RATE, MOMENTUM, Workload, bench_program, full_calls, make_workload,
+                                   train_cycle)
 from jaxcnn.runtime.compilation import enable_compilation_cache
-from jaxcnn.data.device import epoch_order
-from jaxcnn.data.feed import DeviceFeed, chunks
+from jaxcnn.data.feed import chunks
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.core.evaluation import evaluate
-from jaxcnn.core.executor import Executor
 from jaxcnn.runtime.host_memory import keep_freed_host_memory
-from jaxcnn.core.metrics import TOP_K
-from jaxcnn.core.state import create_train_state
-from jaxcnn.core.steps import zero_train_totals
-
-LEARNING_RATE, MOMENTUM = 0.01, 0.9  # SGD with momentum for every mode: the Flax example's optimizer
+from jaxcnn.training.run import Program
 
 
 def check_settings(settings: BenchSettings) -> None:
@@ -128,101 +125,34 @@ def peak_device_memory_mb() -> float | None:
 # ---------------------------------------------------------------------------- the modes
 
 
-@dataclasses.dataclass
-class Workload:
-    """One model × batch size × dtype on one dataset: everything the modes share."""
-
-    name: str
-    batch_size: int
-    dtype: str
-    train: data.Split
-    test: data.Split
-    num_classes: int
-    order: np.ndarray  # (steps, batch) training indices, the same for every mode
-    mean: float
-    std: float
-
-    def model(self, conv_impl: str, plan: tuple = ()) -> Any:
-        options = {"conv_impl": conv_impl} if "conv_impl" in models.model_defaults(self.name) else {}
-        return models.create_model(self.name, self.num_classes, dtype=precision.compute_dtype(self.dtype),
-                                   conv_plan=plan, **options)
-
-    def tuned(self, settings: BenchSettings) -> autotune.Tuned:
-        """The plan `jaxcnn train` measures (or finds cached) for this model and batch on this machine."""
-        what = {"model": {"name": self.name, **models.model_defaults(self.name), "conv_impl": settings.conv_impl},
-                "dtype": self.dtype}
-        batches = {"train": self.batch_size, "forward": min(settings.eval_batch_size, len(self.test.labels))}
-        return autotune.choose_plan(lambda plan: self.model(settings.conv_impl, plan), what,
-                                    tuple(self.train.images.shape[1:]), self.num_classes, batches, None,
-                                    tune_conv=settings.conv_impl == "auto")
-
-
-def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int) -> dict[str, Any]:
-    """jaxcnn's own calls (`jaxcnn.core.executor`), as the training loop makes them: `steps_per_call`
-    steps per compiled call (1: the `step` mode), the data on the device, state donated."""
-    tx = optim.create_optimizer({"name": "sgd", "learning_rate": LEARNING_RATE, "momentum": MOMENTUM},
-                                {"name": "constant"}, steps_per_epoch=len(work.order), num_epochs=1)
-    loss_fn = losses.make_classification_loss("cross_entropy", work.num_classes)
-    tuned = work.tuned(settings)
-    model, shape = work.model(settings.conv_impl, tuned.conv), tuple(work.train.images.shape[1:])
-    executor = Executor("none")
-    scaling = precision.policy_for(work.dtype)  # float16: the dynamic loss scaling a run has
-    new_state = lambda: executor.put(create_train_state(model, tx, loss_fn, shape, settings.seed, scaling=scaling))
-    prepare = prepare_fn(work.mean, work.std)
-    calls = executor.compile(prepare, prepare, "cross_entropy", TOP_K, options=tuned.compiler_options())
-    train_feed, test_feed = DeviceFeed(work.train, executor), DeviceFeed(work.test, executor)
-    inputs = {**train_feed.arrays, "order": executor.put(work.order, executor.stacked)}
-    state, totals = new_state(), executor.put(zero_train_totals())
-    program = calls.programs["train"]
-    args = (state, totals, inputs, executor.index(0))
-    compiled, cold, warm = compile_times(program, args, {"num_steps": steps_per_call})
-    # The fingerprint: the loss of step `fingerprint_steps` alone (fresh totals for it).
-    for start, n in chunks(settings.fingerprint_steps - 1, steps_per_call):
-        state, totals = calls.train(state, totals, inputs, executor.index(start), n)
-    state, totals = calls.train(state, executor.put(zero_train_totals()), inputs,
-                                executor.index(settings.fingerprint_steps - 1), 1)
-    fingerprint = float(totals["loss"])
-    cycle = TrainCycle(compiled, new_state(), executor.put(zero_train_totals()), inputs,
-                       call_starts(executor, len(work.order), steps_per_call), work.batch_size * steps_per_call)
+def _jaxcnn_mode(work: Workload, settings: BenchSettings, steps_per_call: int, cache_dir: str) -> dict[str, Any]:
+    """jaxcnn's own calls as `jaxcnn train` builds them (`bench_program`): `steps_per_call` steps per
+    compiled call (1: the `step` mode), the data on the device, state donated."""
+    program = bench_program(work, settings, steps_per_call, cache_dir)
+    train, (inputs, start) = program.calls.programs["train"], full_calls(program, steps_per_call)[0]
+    args = (program.state, program.zero_totals(), inputs, start)
+    compiled, cold, warm = compile_times(train, args, {"num_steps": steps_per_call})
     # FLOPs of one step (XLA does not multiply a scan body's cost by its trip count).
-    flops = flops_of(program, args, {"num_steps": 1})
-    eval_batch = min(settings.eval_batch_size, len(work.test.labels))
+    flops = flops_of(train, args, {"num_steps": 1})
+    state, fingerprint = fingerprint_of(program, inputs, settings.fingerprint_steps, steps_per_call)
+    cycle = train_cycle(program, compiled, state, steps_per_call)
 
     def eval_pass() -> int:
-        evaluate(calls, cycle.state, test_feed, eval_batch)  # as `jaxcnn train` evaluates; fetches the sums: waits
+        program.evaluate(cycle.state, "test")  # as `jaxcnn train` evaluates; fetches the sums: waits
         return len(work.test.labels)
 
     row = _measure(cycle, eval_pass, lambda: cycle.state, settings, cold, warm, flops, work, fingerprint)
-    return {**row, "autotune": tuned.to_json()}
+    return {**row, "autotune": program.tuned.to_json()}
 
 
-@dataclasses.dataclass
-class TrainCycle:
-    """A compiled training call made over an epoch's full calls in turn, as the benchmark times it:
-    each call of the cycle makes the next one and returns the images it trained (summed over the
-    members of a stacked state)."""
-
-    compiled: Callable
-    state: Any
-    totals: Any
-    inputs: dict[str, Any]
-    starts: list[Any]  # the placed start index of each full call of the epoch
-    images_per_call: int
-    cursor: int = 0
-
-    def __call__(self) -> int:
-        start = self.starts[self.cursor % len(self.starts)]
-        self.state, self.totals = self.compiled(self.state, self.totals, self.inputs, start)
-        self.cursor += 1
-        return self.images_per_call
-
-    def sync(self) -> None:
-        jax.block_until_ready(self.state)
-
-
-def call_starts(executor: Executor, num_steps: int, steps_per_call: int) -> list[Any]:
-    """The placed start index of each call of `steps_per_call` steps that fits in `num_steps`."""
-    return [executor.index(s) for s, n in chunks(num_steps, steps_per_call) if n == steps_per_call]
+def fingerprint_of(program: Program, inputs: dict[str, Any], steps: int, steps_per_call: int) -> tuple[Any, float]:
+    """(the state after step `steps`, that step's loss alone): trained from the program's initial
+    state (donated) in calls of `steps_per_call` steps, the last step with fresh totals of its own."""
+    state, totals, index = program.state, program.zero_totals(), program.executor.index
+    for start, n in chunks(steps - 1, steps_per_call):
+        state, totals = program.calls.train(state, totals, inputs, index(start), n)
+    state, totals = program.calls.train(state, program.zero_totals(), inputs, index(steps - 1), 1)
+    return state, float(totals["loss"])
 
 
 def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_state: Callable[[], Any],
@@ -246,30 +176,6 @@ def _measure(train_some: Callable[[], int], eval_pass: Callable[[], int], get_st
         "gflops": flops_per_image * train_rate / 1e9 if flops_per_image else None,
         "fingerprint": fingerprint,
     }
-
-
-def _workload(name: str, batch_size: int, dtype: str, settings: BenchSettings) -> Workload:
-    """Seeded synthetic data of the model's default input shape (or the chosen real dataset): an
-    epoch of `num_train` examples in whole batches, as `jaxcnn train` reads them (59,904 at batch
-    128), at least one fused call's worth."""
-    num_train = batch_size * max(settings.num_train // batch_size, settings.steps_per_call, settings.fingerprint_steps)
-    if settings.dataset == "synthetic":
-        dataset = data.load_dataset("synthetic", val_fraction=0.0, seed=settings.seed,
-                                    image_shape=models.default_input_shape(name), num_classes=10,
-                                    num_train=num_train, num_test=settings.num_test)
-    else:
-        dataset = data.load_dataset(settings.dataset, data_dir=settings.data_dir, val_fraction=0.0,
-                                    seed=settings.seed)
-    if settings.dataset != "synthetic":  # at most the real training split, in whole batches
-        num_train = max(min(num_train, len(dataset.train.labels) // batch_size * batch_size),
-                        batch_size * max(settings.steps_per_call, settings.fingerprint_steps))
-    if len(dataset.train.labels) < num_train:
-        raise JaxcnnError(f"dataset {settings.dataset!r} has {len(dataset.train.labels)} training examples; "
-                          f"batch size {batch_size} × steps_per_call needs {num_train}; lower --steps-per-call")
-    train = data.Split(dataset.train.images[:num_train], dataset.train.labels[:num_train])
-    test = data.Split(dataset.test.images[:settings.num_test], dataset.test.labels[:settings.num_test])
-    order = np.asarray(epoch_order(settings.seed, 1, num_train, batch_size))
-    return Workload(name, batch_size, dtype, train, test, dataset.num_classes, order, 0.0, 1.0)
 
 
 def matmul_peak_gflops(n: int = 2048, seconds: float = 1.0) -> float:
@@ -324,7 +230,7 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
         enable_compilation_cache(cache_dir or tmp)
         cases = [(name, batch_size, dtype) for name in settings.models for batch_size in settings.batch_sizes
                  for dtype in settings.dtypes]
-        workloads = {case: _workload(*case, settings) for case in cases}
+        workloads = {case: make_workload(*case, settings) for case in cases}
         # Every baseline first, with the C library's default allocator settings, as a plain Flax
         # script runs; then jaxcnn's modes with the settings `jaxcnn train` applies (process-wide).
         baselines = {case: baseline.run(workloads[case], settings, _measure, compile_times, flops_of, LEARNING_RATE,
@@ -338,7 +244,8 @@ def run_benchmark(settings: BenchSettings, cache_dir: str | None = None,
                 if mode == "baseline":
                     row = baselines[case]
                 else:
-                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else 1)
+                    row = _jaxcnn_mode(workloads[case], settings, settings.steps_per_call if mode == "fused" else 1,
+                                       cache_dir or tmp)
                 name, batch_size, dtype = case
                 row = {"model": name, "mode": mode, "batch_size": batch_size, "dtype": dtype, **row,
                        "speedup_vs_baseline": row["train_images_per_s"] / baseline_rate if baseline_rate else None,
