@@ -329,7 +329,8 @@ class RunSpec(Section):
     log_every_steps: int = key(100, positive_int)
     parallel: str = key("auto", choice(PARALLEL, "parallel strategy"))  # auto: sharded on >1 device (executor.py)
     grad_accum_steps: int = key(1, positive_int)  # > 1: average the gradients of that many batches per update
-    steps_per_call: int = key(1, positive_int)  # > 1: up to that many training steps per compiled call
+    # > 1: up to that many training steps per compiled call; 0: chosen by measurement (jaxcnn.core.autotune)
+    steps_per_call: int = key(0, integer(0, "a whole number >= 0 (0: chosen by measurement)"))
     max_steps: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: stop after that many steps
     limit_eval_batches: int = key(0, integer(0, "a whole number >= 0 (0: off)"))  # > 0: at most that many eval batches
     dtype: str = key("float32", DTYPES)  # computation dtype: float32, bfloat16 or float16 (params stay float32)

@@ -7,13 +7,12 @@ import jax.numpy as jnp
 import pytest
 
 from jaxcnn.core import autotune
+from jaxcnn.models import conv_plan, create_model
 
 
 @pytest.fixture(autouse=True)
 def tuner_on(monkeypatch):
     monkeypatch.setenv(autotune.SWITCH_ENV, "1")  # the suite turns it off (conftest.py)
-from jaxcnn.models import conv_plan, create_model
-
 
 
 def _conv_ops(model, train: bool) -> int:
@@ -71,6 +70,43 @@ def test_the_descent_keeps_only_changes_that_are_faster_by_the_margin(monkeypatc
         assert conv_plan.lookup(plan, "k", context) == expected and option_set == "individual_dot"
         sets = len(autotune.compilation.OPTION_SETS)
         assert len(timings) == 2 * sets + sets - 1  # two other implementations per option set, then the sets
+
+
+@pytest.mark.parametrize("per_step_ms,expected", [(0.5, 16), (0.98, 1)])
+def test_fused_steps_are_chosen_only_when_faster_per_step_by_the_margin(monkeypatch, per_step_ms, expected):
+    """An MLP's call of 16 rolled steps against one step per call: chosen at half the time per step,
+    not at 2% less (within the margin). The programs are built; their timings are stubbed."""
+    make = lambda plan: create_model("mlp", 10, hidden=(8,))
+    model = make(())
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+    probe = autotune._Probe(make, variables, "train", jnp.zeros((2, 4, 4, 1)), jnp.zeros((2,), jnp.int32))
+    steps = {}
+    monkeypatch.setattr(autotune, "_interleaved", lambda one, fused: (steps.setdefault("one", one()) and 1.0,
+                                                                     steps.setdefault("fused", fused()) and 16 * per_step_ms))
+    timings = []
+    assert autotune._fused_steps(probe, (), "individual_dot", timings) == expected
+    loss_one, losses_fused = steps["one"][1], steps["fused"][1]  # the calls ran: 1 and 16 steps' losses
+    assert loss_one.shape == (1,) and losses_fused.shape == (16,) and losses_fused[0] == loss_one[0]
+    assert timings == [("train", "steps_per_call 16 (against 1: 1000.000 per step)", 1e3 * 16 * per_step_ms / 16)]
+
+
+def test_a_run_with_steps_per_call_0_trains_with_the_measured_count_and_records_it(tmp_path, monkeypatch):
+    from jaxcnn.config import load_config
+    from jaxcnn.training.loop import train_and_evaluate
+
+    monkeypatch.setattr(autotune, "_fused_steps", lambda *a: 4)  # the measurement's choice, stubbed
+    config = load_config("mnist_mlp", ["num_epochs=1", "dataset.name=synthetic", "dataset.num_train=64",
+                                       "dataset.num_test=32", "dataset.image_shape=(4, 4, 1)", "batch_size=8",
+                                       "eval_batch_size=32", "model.hidden=(8,)", "log_every_steps=6",
+                                       "compilation_cache_dir=" + str(tmp_path / "cache")])
+    assert config.steps_per_call == 0  # the default: chosen by measurement
+    summary = train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert summary["autotune"]["steps_per_call"] == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps_per_call"] == 4
+    assert json.loads((tmp_path / "run" / autotune.PLAN_FILE).read_text())["steps_per_call"] == 4
+    monkeypatch.setenv(autotune.SWITCH_ENV, "0")  # nothing measured: one step per call
+    train_and_evaluate(config, tmp_path / "off", quiet=True)
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["steps_per_call"] == 1
 
 
 def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from jaxcnn.core.build import model_of
+from jaxcnn.core.executor import default_unroll, scan_steps
 from jaxcnn.models import conv_plan, im2col
 from jaxcnn.models.conv_plan import FORWARD, TRAIN
 from jaxcnn.runtime import compilation
@@ -50,6 +51,11 @@ WINDOW_S = 0.05  # each timing window; the best of `ROUNDS` interleaved windows 
 ROUNDS = 3
 FORWARD_BATCH_CAP = 256  # forward programs are timed on at most this many examples: per-example cost is flat by then
 BUDGET_S = 20.0  # per context, shared by the option sets: trials not started in time are skipped
+# Steps per call tried against one (`config.steps_per_call = 0`): a rolled loop of many steps, or
+# an unrolled one of a few where the executor unrolls (convolutions on CPU: `executor.default_unroll`),
+# whose compile time grows with the steps.
+FUSED_STEPS = {"rolled": 16, "unrolled": 4}
+PLAN_VERSION = 2  # in the cache key: plans cached before steps_per_call was measured are measured again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Tuned:
     options: tuple[tuple[str, str], ...] = ()
     source: str = "default"
     timings: tuple[tuple[str, str, float], ...] = ()
+    steps_per_call: int = 1  # training steps per compiled call, for `config.steps_per_call = 0` (auto)
 
     def compiler_options(self) -> dict[str, dict[str, str] | None]:
         """The XLA options of the train program and of the forward-only ones (evaluate, predict)."""
@@ -68,14 +75,15 @@ class Tuned:
         return {context: compilation.compiler_options(option_set=named.get(context)) for context in (TRAIN, FORWARD)}
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "options": dict(self.options),
+        return {"source": self.source, "options": dict(self.options), "steps_per_call": self.steps_per_call,
                 "conv": [{"shape": s, "context": c, "impl": i} for s, c, i in self.conv],
                 "timings_ms": [{"context": c, "choice": what, "ms": round(ms, 3)} for c, what, ms in self.timings]}
 
     @classmethod
     def from_json(cls, value: dict[str, Any], source: str) -> "Tuned":
         return cls(conv=tuple((e["shape"], e["context"], e["impl"]) for e in value.get("conv", ())),
-                   options=tuple(sorted(value.get("options", {}).items())), source=source)
+                   options=tuple(sorted(value.get("options", {}).items())), source=source,
+                   steps_per_call=int(value.get("steps_per_call", 1)))
 
 
 DEFAULT = Tuned()
@@ -168,6 +176,24 @@ class _Probe:
         fn = jax.jit(jax.value_and_grad(loss), compiler_options=options)
         return lambda: fn(self.variables["params"], self.images, self.labels)
 
+    def steps(self, plan: conv_plan.Plan, option_set: str, num_steps: int, unroll: bool | int) -> Callable[[], Any]:
+        """`num_steps` training steps (the loss gradient and an SGD update) in one compiled call, as
+        the executor's call runs them (`scan_steps`: one step is called directly)."""
+        model, rest = self.make_model(plan), {k: v for k, v in self.variables.items() if k != "params"}
+        options = compilation.compiler_options(option_set=option_set)
+
+        def step(params, _):
+            def loss(p):
+                logits, _ = model.apply({"params": p, **rest}, self.images, train=True, mutable=list(rest),
+                                        rngs={"dropout": jax.random.key(0)})
+                return optax.softmax_cross_entropy_with_integer_labels(logits, self.labels).mean()
+
+            value, grads = jax.value_and_grad(loss)(params)
+            return jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads), value
+
+        fn = jax.jit(lambda params: scan_steps(step, params, num_steps, params, unroll), compiler_options=options)
+        return lambda: fn(self.variables["params"])
+
 
 def _descend(probe: _Probe, shapes: list[tuple[str, int]], default: conv_plan.Plan, tune_conv: bool
              ) -> tuple[conv_plan.Plan, str, list[tuple[str, str, float]]]:
@@ -215,17 +241,29 @@ def _try(probe: _Probe, plan: conv_plan.Plan, option_set: str, best: Callable, t
     return plan, option_set, best
 
 
+def _fused_steps(probe: _Probe, plan: conv_plan.Plan, option_set: str, timings: list) -> int:
+    """The training call's steps: `FUSED_STEPS`' count for the executor's loop (rolled, or unrolled
+    for convolutions on CPU) when a call of that many is faster per step by `MARGIN` than one step
+    per call (the dispatch of a call costs about as much as a small model's step), else 1."""
+    unroll = default_unroll(probe.variables["params"])
+    k = FUSED_STEPS["unrolled" if unroll is True else "rolled"]
+    t_one, t_fused = _interleaved(probe.steps(plan, option_set, 1, unroll), probe.steps(plan, option_set, k, unroll))
+    timings.append((TRAIN, f"steps_per_call {k} (against 1: {1e3 * t_one:.3f} per step)", 1e3 * t_fused / k))
+    return k if t_fused / k <= MARGIN * t_one else 1
+
+
 def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[int, ...], num_classes: int,
-         batches: dict[str, int], tune_conv: bool = True) -> Tuned:
+         batches: dict[str, int], tune_conv: bool = True, tune_steps: bool = False) -> Tuned:
     """Measures the plan of the model `make_model(plan)` builds, for inputs of `input_shape` (H, W, C),
-    at `batches[context]` examples per device; convolutions only when `tune_conv` (conv_impl "auto")."""
+    at `batches[context]` examples per device; convolutions only when `tune_conv` (conv_impl "auto"),
+    the training call's steps only when `tune_steps` (steps_per_call 0)."""
     model = make_model(())
     with conv_plan.recorded() as shapes:
         variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(jax.random.key(0))
     default = tuple((key, context, im2col.resolve_conv_impl("auto", in_channels=cin, train=context == TRAIN))
                     for key, cin in shapes for context in (TRAIN, FORWARD))
     rng = np.random.default_rng(0)
-    conv, options, timings = [], [], []
+    conv, options, timings, steps = [], [], [], 1
     for context in (TRAIN, FORWARD):
         batch = max(1, int(batches[context]))
         batch = min(batch, FORWARD_BATCH_CAP) if context == FORWARD else batch
@@ -233,10 +271,12 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
         labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
         probe = _Probe(make_model, variables, context, images, labels)
         plan, option_set, measured = _descend(probe, list(shapes), default, tune_conv)
+        if context == TRAIN and tune_steps:
+            steps = _fused_steps(probe, plan, option_set, measured)
         conv += [e for e in plan if e[1] == context]
         options.append((context, option_set))
         timings += measured
-    return Tuned(tuple(conv), tuple(sorted(options)), "measured", tuple(timings))
+    return Tuned(tuple(conv), tuple(sorted(options)), "measured", tuple(timings), steps)
 
 
 def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str, int]:
@@ -248,30 +288,32 @@ def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str
 
 
 def choose(config: Any, input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
-           cache_dir: pathlib.Path | None, recorded: Tuned | None = None) -> Tuned:
-    """The plan of `config`'s model: `recorded` (a resumed or verified run's) or `choose_plan`'s."""
+           cache_dir: pathlib.Path | None, recorded: Tuned | None = None, tune_steps: bool = False) -> Tuned:
+    """The plan of `config`'s model: `recorded` (a resumed or verified run's) or `choose_plan`'s
+    (with the training call's steps when `tune_steps`: `config.steps_per_call` is 0, one model)."""
     if recorded is not None:
         return recorded
     what = {"model": config.model.to_dict(), "dtype": config.dtype}
     return choose_plan(lambda plan: model_of(config, num_classes, conv_plan=plan), what, input_shape, num_classes,
-                       batches, cache_dir, tune_conv=config.model.get("conv_impl", "auto") == "auto")
+                       batches, cache_dir, tune_conv=config.model.get("conv_impl", "auto") == "auto",
+                       tune_steps=tune_steps)
 
 
 def choose_plan(make_model: Callable[[conv_plan.Plan], nn.Module], what: dict[str, Any],
                 input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
-                cache_dir: pathlib.Path | None, tune_conv: bool = True) -> Tuned:
+                cache_dir: pathlib.Path | None, tune_conv: bool = True, tune_steps: bool = False) -> Tuned:
     """This machine's cached plan for the model `what` describes (and `make_model` builds), else
     measured now (`tune`) and cached under `cache_dir` (default: the user cache folder). The
     defaults off the CPU, in multi-process runs (module docstring) and with `SWITCH_ENV`=0."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1 or os.environ.get(SWITCH_ENV, "1") == "0":
         return DEFAULT
     what = {**what, "input_shape": list(input_shape), "num_classes": num_classes, "batches": batches,
-            "tune_conv": tune_conv}
+            "tune_conv": tune_conv, "tune_steps": tune_steps, "version": PLAN_VERSION}
     path = cache_file(pathlib.Path(cache_dir or compilation.default_cache_dir()), what)
     cached = read_plan(path, "cached")
     if cached is not None:
         return cached
-    tuned = tune(make_model, input_shape, num_classes, batches, tune_conv)
+    tuned = tune(make_model, input_shape, num_classes, batches, tune_conv, tune_steps)
     try:
         write_plan(path, tuned)
     except OSError:

@@ -10,6 +10,7 @@ un-vmapped program (`stacked` is False), so its numbers and checkpoints are what
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pathlib
 from typing import Any
@@ -146,7 +147,9 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     # One line naming the layer, before anything is measured or traced:
     models.check_input_shape(model_of(config, dataset.num_classes), dataset.input_shape)
     batches = autotune.batches_of(config, executor.num_devices, stacked and executor.split_members)
-    tuned = autotune.choose(config, dataset.input_shape, dataset.num_classes, batches, cache_dir, recorded)
+    tuned = autotune.choose(config, dataset.input_shape, dataset.num_classes, batches, cache_dir, recorded,
+                            tune_steps=config.steps_per_call == 0 and not stacked)
+    config = with_steps_per_call(config, tuned.steps_per_call)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name, tuned.conv)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
                              config.loss.name, TOP_K, members=stacked, options=tuned.compiler_options())
@@ -166,6 +169,17 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     state = executor.put(init(member_list), executor.member_state)
     check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir, tuned)
+
+
+def with_steps_per_call(config: ml_collections.ConfigDict, measured: int) -> ml_collections.ConfigDict:
+    """`config` with its `steps_per_call` 0 (chosen by measurement) replaced by the plan's count
+    (1 where nothing was measured: off the CPU, for members, with the autotuner off), as config.json
+    then records it; a count the user set stays."""
+    if config.steps_per_call != 0:
+        return config
+    config = copy.deepcopy(config)
+    config.steps_per_call = measured
+    return config
 
 
 def load_data(config: ml_collections.ConfigDict, data_dir: str | None, executor: Executor,
