@@ -1,4 +1,4 @@
-"""Convolutions and compiler options chosen by measurement, on the machine the run is on.
+"""Convolutions, compiler options and steps per call chosen by measurement, on the machine the run is on.
 
 As cuDNN's autotuner does for a GPU, `tune` times the candidates once per machine and model and
 keeps the fastest; the choice is cached (`cache_file`) next to the compilation cache, recorded in
@@ -12,7 +12,9 @@ computes them, so only the whole program says which is faster. The search is coo
 under each compiler option set, from the default convolutions (`im2col.resolve_conv_impl`), it
 tries each candidate implementation of each convolution shape in turn, keeping a change only when
 it is faster by `MARGIN` in timings interleaved with the current best's; then the option sets'
-winners are timed against each other (the default set, `compilation.DEFAULT_SET`, wins ties). Forward programs
+winners are timed against each other (the default set, `compilation.DEFAULT_SET`, wins ties). With
+`config.steps_per_call` 0, the training step once per call is timed against a fused call of
+`FUSED_STEPS` (`_fused_steps`). Forward programs
 are timed on at most `FORWARD_BATCH_CAP` examples, and trials not started within `BUDGET_S` per
 context are skipped, so that a large model's first run waits seconds, not minutes.
 
