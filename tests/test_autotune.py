@@ -72,8 +72,8 @@ def test_the_descent_keeps_only_changes_that_are_faster_by_the_margin(monkeypatc
         assert len(timings) == 2 * sets + sets - 1  # two other implementations per option set, then the sets
 
 
-@pytest.mark.parametrize("per_step_ms,expected", [(0.5, 16), (0.98, 1)])
-def test_fused_steps_are_chosen_only_when_faster_per_step_by_the_margin(monkeypatch, per_step_ms, expected):
+@pytest.mark.parametrize("fused_per_step_s,expected", [(0.5, 16), (0.98, 1)])
+def test_fused_steps_are_chosen_only_when_faster_per_step_by_the_margin(monkeypatch, fused_per_step_s, expected):
     """An MLP's call of 16 rolled steps against one step per call: chosen at half the time per step,
     not at 2% less (within the margin). The programs are built; their timings are stubbed."""
     make = lambda plan: create_model("mlp", 10, hidden=(8,))
@@ -81,13 +81,17 @@ def test_fused_steps_are_chosen_only_when_faster_per_step_by_the_margin(monkeypa
     variables = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
     probe = autotune._Probe(make, variables, "train", jnp.zeros((2, 4, 4, 1)), jnp.zeros((2,), jnp.int32))
     steps = {}
-    monkeypatch.setattr(autotune, "_interleaved", lambda one, fused: (steps.setdefault("one", one()) and 1.0,
-                                                                     steps.setdefault("fused", fused()) and 16 * per_step_ms))
+
+    def interleaved(one, fused):  # runs both calls once; 1 s per step alone, `fused_per_step_s` fused
+        steps["one"], steps["fused"] = one(), fused()
+        return 1.0, 16 * fused_per_step_s
+
+    monkeypatch.setattr(autotune, "_interleaved", interleaved)
     timings = []
     assert autotune._fused_steps(probe, (), "individual_dot", timings) == expected
     loss_one, losses_fused = steps["one"][1], steps["fused"][1]  # the calls ran: 1 and 16 steps' losses
     assert loss_one.shape == (1,) and losses_fused.shape == (16,) and losses_fused[0] == loss_one[0]
-    assert timings == [("train", "steps_per_call 16 (against 1: 1000.000 per step)", 1e3 * 16 * per_step_ms / 16)]
+    assert timings == [("train", "steps_per_call 16 (against 1: 1000.000 per step)", 1e3 * 16 * fused_per_step_s / 16)]
 
 
 def test_a_run_with_steps_per_call_0_trains_with_the_measured_count_and_records_it(tmp_path, monkeypatch):

@@ -76,7 +76,8 @@ def test_host_fed_calls_train_bitwise_like_on_device_calls(split):
 
 
 @pytest.mark.parametrize("feed_type", [DeviceFeed, HostFeed])
-def test_evaluation_in_calls_of_k_batches_equals_one_call_per_batch_and_counts_each_example_once_as_the_test_does(split, feed_type):
+def test_evaluation_in_calls_of_k_batches_equals_one_call_per_batch_and_counts_each_example_once_as_the_test_does(
+        split, feed_type):
     executor = Executor("none")
     calls = executor.compile(prepare_fn(0.5, 0.25), prepare_fn(0.5, 0.25), "cross_entropy", 5)
     state, feed = executor.put(small_state("tiny_cnn")), feed_type(split, executor)

@@ -44,7 +44,7 @@ def evaluate_sums(calls: Calls, state: TrainState, feed: Any, batch_size: int, t
 
 
 def eval_predict(calls: Calls, state: TrainState, feed: Any, batch_size: int, totals: Any,
-         steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> tuple[dict[str, np.ndarray], list]:
+                 steps_per_call: int = BATCHES_PER_CALL, max_batches: int = 0) -> tuple[dict[str, np.ndarray], list]:
     """The test of every example of `feed` (of its first `max_batches` batches when that is > 0) in one
     forward pass: `eval_step`'s sums added to `totals` (stacked per member for a run of members) and
     `predict_step`'s per-example outputs, one (num_steps, batch) dict per call; fetched once, at the end."""

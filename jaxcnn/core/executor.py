@@ -324,7 +324,8 @@ class Executor:
         programs = {
             "train": split(train_body(prepare_train, None, same, unroll), 2, (0, 1), (state, out), "train"),
             "evaluate": split(eval_body(prepare_eval, None, same, unroll), 2, (1,), out, "forward"),
-            "test": split(eval_predict_body(prepare_eval, loss_name, top_k, None, same, unroll), 2, (1,), out, "forward"),
+            "test": split(eval_predict_body(prepare_eval, loss_name, top_k, None, same, unroll), 2, (1,), out,
+                          "forward"),
         }
         return Calls(programs, self.wait)
 

@@ -120,8 +120,8 @@ class Program:
         """The test split in one forward pass: its loss, accuracy and count (one value per member), and
         every member's per-example `predicted`, `confidence`, `in_top_k` ((members, examples) each)."""
         config, feed, num = self.config, self.feeds["test"], self.num_members
-        sums, outputs = eval_predict(self.calls, state, feed, config.eval_batch_size, self.zeros(zero_eval_sums()),
-                             max_batches=config.limit_eval_batches)
+        sums, outputs = eval_predict(self.calls, state, feed, config.eval_batch_size,
+                                     self.zeros(zero_eval_sums()), max_batches=config.limit_eval_batches)
         count = min(len(feed), sum(int(np.size(o["predicted"])) for o in outputs) // num)  # the padding cut off
         predictions = {key: np.concatenate([o[key].reshape(num, -1) for o in outputs], axis=1)[:, :count]
                        for key in outputs[0]}
