@@ -29,7 +29,7 @@ from jaxcnn.data.feed import DeviceFeed
 from jaxcnn.data.images import load_image
 from jaxcnn.errors import JaxcnnError
 from jaxcnn.models.conv_plan import FORWARD
-from jaxcnn.core.evaluation import eval_predict, evaluate
+from jaxcnn.core.evaluation import eval_predict, evaluate, means
 from jaxcnn.core.executor import Executor
 from jaxcnn.core.metrics import TOP_K, classification_metrics
 from jaxcnn.core.state import TrainState
@@ -227,8 +227,7 @@ def evaluate_saved(saved: SavedModel, split: str = "test", data_dir: str | None 
     state, feed = executor.put(saved.state), DeviceFeed(examples, executor)
     if split == "test":  # the program the run's test used (`Run.test`), so the numbers are its own
         sums, _ = eval_predict(calls, state, feed, config.eval_batch_size, executor.put(zero_eval_sums()))
-        result = {"loss": float(sums["loss_sum"] / sums["count"]), "accuracy": float(sums["correct"] / sums["count"]),
-                  "count": int(sums["count"])}
+        result = {key: value.item() for key, value in means(sums).items()}
     else:  # the validation's program
         result = evaluate(calls, state, feed, config.eval_batch_size)
     return {f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"],

@@ -168,6 +168,11 @@ class _Probe:
         if self.context == FORWARD:
             fn = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), -1), compiler_options=options)
             return lambda: fn(self.variables, self.images)
+        fn = jax.jit(jax.value_and_grad(self.loss(model)), compiler_options=options)
+        return lambda: fn(self.variables["params"], self.images, self.labels)
+
+    def loss(self, model: nn.Module) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+        """`(params, images, labels) -> loss` of `model` in training mode, the other collections fixed."""
         rest = {k: v for k, v in self.variables.items() if k != "params"}
 
         def loss(params, x, y):
@@ -175,22 +180,15 @@ class _Probe:
                                     rngs={"dropout": jax.random.key(0)})
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        fn = jax.jit(jax.value_and_grad(loss), compiler_options=options)
-        return lambda: fn(self.variables["params"], self.images, self.labels)
+        return loss
 
     def steps(self, plan: conv_plan.Plan, option_set: str, num_steps: int, unroll: bool | int) -> Callable[[], Any]:
         """`num_steps` training steps (the loss gradient and an SGD update) in one compiled call, as
         the executor's call runs them (`scan_steps`: one step is called directly)."""
-        model, rest = self.make_model(plan), {k: v for k, v in self.variables.items() if k != "params"}
-        options = compilation.compiler_options(option_set=option_set)
+        loss, options = self.loss(self.make_model(plan)), compilation.compiler_options(option_set=option_set)
 
         def step(params, _):
-            def loss(p):
-                logits, _ = model.apply({"params": p, **rest}, self.images, train=True, mutable=list(rest),
-                                        rngs={"dropout": jax.random.key(0)})
-                return optax.softmax_cross_entropy_with_integer_labels(logits, self.labels).mean()
-
-            value, grads = jax.value_and_grad(loss)(params)
+            value, grads = jax.value_and_grad(loss)(params, self.images, self.labels)
             return jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads), value
 
         fn = jax.jit(lambda params: scan_steps(step, params, num_steps, params, unroll), compiler_options=options)

@@ -29,9 +29,14 @@ def evaluate(calls: Calls, state: TrainState, feed: Feed, batch_size: int,
     `max_batches` batches only when that is > 0."""
     totals = evaluate_sums(calls, state, feed, batch_size, feed.executor.put(zero_eval_sums()), steps_per_call,
                            max_batches)
-    return {"loss": float(totals["loss_sum"] / totals["count"]),
-            "accuracy": float(totals["correct"] / totals["count"]),
-            "count": int(totals["count"])}
+    return {key: value.item() for key, value in means(totals).items()}
+
+
+def means(sums: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Loss, accuracy and count from `eval_step`'s fetched sums, one value per member (one for a single run)."""
+    sums = {key: np.reshape(value, (-1,)) for key, value in sums.items()}
+    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
+            "count": sums["count"].astype(int)}
 
 
 def evaluate_sums(calls: Calls, state: TrainState, feed: Any, batch_size: int, totals: Any,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxcnn.data.images import image_from_bytes
+from jaxcnn.data.records import LazyImages
 from jaxcnn.data.splits import Split
 from jaxcnn.errors import JaxcnnError
 
@@ -87,47 +88,17 @@ class ArrayRecordReader:
         return decode_record(self._open()[index], self.where(index))
 
 
-class RecordImages:
-    """The images of a reader's records (`ArrayRecordReader`, `tfds.TfdsReader`) as a lazy uint8
-    (N, H, W, C) array, like `records.FileImages`: a slice or index array gives another
-    `RecordImages` (splits are carved without reading), an integer reads and decodes one record,
-    `native` one at its own size, `np.asarray` them all."""
-
-    dtype = np.dtype(np.uint8)
-    ndim = 4
+class RecordImages(LazyImages):
+    """The images of a reader's records (`ArrayRecordReader`, `tfds.TfdsReader`), each read and
+    decoded when indexed (`records.LazyImages`)."""
 
     def __init__(self, reader: Any, shape: tuple[int, int, int], rows: np.ndarray):
-        self.reader, self.image_shape, self.rows = reader, tuple(shape), np.asarray(rows, np.int64)
+        self.reader = reader
+        super().__init__(shape, rows)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.rows), *self.image_shape)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, (int, np.integer)):
-            return self._pixels(int(index), native=False)
-        rows = self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index).reshape(-1)]
-        return RecordImages(self.reader, self.image_shape, rows)
-
-    def native(self, index: int) -> np.ndarray:
-        """Image `index` at its own size (H and W its own, C the split's), for cropping."""
-        return self._pixels(index, native=True)
-
-    def _pixels(self, index: int, native: bool) -> np.ndarray:
-        row = int(self.rows[index])
+    def pixels(self, row: int, native: bool) -> np.ndarray:
         data, _ = self.reader.read(row)
         return image_from_bytes(data, self.reader.where(row), self.image_shape, native)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
-        return out if dtype is None else out.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -1,10 +1,11 @@
 """One record at a time, for the Grain feed's CPU workers (`jaxcnn.data.grain_feed`): the order,
 the decoding and the random-resized crop. No JAX here: the worker processes import only this.
 
-- `FileImages`: the images of a folder as a lazy uint8 (N, H, W, C) array. Indexing with a slice or
-  an index array gives another `FileImages` (how splits are carved, without decoding); an integer
-  decodes one file (resized to (H, W)); `np.asarray` decodes them all (only for a few, e.g. the
-  test's most confident mistakes).
+- `LazyImages`: images as a lazy uint8 (N, H, W, C) array; `FileImages` those of a folder's files
+  (`array_records.RecordImages` those of records). Indexing with a slice or an index array gives
+  the same images with fewer rows (how splits are carved, without decoding); an integer decodes
+  one (resized to (H, W)); `np.asarray` decodes them all (only for a few, e.g. the test's most
+  confident mistakes).
 - `record_index`: the example the k-th record of a process is, over all epochs: Grain's
   `index_shuffle` (a permutation of the split computed one index at a time, no array of N) keyed by
   (seed, epoch), then this process's rows of each global batch. So the order depends on the seed
@@ -15,6 +16,7 @@ the decoding and the random-resized crop. No JAX here: the worker processes impo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -33,40 +35,57 @@ _CROP_TRIES = 10
 _PARENT_POLL_S = 0.5  # how often a worker looks whether the main process is still there
 
 
-class FileImages:
-    """Image files as a lazy uint8 (N, H, W, C) array (see the module doc)."""
+class LazyImages:
+    """Images decoded one at a time, as a lazy uint8 (N, H, W, C) array (see the module doc): rows
+    `rows` of the source a subclass decodes (`pixels`). A slice or an index array gives the same
+    source with fewer rows (how splits are carved, without decoding); an integer decodes one."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, files: list[str], shape: tuple[int, int, int]):
-        self.files, self.image_shape = list(files), tuple(shape)
+    def __init__(self, shape: tuple[int, int, int], rows: Any):
+        self.image_shape, self.rows = tuple(shape), np.asarray(rows, np.int64)
+
+    def pixels(self, row: int, native: bool) -> np.ndarray:
+        """Source row `row` as uint8 pixels of `image_shape` (at its own H and W with `native`)."""
+        raise NotImplementedError
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.files), *self.image_shape)
+        return (len(self.rows), *self.image_shape)
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape))
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.rows)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, (int, np.integer)):
-            return decode(self.files[int(index)], self.image_shape)
-        if isinstance(index, slice):
-            return FileImages(self.files[index], self.image_shape)
-        return FileImages([self.files[int(i)] for i in np.asarray(index).reshape(-1)], self.image_shape)
+            return self.pixels(int(self.rows[index]), native=False)
+        carved = copy.copy(self)
+        carved.rows = self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index).reshape(-1)]
+        return carved
 
     def native(self, index: int) -> np.ndarray:
         """Image `index` at its own size (H and W its own, C the split's), for cropping."""
-        return decode(self.files[index], self.image_shape, native=True)
+        return self.pixels(int(self.rows[index]), native=True)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
         return out if dtype is None else out.astype(dtype)
+
+
+class FileImages(LazyImages):
+    """The images of a list of files, each decoded and resized when read."""
+
+    def __init__(self, files: list[str], shape: tuple[int, int, int]):
+        self.files = list(files)
+        super().__init__(shape, np.arange(len(self.files)))
+
+    def pixels(self, row: int, native: bool) -> np.ndarray:
+        return decode(self.files[row], self.image_shape, native=native)
 
 
 def ignore_stop_signals(worker: int, num_workers: int) -> None:
@@ -174,7 +193,7 @@ class TrainRecords:
     """The k-th training record of this process: pixels (cropped when `crop_scale`), label, step.
     Pickled into every Grain worker, so it holds only what a worker needs."""
 
-    images: Any  # an array (N, H, W, C) or `FileImages`
+    images: Any  # an array (N, H, W, C) or `LazyImages`
     labels: np.ndarray
     layout: Layout
     seed: int
@@ -185,7 +204,7 @@ class TrainRecords:
         if self.crop_scale is None:
             pixels = np.asarray(self.images[example], np.uint8)
         else:
-            source = self.images.native(example) if hasattr(self.images, "native") else np.asarray(
+            source = self.images.native(example) if isinstance(self.images, LazyImages) else np.asarray(
                 self.images[example], np.uint8)
             rng = np.random.default_rng([self.seed, _CROP_SALT, epoch, example])
             pixels = random_resized_crop(source, self.images.shape[1:3], self.crop_scale, rng)

@@ -35,7 +35,7 @@ from jaxcnn.config import config_to_json, dataset_options, validate_config
 from jaxcnn.data.feed import make_feeds
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
-from jaxcnn.core.evaluation import eval_predict, evaluate, evaluate_sums
+from jaxcnn.core.evaluation import eval_predict, evaluate_sums, means
 from jaxcnn.core.executor import Calls, Executor
 from jaxcnn.runtime.host_memory import keep_freed_host_memory
 from jaxcnn.core.loop_state import RunLoop
@@ -107,14 +107,8 @@ class Program:
     def evaluate(self, state: Any, split: str) -> dict[str, np.ndarray]:
         """Loss, accuracy and count over `split`, one value per member."""
         config = self.config
-        if not self.stacked:
-            one = evaluate(self.calls, state, self.feeds[split], config.eval_batch_size,
-                           max_batches=config.limit_eval_batches)
-            return {key: np.asarray([value]) for key, value in one.items()}
-        sums = evaluate_sums(self.calls, state, self.feeds[split], config.eval_batch_size,
-                             self.zeros(zero_eval_sums()), max_batches=config.limit_eval_batches)
-        return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
-                "count": sums["count"].astype(int)}
+        return means(evaluate_sums(self.calls, state, self.feeds[split], config.eval_batch_size,
+                                   self.zeros(zero_eval_sums()), max_batches=config.limit_eval_batches))
 
     def test(self, state: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The test split in one forward pass: its loss, accuracy and count (one value per member), and
@@ -125,9 +119,7 @@ class Program:
         count = min(len(feed), sum(int(np.size(o["predicted"])) for o in outputs) // num)  # the padding cut off
         predictions = {key: np.concatenate([o[key].reshape(num, -1) for o in outputs], axis=1)[:, :count]
                        for key in outputs[0]}
-        sums = {key: np.reshape(value, (-1,)) for key, value in sums.items()}
-        return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"],
-                "count": sums["count"].astype(int)}, predictions
+        return means(sums), predictions
 
 
 def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str | None,
