@@ -177,3 +177,29 @@ def test_tiled_pool_fast_path_matches_flax_pooling_and_its_gradient(kind):
     weights = jnp.arange(2 * 3 * 3 * 3, dtype=jnp.float32).reshape(2, 3, 3, 3)
     grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)
     np.testing.assert_allclose(grad(fast), grad(reference), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_max_pool_gradient_equals_jnp_max_gradient_bitwise_ties_shared_batched_too(window):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 6, 4)).astype(np.float32)
+    x[0, :3, :3, 0] = 1.5                  # a whole window tied
+    x[1, 0, :2, 1] = 9.0                   # two tied maxima
+    x[2, :2, :2, 2] = [[3.0, 3.0], [3.0, 1.0]]  # three
+    x = jnp.asarray(x)
+    out = (7 // window, 6 // window)
+    weights = jnp.asarray(rng.normal(size=(3, *out, 4)).astype(np.float32))
+
+    def reference(x):  # jnp.max over the windows: its gradient splits a window's among its tied maxima
+        cropped = x[:, :out[0] * window, :out[1] * window]
+        return jnp.max(cropped.reshape(3, out[0], window, out[1], window, 4), axis=(2, 4))
+
+    fast = lambda x: layers.pool(x, "max", window)
+    loss = lambda f: lambda x, w: jnp.sum(f(x) * w)
+    np.testing.assert_array_equal(fast(x), reference(x))
+    expected = jax.grad(loss(reference))(x, weights)
+    np.testing.assert_array_equal(jax.grad(loss(fast))(x, weights), expected)
+    assert float(expected[0, 0, 0, 0]) == float(weights[0, 0, 0, 0]) / window**2  # shared, not copied
+    batched = jax.vmap(jax.grad(loss(fast)))(jnp.stack([x, -x]), jnp.stack([weights, weights]))
+    np.testing.assert_array_equal(batched[0], expected)
+    np.testing.assert_array_equal(batched[1], jax.grad(loss(reference))(-x, weights))

@@ -57,7 +57,7 @@ BUDGET_S = 20.0  # per context, shared by the option sets: trials not started in
 # an unrolled one of a few where the executor unrolls (convolutions on CPU: `executor.default_unroll`),
 # whose compile time grows with the steps.
 FUSED_STEPS = {"rolled": 16, "unrolled": 4}
-PLAN_VERSION = 2  # in the cache key: plans cached before steps_per_call was measured are measured again
+PLAN_VERSION = 3  # in the cache key: plans measured before a change to what they time (2: steps per call; 3: the max pool's gradient) are measured again
 
 
 @dataclasses.dataclass(frozen=True)
