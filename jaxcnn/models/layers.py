@@ -253,16 +253,15 @@ def _tiled_pool(x: jax.Array, kind: str, window: tuple[int, ...]) -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _window_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """`jnp.max(x, axes)` with the same gradient (shared among tied maxima), computed in the form
-    XLA:CPU runs fastest: the tie counts as a sum of the window's slices rather than a reduction
-    (which YNNPACK takes over, with the convolution gradient that feeds it), and the pool's input
-    kept in memory rather than recomputed inside each consumer (the barrier). README, "Speed"."""
+    """`jnp.max(x, axes)` with the same gradient (shared among tied maxima) in the form XLA:CPU
+    runs fastest: the tie counts are a sum of the window's slices, not a reduction, which YNNPACK
+    would take over together with the convolution gradient that feeds it (README, "Speed")."""
     return jnp.max(x, axis=axes)
 
 
 def _window_max_forward(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     y = jnp.max(x, axis=axes)
-    return y, lax.optimization_barrier((x, y))
+    return y, (x, y)
 
 
 def _window_max_backward(axes: tuple[int, ...], saved: tuple[jax.Array, jax.Array],
@@ -270,16 +269,16 @@ def _window_max_backward(axes: tuple[int, ...], saved: tuple[jax.Array, jax.Arra
     x, y = saved
     tied = x == jnp.expand_dims(y, axes)
     ones = tied.astype(grad.dtype)
-    count = sum(ones[tuple(slice(None) if a not in axes else slice(i, i + 1) for a, i in
-                           zip(range(x.ndim), position))]
-                for position in _window_positions(x.shape, axes))
+    count = sum(ones[_slot(x.ndim, dict(zip(axes, position)))]
+                for position in itertools.product(*(range(x.shape[a]) for a in axes)))
     share = jnp.expand_dims(grad, axes) / count
     return (jnp.where(tied, share, jnp.zeros_like(share)),)
 
 
-def _window_positions(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Every index of a window: for each dim of `shape`, 0 outside `axes`, 0..size-1 along them."""
-    return list(itertools.product(*[range(shape[a]) if a in axes else (0,) for a in range(len(shape))]))
+def _slot(ndim: int, positions: dict[int, int]) -> tuple[slice, ...]:
+    """The index of one position in every window: `positions[axis]` along the window axes (kept
+    as size-1 dims), everything along the others."""
+    return tuple(slice(positions[a], positions[a] + 1) if a in positions else slice(None) for a in range(ndim))
 
 
 _window_max.defvjp(_window_max_forward, _window_max_backward)
