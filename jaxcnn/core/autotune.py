@@ -57,7 +57,9 @@ BUDGET_S = 20.0  # per context, shared by the option sets: trials not started in
 # an unrolled one of a few where the executor unrolls (convolutions on CPU: `executor.default_unroll`),
 # whose compile time grows with the steps.
 FUSED_STEPS = {"rolled": 16, "unrolled": 4}
-PLAN_VERSION = 3  # in the cache key: plans measured before a change to what they time (2: steps per call; 3: the max pool's gradient) are measured again
+# In the cache key: plans measured before a change to what they time are measured again (2: steps
+# per call measured; 3: the max pool's gradient rewritten).
+PLAN_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
