@@ -1,5 +1,6 @@
 """Shared fixtures. Real-data tests find MNIST through JAXCNN_DATA_DIR and skip when it is unset."""
 
+import gc
 import os
 import pathlib
 import signal
@@ -47,3 +48,11 @@ def sigterm_after(monkeypatch, steps: int):
 
     monkeypatch.setattr(writers.Progress, "step", step_and_signal)
     return seen, lambda: monkeypatch.setattr(writers.Progress, "step", original)
+
+
+def start_capture(capfd) -> None:
+    """Empties `capfd` before a command whose stderr is counted line by line. Earlier tests' garbage
+    (Orbax's never-awaited coroutines among it) is collected first: a collection during the command
+    would print its RuntimeWarnings there, as if the command had."""
+    gc.collect()
+    capfd.readouterr()

@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, start_capture
 from jaxcnn import cli
 from jaxcnn.config import load_config
 from jaxcnn.training.loop import train_and_evaluate
@@ -247,7 +247,7 @@ def assert_one_line_and_nothing_changed(status, stderr, files, before):
 @pytest.mark.parametrize("argv, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_a_bad_input_or_output_is_one_line_exit_2_and_changes_no_file(files, argv, expected, capfd):
     before = tree_hashes(files)
-    capfd.readouterr()
+    start_capture(capfd)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # then Python's default filters: what a real command shows
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):

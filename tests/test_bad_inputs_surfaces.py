@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, start_capture
 from jaxcnn import cli
 from surfaces_files import T, build_files
 
@@ -211,7 +211,7 @@ def run_case(argv, root, monkeypatch, capfd):
     """(exit status, stderr) of `jaxcnn ARGV` in this process, Python warnings counted as lines."""
     monkeypatch.chdir(root)
     monkeypatch.syspath_prepend(str(root))
-    capfd.readouterr()
+    start_capture(capfd)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):

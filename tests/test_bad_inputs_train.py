@@ -19,6 +19,7 @@ import warnings
 
 import pytest
 
+from conftest import start_capture
 from jaxcnn import cli
 from jaxcnn.files import checkpoint, workdir
 from jaxcnn.config import load_config
@@ -208,7 +209,7 @@ def run_case(argv, root, options, monkeypatch, capfd):
         monkeypatch.delenv(key, raising=False)
     if "cwd" in options:
         monkeypatch.chdir(root / options["cwd"])
-    capfd.readouterr()
+    start_capture(capfd)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
