@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.dispatch import BACKEND_COMPILE_EVENT
 
 from jaxcnn import models
 from jaxcnn.core import losses, optim
@@ -17,6 +18,8 @@ from jaxcnn.core.evaluation import eval_predict, evaluate
 from jaxcnn.core.executor import Executor, input_gate, plan_calls
 from jaxcnn.core.state import create_train_state
 from jaxcnn.core.steps import zero_eval_sums, zero_train_totals
+
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # a program loaded from the persistent cache
 
 
 def small_state(model_name, conv_impl="auto"):
@@ -87,6 +90,31 @@ def test_evaluation_in_calls_of_k_batches_equals_one_call_per_batch_and_counts_e
     predicted = np.concatenate([o["predicted"].reshape(-1) for o in outputs])[:117]  # the last batch padded
     assert sums["count"] == 117 and float(sums["correct"] / sums["count"]) == pytest.approx(per_batch["accuracy"])
     assert np.mean(predicted == split.labels) == pytest.approx(per_batch["accuracy"])
+
+
+@pytest.mark.parametrize("feed_type", [DeviceFeed, HostFeed])
+def test_a_training_program_compiled_ahead_runs_without_compiling_again_and_only_new_ones_compile(
+        split, feed_type):
+    """`Calls.compile_train` compiles each program once, before its first call (so that the clock
+    times compilation apart from training); the call then runs it: no compilation in between."""
+    compiled, listening = [], [True]  # a program compiled, or loaded from the persistent cache
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **_: compiled.append(event) if listening and event == BACKEND_COMPILE_EVENT else None)
+    jax.monitoring.register_event_listener(
+        lambda event, **_: compiled.append(event) if listening and event == CACHE_HIT_EVENT else None)
+    executor = Executor("none")
+    calls = executor.compile(prepare_fn(0.5, 0.25), prepare_fn(0.5, 0.25), "cross_entropy", 5)
+    state, totals = executor.put(small_state("mlp")), executor.put(zero_train_totals())
+    plan = plan_calls(0, 7, 0, 3)  # calls of 3, 3 and 1 steps: two programs
+    news = []
+    for (_, n), (inputs, start) in zip(plan, feed_type(split, executor).train_calls(0, 1, 16, plan)):
+        before = len(compiled)
+        news.append(calls.compile_train(state, totals, inputs, start, n))
+        assert len(compiled) == before + news[-1]  # compiled exactly when it said so
+        state, totals = calls.train(state, totals, inputs, start, n)
+        assert len(compiled) == before + news[-1]  # the call compiled nothing more
+    listening.clear()
+    assert news == [True, False, True] and int(jax.device_get(totals["steps"])) == 7
 
 
 def test_plan_calls_covers_the_epoch_in_calls_of_at_most_k_steps_with_a_last_partial_one():

@@ -156,6 +156,19 @@ class Calls:
 
     programs: dict[str, Callable]
     wait: Callable[[Any], Any]
+    compiled: set = dataclasses.field(default_factory=set)  # the training programs compiled so far
+
+    def compile_train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> bool:
+        """Compiles (or loads from the persistent cache) the training program that `train` with
+        arguments of these shapes runs, without running it, unless it was compiled already;
+        returns whether it compiled. The loop calls it before each call so that a program's
+        compilation is not timed as training (`jaxcnn.training.clock.Clock.compile`)."""
+        key = (num_steps, jax.tree.structure(inputs), tuple(np.shape(x) for x in jax.tree.leaves(inputs)))
+        if key in self.compiled:
+            return False
+        self.programs["train"].lower(state, totals, inputs, start, num_steps=num_steps).compile()
+        self.compiled.add(key)  # jit's own cache now holds the program: `train` runs it at once
+        return True
 
     def train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> tuple:
         """`num_steps` training steps -> (state, totals); both donated."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -13,8 +13,8 @@ from jaxcnn.runtime.compilation import cache_counts
 
 @dataclasses.dataclass
 class Clock:
-    """Wall-clock bookkeeping: the first call's compile time (and whether the compilation cache
-    served it), training time, validation time, images per second."""
+    """Wall-clock bookkeeping: the training programs' compile time (and whether the compilation
+    cache served the first), training time, validation time, images per second."""
 
     start: float = dataclasses.field(default_factory=time.perf_counter)
     cache_start: dict = dataclasses.field(default_factory=cache_counts)  # before anything compiled
@@ -29,36 +29,49 @@ class Clock:
     epoch_start: float = 0.0
     log_start: float = 0.0
     log_step: int = 0
+    epoch_compile_s: float = 0.0  # compile time inside the epoch, and inside the log interval:
+    log_compile_s: float = 0.0  # left out of their training time
 
     def start_epoch(self, step: int) -> None:
         self.epoch_start = self.log_start = time.perf_counter()
+        self.epoch_compile_s = self.log_compile_s = 0.0
         self.log_step = step
 
-    def after_call(self, totals: Any, step: int, num_steps: int, cache_on: bool = False) -> bool:
-        """The first call compiles: its time is the compile time, not training time. Returns True
-        right after that first call."""
-        if self.compiled:
-            self.timed_steps += num_steps
+    def compile(self, compile_fn: Callable[[], bool], cache_on: bool = False) -> bool:
+        """Runs `compile_fn` (which compiles a training program the run has not run yet, or loads
+        it from the persistent cache, and returns whether it did) outside the training time: its
+        time is compile time. Every step is then timed as training, the first call's included.
+        Returns True right after the run's first compilation."""
+        started = time.perf_counter()
+        if not compile_fn():
             return False
-        jax.block_until_ready(totals)
-        self.compile_s, self.compiled = time.perf_counter() - self.epoch_start, True
+        elapsed = time.perf_counter() - started
+        self.compile_s += elapsed
+        self.epoch_compile_s += elapsed
+        self.log_compile_s += elapsed
+        if self.compiled:
+            return False
+        self.compiled = True
         if cache_on:  # every program so far loaded from the cache, none compiled anew
             counts = self.cache_counts()
             self.cache_hit = counts["hits"] > 0 and counts["misses"] == 0
-        self.start_epoch(step)
         return True
 
+    def after_call(self, num_steps: int) -> None:
+        self.timed_steps += num_steps
+
     def log_rate(self, step: int, batch_size: int) -> float:
-        """Images per second since the previous log; starts the next interval."""
+        """Images per second since the previous log (its compile time left out); starts the next interval."""
         now = time.perf_counter()
-        rate = (step - self.log_step) * batch_size / max(now - self.log_start, 1e-9)
-        self.steady_s += now - self.log_start
+        seconds = max(now - self.log_start - self.log_compile_s, 1e-9)
+        rate = (step - self.log_step) * batch_size / seconds
+        self.steady_s += seconds
         self.steady_steps += step - self.log_step
-        self.log_start, self.log_step = now, step
+        self.log_start, self.log_step, self.log_compile_s = now, step, 0.0
         return rate
 
     def end_epoch(self) -> float:
-        epoch_s = time.perf_counter() - self.epoch_start
+        epoch_s = time.perf_counter() - self.epoch_start - self.epoch_compile_s
         self.train_s += epoch_s
         return epoch_s
 

@@ -110,8 +110,10 @@ def train_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     active = {"active": run.executor.put(loop.active())} if run.stacked and stoppable else {}
     run.clock.start_epoch(loop.step)
     for (position, num_steps), (call_inputs, start) in zip(plan, inputs):
+        call_inputs = {**call_inputs, **active}
+        compile_new(run, state, call_inputs, start, num_steps)
         run.profiler.before_call(loop.step, num_steps, state)
-        state, run.totals = run.calls.train(state, run.totals, {**call_inputs, **active}, start, num_steps)
+        state, run.totals = run.calls.train(state, run.totals, call_inputs, start, num_steps)
         epoch_end = count_call(run, loop, position, num_steps, end)
         if due(loop.step, config.log_every_steps) or epoch_end:
             log(run, state, loop)
@@ -125,14 +127,21 @@ def train_epoch(run: Run, state: Any, loop: RunLoop) -> Any:
     return state
 
 
-def count_call(run: Run, loop: RunLoop, position: int, num_steps: int, end: int) -> bool:
-    """Counts a training call of `num_steps` from `position` (steps, progress, the compile line after
-    the first); returns whether it reached `end`, the epoch's end."""
-    loop.step, loop.position = loop.step + num_steps, position + num_steps
-    run.writer.progress.step(loop.epoch, num_steps)
-    if run.clock.after_call(run.totals, loop.step, num_steps, run.cache_dir is not None):
+def compile_new(run: Run, state: Any, inputs: dict, start: Any, num_steps: int) -> None:
+    """Compiles the training program of the coming call if it is new to the run, outside the
+    training time (`Clock.compile`); after the run's first, says so."""
+    compile_fn = lambda: run.calls.compile_train(state, run.totals, inputs, start, num_steps)
+    if run.clock.compile(compile_fn, run.cache_dir is not None):
         cached = " (from the compilation cache)" if run.clock.cache_hit else ""
         run.writer.line(f"compiled in {run.clock.compile_s:.1f} s{cached}; training")
+
+
+def count_call(run: Run, loop: RunLoop, position: int, num_steps: int, end: int) -> bool:
+    """Counts a call of `num_steps` steps from epoch position `position`; returns whether it
+    reached `end`, the epoch's end."""
+    loop.step, loop.position = loop.step + num_steps, position + num_steps
+    run.writer.progress.step(loop.epoch, num_steps)
+    run.clock.after_call(num_steps)
     return loop.position == end
 
 
