@@ -72,7 +72,7 @@ def test_the_descent_keeps_only_changes_that_are_faster_by_the_margin(monkeypatc
         assert len(timings) == 2 * sets + sets - 1  # two other implementations per option set, then the sets
 
 
-@pytest.mark.parametrize("fused_per_step_s,expected", [(0.5, 16), (0.98, 1)])
+@pytest.mark.parametrize("fused_per_step_s,expected", [(0.5, (16, 500.0)), (0.98, (1, 0.0))])
 def test_fused_steps_are_chosen_only_when_faster_per_step_by_the_margin(monkeypatch, fused_per_step_s, expected):
     """An MLP's call of 16 rolled steps against one step per call: chosen at half the time per step,
     not at 2% less (within the margin). The programs are built; their timings are stubbed."""
@@ -98,7 +98,7 @@ def test_a_run_with_steps_per_call_0_trains_with_the_measured_count_and_records_
     from jaxcnn.config import load_config
     from jaxcnn.training.loop import train_and_evaluate
 
-    monkeypatch.setattr(autotune, "_fused_steps", lambda *a: 4)  # the measurement's choice, stubbed
+    monkeypatch.setattr(autotune, "_fused_steps", lambda *a: (4, 100.0))  # the measurement, stubbed
     config = load_config("mnist_mlp", ["num_epochs=1", "dataset.name=synthetic", "dataset.num_train=64",
                                        "dataset.num_test=32", "dataset.image_shape=(4, 4, 1)", "batch_size=8",
                                        "eval_batch_size=32", "model.hidden=(8,)", "log_every_steps=6",
@@ -111,6 +111,21 @@ def test_a_run_with_steps_per_call_0_trains_with_the_measured_count_and_records_
     monkeypatch.setenv(autotune.SWITCH_ENV, "0")  # nothing measured: one step per call
     train_and_evaluate(config, tmp_path / "off", quiet=True)
     assert json.loads((tmp_path / "off" / "config.json").read_text())["steps_per_call"] == 1
+
+
+def test_a_short_run_calls_one_step_at_a_time_when_fusing_saves_less_than_its_start_up():
+    """4 fused steps saving 0.1 ms each: worth their programs' start-up (`FUSED_START_S`) over 10,000
+    steps, not over 937 (one epoch of `mnist_speedrun`); `max_steps` counts as the run's length."""
+    plan = autotune.Tuned(steps_per_call=4, fused_saving_ms=0.1)
+    assert autotune.FUSED_START_S == 0.5
+    assert plan.for_run(10_000) == plan
+    assert plan.for_run(937) == autotune.Tuned(steps_per_call=1, fused_saving_ms=0.1)
+    assert autotune.Tuned().for_run(10) == autotune.Tuned()
+    assert autotune.Tuned.from_json(plan.to_json(), "cached").fused_saving_ms == 0.1
+    from jaxcnn.config import load_config
+    from jaxcnn.training.run import run_steps
+    config = load_config("mnist_speedrun", [])
+    assert run_steps(config, 937) == 937 and run_steps(load_config("mnist_speedrun", ["max_steps=50"]), 937) == 50
 
 
 def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):

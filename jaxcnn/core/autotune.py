@@ -14,7 +14,8 @@ tries each candidate implementation of each convolution shape in turn, keeping a
 it is faster by `MARGIN` in timings interleaved with the current best's; then the option sets'
 winners are timed against each other (the default set, `compilation.DEFAULT_SET`, wins ties). With
 `config.steps_per_call` 0, the training step once per call is timed against a fused call of
-`FUSED_STEPS` (`_fused_steps`). Forward programs
+`FUSED_STEPS` (`_fused_steps`), which a run uses only when it saves more than the start-up of its
+programs over the run's steps (`Tuned.for_run`). Forward programs
 are timed on at most `FORWARD_BATCH_CAP` examples, and trials not started within `BUDGET_S` per
 context are skipped, so that a large model's first run waits seconds, not minutes.
 
@@ -57,9 +58,13 @@ BUDGET_S = 20.0  # per context, shared by the option sets: trials not started in
 # an unrolled one of a few where the executor unrolls (convolutions on CPU: `executor.default_unroll`),
 # whose compile time grows with the steps.
 FUSED_STEPS = {"rolled": 16, "unrolled": 4}
+# What fused calls add to every start of a run: a second program (the shorter call that ends an
+# epoch or a logging interval) and a larger one, traced and loaded from the compilation cache
+# (README, "Start-up"). A run fuses only when its steps save more than this (`Tuned.for_run`).
+FUSED_START_S = 0.5
 # In the cache key: plans measured before a change to what they time are measured again (2: steps
-# per call measured; 3: the max pool's gradient rewritten).
-PLAN_VERSION = 3
+# per call measured; 3: the max pool's gradient rewritten; 4: the time fused steps save recorded).
+PLAN_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,14 @@ class Tuned:
     source: str = "default"
     timings: tuple[tuple[str, str, float], ...] = ()
     steps_per_call: int = 1  # training steps per compiled call, for `config.steps_per_call = 0` (auto)
+    fused_saving_ms: float = 0.0  # per step: what a call of the measured fused count saved against one
+
+    def for_run(self, num_steps: int) -> "Tuned":
+        """This plan for a run of `num_steps` training steps: its fused calls only when they save more
+        than their start-up (`FUSED_START_S`) over the run; a short run calls one step at a time."""
+        if self.steps_per_call == 1 or 1e-3 * self.fused_saving_ms * num_steps >= FUSED_START_S:
+            return self
+        return dataclasses.replace(self, steps_per_call=1)
 
     def compiler_options(self) -> dict[str, dict[str, str] | None]:
         """The XLA options of the train program and of the forward-only ones (evaluate, predict)."""
@@ -80,6 +93,7 @@ class Tuned:
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "options": dict(self.options), "steps_per_call": self.steps_per_call,
+                "fused_saving_ms": round(self.fused_saving_ms, 4),
                 "conv": [{"shape": s, "context": c, "impl": i} for s, c, i in self.conv],
                 "timings_ms": [{"context": c, "choice": what, "ms": round(ms, 3)} for c, what, ms in self.timings]}
 
@@ -87,7 +101,8 @@ class Tuned:
     def from_json(cls, value: dict[str, Any], source: str) -> "Tuned":
         return cls(conv=tuple((e["shape"], e["context"], e["impl"]) for e in value.get("conv", ())),
                    options=tuple(sorted(value.get("options", {}).items())), source=source,
-                   steps_per_call=int(value.get("steps_per_call", 1)))
+                   steps_per_call=int(value.get("steps_per_call", 1)),
+                   fused_saving_ms=float(value.get("fused_saving_ms", 0.0)))
 
 
 DEFAULT = Tuned()
@@ -243,15 +258,16 @@ def _try(probe: _Probe, plan: conv_plan.Plan, option_set: str, best: Callable, t
     return plan, option_set, best
 
 
-def _fused_steps(probe: _Probe, plan: conv_plan.Plan, option_set: str, timings: list) -> int:
-    """The training call's steps: `FUSED_STEPS`' count for the executor's loop (rolled, or unrolled
-    for convolutions on CPU) when a call of that many is faster per step by `MARGIN` than one step
-    per call (the dispatch of a call costs about as much as a small model's step), else 1."""
+def _fused_steps(probe: _Probe, plan: conv_plan.Plan, option_set: str, timings: list) -> tuple[int, float]:
+    """The training call's steps and the milliseconds they save per step: `FUSED_STEPS`' count for
+    the executor's loop (rolled, or unrolled for convolutions on CPU) when a call of that many is
+    faster per step by `MARGIN` than one step per call (the dispatch of a call costs about as much
+    as a small model's step), else (1, 0)."""
     unroll = default_unroll(probe.variables["params"])
     k = FUSED_STEPS["unrolled" if unroll is True else "rolled"]
     t_one, t_fused = _interleaved(probe.steps(plan, option_set, 1, unroll), probe.steps(plan, option_set, k, unroll))
     timings.append((TRAIN, f"steps_per_call {k} (against 1: {1e3 * t_one:.3f} per step)", 1e3 * t_fused / k))
-    return k if t_fused / k <= MARGIN * t_one else 1
+    return (k, 1e3 * (t_one - t_fused / k)) if t_fused / k <= MARGIN * t_one else (1, 0.0)
 
 
 def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[int, ...], num_classes: int,
@@ -265,7 +281,7 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
     default = tuple((key, context, im2col.resolve_conv_impl("auto", in_channels=cin, train=context == TRAIN))
                     for key, cin in shapes for context in (TRAIN, FORWARD))
     rng = np.random.default_rng(0)
-    conv, options, timings, steps = [], [], [], 1
+    conv, options, timings, (steps, saving) = [], [], [], (1, 0.0)
     for context in (TRAIN, FORWARD):
         batch = max(1, int(batches[context]))
         batch = min(batch, FORWARD_BATCH_CAP) if context == FORWARD else batch
@@ -274,11 +290,11 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
         probe = _Probe(make_model, variables, context, images, labels)
         plan, option_set, measured = _descend(probe, list(shapes), default, tune_conv)
         if context == TRAIN and tune_steps:
-            steps = _fused_steps(probe, plan, option_set, measured)
+            steps, saving = _fused_steps(probe, plan, option_set, measured)
         conv += [e for e in plan if e[1] == context]
         options.append((context, option_set))
         timings += measured
-    return Tuned(tuple(conv), tuple(sorted(options)), "measured", tuple(timings), steps)
+    return Tuned(tuple(conv), tuple(sorted(options)), "measured", tuple(timings), steps, saving)
 
 
 def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str, int]:
@@ -290,15 +306,17 @@ def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str
 
 
 def choose(config: Any, input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
-           cache_dir: pathlib.Path | None, recorded: Tuned | None = None, tune_steps: bool = False) -> Tuned:
+           cache_dir: pathlib.Path | None, recorded: Tuned | None = None, tune_steps: bool = False,
+           run_steps: int = 0) -> Tuned:
     """The plan of `config`'s model: `recorded` (a resumed or verified run's) or `choose_plan`'s
-    (with the training call's steps when `tune_steps`: `config.steps_per_call` is 0, one model)."""
+    (with the training call's steps when `tune_steps`: `config.steps_per_call` is 0, one model),
+    for a run of `run_steps` training steps (`Tuned.for_run`)."""
     if recorded is not None:
         return recorded
     what = {"model": config.model.to_dict(), "dtype": config.dtype}
     return choose_plan(lambda plan: model_of(config, num_classes, conv_plan=plan), what, input_shape, num_classes,
                        batches, cache_dir, tune_conv=config.model.get("conv_impl", "auto") == "auto",
-                       tune_steps=tune_steps)
+                       tune_steps=tune_steps).for_run(run_steps)
 
 
 def choose_plan(make_model: Callable[[conv_plan.Plan], nn.Module], what: dict[str, Any],
