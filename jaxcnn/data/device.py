@@ -7,6 +7,8 @@ order does not depend on how it was started or resumed, nor on how the data is f
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,15 @@ def normalize(images: jax.Array, mean: float | tuple[float, ...], std: float | t
 
 def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
     """Shuffled example indices for one epoch as (steps, batch_size); the last partial batch dropped."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _SHUFFLE_SALT), epoch)
+    return _order(jax.random.PRNGKey(seed), epoch, num_examples=num_examples, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size"))
+def _order(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+    """`epoch_order` from the seed's key: one program, not each of its operations compiled and
+    run one at a time (README, "Start-up"); the key made outside, since a seed may not fit
+    in an int32, and the epoch traced, so every epoch runs the same program."""
+    key = jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE_SALT), epoch)
     steps = num_examples // batch_size
     return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, batch_size)
 
