@@ -166,6 +166,9 @@ class Calls:
         key = (num_steps, jax.tree.structure(inputs), tuple(np.shape(x) for x in jax.tree.leaves(inputs)))
         if key in self.compiled:
             return False
+        # Nothing left in flight: a compile overlapping earlier calls' steps would hide training
+        # time in the compile time the clock leaves out.
+        jax.block_until_ready((state, totals))
         self.programs["train"].lower(state, totals, inputs, start, num_steps=num_steps).compile()
         self.compiled.add(key)  # jit's own cache now holds the program: `train` runs it at once
         return True
