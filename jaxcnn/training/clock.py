@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
-
-import jax
+from typing import Callable
 
 from jaxcnn.runtime.compilation import cache_counts
 
