@@ -6,12 +6,12 @@ PyTorch user writes it: the same model (conv 8, 32, 64, each 3x3 SAME -> BatchNo
 max-pool 2, then Dense 576 -> 10), the same initialisation (LeCun normal kernels, zero biases, as
 Flax), Nesterov SGD with momentum 0.9, label smoothing 0.1, the one-cycle schedule (linear up for
 `--warmup-epochs`, then linearly down to 0 at the last step), batch 64 for one epoch (`fashion_speedrun`:
-batch 128 for 10 epochs), pixels scaled to [0, 1],
+10 epochs), pixels scaled to [0, 1],
 a new shuffle per epoch. The images load from the canonical IDX files before the clock starts.
 
     python scripts/peers/torch_speedrun.py --data-dir ../shared/data --seeds 0 1 2 3 4
     python scripts/peers/torch_speedrun.py --dataset fashion_mnist --widths 16 32 64 --epochs 10 \
-        --batch-size 128 --learning-rate 0.2 --warmup-epochs 0.5 --flip --seeds 0 1 2 3 4   # fashion_speedrun
+        --learning-rate 0.1 --warmup-epochs 0.5 --flip --seeds 0 1 2 3 4   # fashion_speedrun
 
 Prints one JSON line per seed: training seconds (the optimisation steps only, as `jaxcnn bench
 --to-accuracy` counts them), test accuracy after the last epoch, and the evaluation's seconds.
