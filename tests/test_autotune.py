@@ -123,9 +123,9 @@ def test_a_short_run_calls_one_step_at_a_time_when_fusing_saves_less_than_its_st
     assert autotune.Tuned().for_run(10) == autotune.Tuned()
     assert autotune.Tuned.from_json(plan.to_json(), "cached").fused_saving_ms == 0.1
     from jaxcnn.config import load_config
-    from jaxcnn.training.run import run_steps
+    from jaxcnn.config.run_options import run_length  # the run's steps `for_run` is given
     config = load_config("mnist_speedrun", [])
-    assert run_steps(config, 937) == 937 and run_steps(load_config("mnist_speedrun", ["max_steps=50"]), 937) == 50
+    assert run_length(config, 937) == 937 and run_length(load_config("mnist_speedrun", ["max_steps=50"]), 937) == 50
 
 
 def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):

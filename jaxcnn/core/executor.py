@@ -156,21 +156,21 @@ class Calls:
 
     programs: dict[str, Callable]
     wait: Callable[[Any], Any]
-    compiled: set = dataclasses.field(default_factory=set)  # the training programs compiled so far
+    compiled: set = dataclasses.field(default_factory=set)  # the step counts of the training programs compiled
 
     def compile_train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> bool:
-        """Compiles (or loads from the persistent cache) the training program that `train` with
-        arguments of these shapes runs, without running it, unless it was compiled already;
-        returns whether it compiled. The loop calls it before each call so that a program's
-        compilation is not timed as training (`jaxcnn.training.clock.Clock.compile`)."""
-        key = (num_steps, jax.tree.structure(inputs), tuple(np.shape(x) for x in jax.tree.leaves(inputs)))
-        if key in self.compiled:
+        """Compiles (or loads from the persistent cache) the training program of a call of
+        `num_steps` steps, without running it, unless it was compiled already; returns whether it
+        compiled. Within a run a call's arguments keep their shapes for a given step count (the
+        feed's inputs stack `num_steps` batches at most), so the count names the program. The loop
+        calls it before each call so that compiling is not timed as training (`Clock.compile`)."""
+        if num_steps in self.compiled:
             return False
         # Nothing left in flight: a compile overlapping earlier calls' steps would hide training
         # time in the compile time the clock leaves out.
         jax.block_until_ready((state, totals))
         self.programs["train"].lower(state, totals, inputs, start, num_steps=num_steps).compile()
-        self.compiled.add(key)  # jit's own cache now holds the program: `train` runs it at once
+        self.compiled.add(num_steps)  # jit's own cache now holds the program: `train` runs it at once
         return True
 
     def train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> tuple:

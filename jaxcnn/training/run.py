@@ -32,6 +32,7 @@ from jaxcnn.core.build import build, make_prepare, model_of
 from jaxcnn.training.clock import Clock
 from jaxcnn.runtime.compilation import enable_compilation_cache
 from jaxcnn.config import config_to_json, dataset_options, validate_config
+from jaxcnn.config.run_options import run_length
 from jaxcnn.data.feed import make_feeds
 from jaxcnn.data.normalization import mean_std_for, record_mean_std
 from jaxcnn.errors import JaxcnnError
@@ -141,7 +142,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     batches = autotune.batches_of(config, executor.num_devices, stacked and executor.split_members)
     tuned = autotune.choose(config, dataset.input_shape, dataset.num_classes, batches, cache_dir, recorded,
                             tune_steps=config.steps_per_call == 0 and not stacked,
-                            run_steps=run_steps(config, steps_per_epoch))
+                            run_steps=run_length(config, steps_per_epoch))
     config = with_steps_per_call(config, tuned.steps_per_call)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name, tuned.conv)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -162,12 +163,6 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     state = executor.put(init(member_list), executor.member_state)
     check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir, tuned)
-
-
-def run_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """The training steps of the whole run: its epochs', or `max_steps` when fewer."""
-    steps = steps_per_epoch * config.num_epochs
-    return min(steps, config.max_steps) if config.max_steps else steps
 
 
 def with_steps_per_call(config: ml_collections.ConfigDict, measured: int) -> ml_collections.ConfigDict:
