@@ -138,6 +138,31 @@ def test_the_quick_exit_waits_for_a_thread_still_working():
         worker.join()
 
 
+def test_the_executable_freezes_what_its_libraries_built_and_collects_again_after():
+    script = ("import gc, json\n"
+              "from jaxcnn import cli\n"
+              "cli._Process.executable = True\n"
+              "with cli.libraries_loading():\n"
+              "    held = not gc.isenabled()\n"
+              "    import jaxcnn.training.loop\n"
+              "print(json.dumps([held, gc.isenabled(), gc.get_freeze_count()]))\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    held, enabled_after, frozen = json.loads(result.stdout)
+    assert held and enabled_after and frozen > 10_000
+
+
+def test_called_from_python_the_train_command_leaves_the_collector_as_it_was():
+    import gc
+
+    from jaxcnn import cli
+
+    before = gc.get_freeze_count()
+    with cli.libraries_loading():
+        assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == before
+
+
 def test_the_command_ends_with_its_output_whole_and_its_exit_handlers_run(tmp_path):
     script = tmp_path / "handlers.py"
     script.write_text("import atexit, sys\n"
