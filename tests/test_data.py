@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import real_data_dir, requires_mnist
-from jaxcnn.data import Split, expected_input_shape, list_datasets, load_dataset, resolve_data_dir, train_val_split
+from jaxcnn.data import Split, expected_input_shape, expected_num_classes, list_datasets, load_dataset, resolve_data_dir, train_val_split
 from jaxcnn.data.idx import decoded_cache_file, load_idx_dataset, read_idx
 from jaxcnn.errors import JaxcnnError
 
@@ -450,6 +450,30 @@ def test_expected_input_shape_is_the_shape_the_loaded_data_has():
     assert load_dataset("digits").input_shape == expected_input_shape({"name": "digits"})
     synthetic = {"name": "synthetic", "image_shape": (5, 6, 2)}
     assert load_dataset("synthetic", image_shape=(5, 6, 2), num_train=20).input_shape == expected_input_shape(synthetic)
+
+
+@pytest.mark.parametrize("section, num_classes", [
+    ({"name": "mnist"}, 10),
+    ({"name": "fashion_mnist"}, 10),
+    ({"name": "digits"}, 10),
+    ({"name": "cifar10"}, 10),
+    ({"name": "cifar100"}, 100),
+    ({"name": "synthetic", "num_classes": 3}, 3),
+    ({"name": "tfds:mnist"}, None),
+])
+def test_expected_num_classes_is_known_before_loading_for_the_built_in_datasets(section, num_classes):
+    assert expected_num_classes(section) == num_classes
+
+
+def test_expected_num_classes_is_the_number_the_loaded_data_has():
+    assert load_dataset("digits").num_classes == expected_num_classes({"name": "digits"})
+    assert load_dataset("synthetic", num_classes=3, num_train=20).num_classes == \
+        expected_num_classes({"name": "synthetic", "num_classes": 3})
+
+
+def test_a_synthetic_num_classes_that_is_not_a_count_is_one_line_naming_the_key():
+    with pytest.raises(JaxcnnError, match=r"dataset\.num_classes: expected a positive integer, got 0"):
+        expected_num_classes({"name": "synthetic", "num_classes": 0})
 
 
 @requires_mnist

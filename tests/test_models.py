@@ -274,6 +274,21 @@ def test_check_input_shape_accepts_every_model_down_to_its_smallest_input(name):
             models.check_input_shape(model, (size - 1, size - 1, channels))
 
 
+def test_a_model_checked_for_a_shape_is_not_traced_again_but_a_failing_one_is(monkeypatch):
+    traced = []
+    real_eval_shape = jax.eval_shape
+    monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: traced.append(1) or real_eval_shape(*a, **k))
+    models.check_input_shape(models.create_model("tiny_cnn", 7), (9, 9, 1))
+    once = len(traced)
+    models.check_input_shape(models.create_model("tiny_cnn", 7), (9, 9, 1))  # an equal model: no trace
+    assert once > 0 and len(traced) == once
+    models.check_input_shape(models.create_model("tiny_cnn", 6), (9, 9, 1))  # another output: traced
+    assert len(traced) == 2 * once
+    for _ in range(2):  # a failure is never taken as passed
+        with pytest.raises(JaxcnnError, match="model layer Conv_0"):
+            models.check_input_shape(models.create_model("tiny_cnn", 7), (2, 2, 1))
+
+
 @pytest.mark.parametrize("shape", [(28, 28), (0, 28, 1), (28.0, 28, 1), "28x28x1"])
 def test_check_input_shape_refuses_what_is_not_a_shape(shape):
     with pytest.raises(JaxcnnError, match="input shape"):

@@ -242,7 +242,9 @@ def validate_config(config: ml_collections.ConfigDict) -> spec.RunSpec:
     check_input_options(run.dataset, run.augment.random_resized_crop, member_list is not None)
     run_options.parse_profile_steps(config.profile_steps)  # its range is checked with the data (profiling)
     data.check_dataset_name(config.dataset.name)
-    parts = build(config, num_classes=2, steps_per_epoch=1)
+    # The model the run will train where the dataset's classes are known before loading: setup's
+    # check of it, once the data is loaded, is then the same check (models.check_input_shape).
+    parts = build(config, num_classes=data.expected_num_classes(config.dataset) or 2, steps_per_epoch=1)
     input_shape = data.expected_input_shape(config.dataset)
     if input_shape is not None:  # else checked once the data is loaded (training.run.load_data)
         models.check_input_shape(parts.model, input_shape)

@@ -22,7 +22,7 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import DATASET_COMMON_KEYS, is_int
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name", "dataset_defaults",
-           "expected_input_shape", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
+           "expected_input_shape", "expected_num_classes", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
            "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
@@ -66,12 +66,14 @@ class DatasetSource:
     """A registered dataset: `load(data_dir, seed, **options)` returns (train, test, class_names) or
     a `Dataset`; `options` are the names it takes, `defaults` their values in a new `config.dataset`;
     `fetch(data_dir)`, when the dataset can be downloaded, gets what is missing (`download=True`);
-    `image_shape` is the (H, W, C) of its images when it is fixed (None: set by its options or files)."""
+    `image_shape` is the (H, W, C) of its images and `num_classes` its number of classes, when fixed
+    (None: set by its options or files)."""
 
     load: Callable[..., tuple[Split, Split, tuple[str, ...]] | Dataset]
     options: tuple[str, ...] = ()
     fetch: Callable[[str | os.PathLike | None], None] | None = None
     image_shape: tuple[int, int, int] | None = None
+    num_classes: int | None = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # False: the data directory plays no part (made in memory, or read from `dataset.path` as
     # image_folder and arrays are, or by a registered loader): a run needs and records no data dir.
@@ -97,14 +99,19 @@ def _downloader(name: str) -> Callable[[str | os.PathLike | None], None]:
 
 _DATASETS: dict[str, DatasetSource] = {
     "cifar10": DatasetSource(lambda data_dir, seed: load_cifar10(resolve_data_dir(data_dir)),
-                             fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE),
+                             fetch=_downloader("cifar10"), image_shape=cifar.IMAGE_SHAPE,
+                             num_classes=cifar.CIFAR10.num_classes),
     "cifar100": DatasetSource(lambda data_dir, seed: load_cifar100(resolve_data_dir(data_dir)),
-                              fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE),
-    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE, reads_files=False),
+                              fetch=_downloader("cifar100"), image_shape=cifar.IMAGE_SHAPE,
+                              num_classes=cifar.CIFAR100.num_classes),
+    "digits": DatasetSource(lambda data_dir, seed: load_digits(), image_shape=digits.IMAGE_SHAPE,
+                            num_classes=len(digits.CLASS_NAMES), reads_files=False),
     "fashion_mnist": DatasetSource(lambda data_dir, seed: load_fashion_mnist(resolve_data_dir(data_dir)),
-                                   fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE),
+                                   fetch=_downloader("fashion_mnist"), image_shape=mnist.IMAGE_SHAPE,
+                                   num_classes=len(mnist.FASHION_MNIST_CLASS_NAMES)),
     "mnist": DatasetSource(lambda data_dir, seed: load_mnist(resolve_data_dir(data_dir)),
-                           fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE),
+                           fetch=_downloader("mnist"), image_shape=mnist.IMAGE_SHAPE,
+                           num_classes=len(mnist.MNIST_CLASS_NAMES)),
     "synthetic": DatasetSource(lambda data_dir, seed, **options: synthetic.load_synthetic(seed, **options),
                                options=synthetic.OPTIONS, defaults=synthetic.DEFAULTS, reads_files=False),
     "image_folder": DatasetSource(lambda data_dir, seed, **options: image_folder.load_image_folder(seed, **options),
@@ -182,6 +189,17 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     if name == "synthetic":
         return synthetic.check_image_shape(section["image_shape"])
     return DATASETS[name].image_shape if name in DATASETS else None
+
+
+def expected_num_classes(section: Mapping[str, Any]) -> int | None:
+    """The number of classes of the dataset of `section` (`config.dataset`), known before loading it
+    as `expected_input_shape` is: fixed for the built-in datasets, `num_classes` for synthetic; None
+    where only loading tells. Lets the config check build the model the run will train."""
+    name = section["name"]
+    check_dataset_name(name)
+    if name == "synthetic":
+        return synthetic.check_num_classes(section["num_classes"])
+    return DATASETS[name].num_classes if name in DATASETS else None
 
 
 def reads_files(name: str) -> bool:

@@ -47,6 +47,11 @@ def _check_positive_int(key: str, value: object) -> None:
         raise JaxcnnError(f"dataset.{key}: expected a positive integer, got {value!r}; set e.g. dataset.{key}=10")
 
 
+def check_num_classes(value: object) -> int:
+    _check_positive_int("num_classes", value)
+    return int(value)
+
+
 def check_image_shape(value: object) -> tuple[int, int, int]:
     ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
           and all(is_int(v) and v > 0 for v in value))

@@ -54,12 +54,30 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
     fail in the loss, look like a divergence, or train silently on extra classes) or an exception
     raised inside a user's module (say only with train=True) is one line naming the model. The full
     traceback of a user's exception: `JAXCNN_TRACEBACK=1` (`jaxcnn.cli`).
+
+    A model that passed for a shape passes again at once: a run checks its config's model first
+    thing (`config.validate_config`) and its setup checks the same model once the data is loaded.
     """
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in shape):
         raise JaxcnnError(f"invalid input shape {input_shape!r}; expected 3 positive ints (height, width, "
                           "channels)")
-    num_classes, label, axis_name = getattr(model, EXPECTED_ATTRIBUTE, (None, f"model {type(model).__name__}", None))
+    expected = getattr(model, EXPECTED_ATTRIBUTE, None)
+    try:
+        hash((model, expected))
+    except TypeError:  # a module with a list or dict field: checked every time
+        return _check_model(model, shape, expected)
+    _check_once(model, shape, expected)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_once(model: nn.Module, shape: tuple[int, int, int], expected: tuple | None) -> None:
+    """`_check_model`, remembered when it passes (a failure raises, and is not remembered)."""
+    _check_model(model, shape, expected)
+
+
+def _check_model(model: nn.Module, shape: tuple[int, int, int], expected: tuple | None) -> None:
+    num_classes, label, axis_name = expected or (None, f"model {type(model).__name__}", None)
     where = f"input shape {'x'.join(map(str, shape))}"
     for train in (False, True):
         try:
