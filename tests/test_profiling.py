@@ -38,6 +38,13 @@ def test_profile_steps_write_a_trace_and_the_summary_records_memory(tmp_path):
     assert json.loads((tmp_path / "w" / "summary.json").read_text())["memory"] == memory
 
 
+def test_the_memory_of_the_first_call_is_that_of_the_program_trained_with_or_compiled_for_a_finished_run(tmp_path):
+    trained = train(tmp_path / "w")["memory"]["train_call"]
+    (tmp_path / "w" / "summary.json").unlink()  # as if stopped while testing, its last step saved
+    resumed = train(tmp_path / "w")  # resumed at its end: no training call, the program compiled for the report
+    assert resumed["memory"]["train_call"] == trained and trained["argument"] > 0
+
+
 def test_a_profile_range_ending_with_the_run_is_stopped_at_its_summary(tmp_path):
     train(tmp_path / "w", "profile_steps=(14, 14)", "num_epochs=2")
     assert (tmp_path / "w" / "profile").is_dir()

@@ -156,7 +156,9 @@ class Calls:
 
     programs: dict[str, Callable]
     wait: Callable[[Any], Any]
-    compiled: set = dataclasses.field(default_factory=set)  # the step counts of the training programs compiled
+    # The training programs compiled, by step count (`compile_train`); `memory_analysis()` of one
+    # is what `summary.json` reports of the run's memory.
+    compiled: dict[int, jax.stages.Compiled] = dataclasses.field(default_factory=dict)
 
     def compile_train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> bool:
         """Compiles (or loads from the persistent cache) the training program of a call of
@@ -169,8 +171,9 @@ class Calls:
         # Nothing left in flight: a compile overlapping earlier calls' steps would hide training
         # time in the compile time the clock leaves out.
         jax.block_until_ready((state, totals))
-        self.programs["train"].lower(state, totals, inputs, start, num_steps=num_steps).compile()
-        self.compiled.add(num_steps)  # jit's own cache now holds the program: `train` runs it at once
+        # jit's own cache now holds the program too: `train` runs it at once.
+        self.compiled[num_steps] = self.programs["train"].lower(state, totals, inputs, start,
+                                                                num_steps=num_steps).compile()
         return True
 
     def train(self, state: TrainState, totals: Any, inputs: dict, start: jax.Array, num_steps: int) -> tuple:

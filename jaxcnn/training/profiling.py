@@ -89,13 +89,16 @@ def peak_device_bytes(device: jax.Device) -> int | None:
 
 def train_call_memory(run: Any, state: Any) -> dict[str, int] | None:
     """XLA's memory analysis of the run's first training call (argument, output, temporary and
-    generated-code bytes per device): lowered again with the same shapes, so the program comes
-    from JAX's caches rather than a second compilation."""
+    generated-code bytes per device): of the program the loop compiled for it (`Calls.compile_train`),
+    compiled here only where no such call ran (a run resumed at its end)."""
     config = run.config
     plan = plan_calls(0, run.steps_per_epoch, 0, config.steps_per_call,
                       (config.log_every_steps, run.saver.every_steps, config.max_steps))[:1]
-    inputs, start = next(iter(run.train_calls(1, plan)))
-    compiled = run.calls.programs["train"].lower(state, run.totals, inputs, start, num_steps=plan[0][1]).compile()
+    num_steps = plan[0][1]
+    if num_steps not in run.calls.compiled:
+        inputs, start = next(iter(run.train_calls(1, plan)))
+        run.calls.compile_train(state, run.totals, inputs, start, num_steps)
+    compiled = run.calls.compiled[num_steps]
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
