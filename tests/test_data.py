@@ -67,14 +67,18 @@ def test_a_gzipped_file_is_decoded_once_and_again_when_it_changes(tmp_path, monk
     kept = decoded_cache_file(path)
     assert kept.is_file() and kept.parent == tmp_path / "cache" / "jaxcnn" / "decoded"
     np.testing.assert_array_equal(np.load(kept), images)
-    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), images)  # from the cache
+    from_cache = read_idx(path, expect_ndim=3)
+    np.testing.assert_array_equal(from_cache, images)
+    assert not from_cache.flags.writeable  # the kept file's pages, mapped: nothing read until used
     with pytest.raises(JaxcnnError, match="bad magic number"):  # the kept array is checked as the file was
         read_idx(path, expect_ndim=1)
     changed = images[::-1].copy()
     write(path, idx_bytes(changed))
     os.utime(path, ns=(kept.stat().st_mtime_ns + 10**9,) * 2)  # a new modification time, as a rewrite has
     np.testing.assert_array_equal(read_idx(path, expect_ndim=3), changed)
-    kept.write_bytes(b"not an array")  # a damaged cache entry is decoded again
+    kept.write_bytes(kept.read_bytes()[:-5])  # a cache entry cut short is decoded again
+    np.testing.assert_array_equal(read_idx(path, expect_ndim=3), changed)
+    kept.write_bytes(b"not an array")  # so is a damaged one
     np.testing.assert_array_equal(read_idx(path, expect_ndim=3), changed)
 
 
