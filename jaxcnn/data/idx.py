@@ -6,9 +6,10 @@ then the uint8 payload, exactly as many bytes as the product of the sizes.
 A gzipped file, once checked and decompressed, is kept decoded as `.npy` in the user cache folder
 (`decoded/` beside the compilation cache, keyed by the file's path, size and modification time):
 decompressing MNIST's training images took 0.15 s of every run's start. The `.npy` is mapped, not
-read: a read-only array whose pages load as they are used, aligned so that the device copy starts
-from it directly (reading it took 0.03-0.07 s of each start; README, "Start-up"). A kept file is only
-ever replaced whole (`os.replace`), never rewritten in place, so a mapping stays valid.
+read: a read-only array whose pages load as they are used, aligned so that on the CPU the device
+array is the mapping itself, not a copy (reading and copying took 0.03-0.07 s of each start; README,
+"Start-up"). A kept file is only ever replaced whole (`os.replace`), never rewritten in place, so a
+mapping stays valid.
 `JAXCNN_DECODED_CACHE=0` turns it off; an unwritable cache folder is skipped silently.
 """
 
