@@ -22,8 +22,8 @@ from jaxcnn.errors import JaxcnnError
 from jaxcnn.spec import DATASET_COMMON_KEYS, is_int
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "DatasetSource", "Split", "check_dataset_name", "dataset_defaults",
-           "expected_input_shape", "expected_num_classes", "list_datasets", "load_dataset", "reads_files", "register_dataset", "resolve_data_dir",
-           "train_val_split"]
+           "expected_input_shape", "expected_num_classes", "list_datasets", "load_dataset", "reads_files",
+           "register_dataset", "resolve_data_dir", "train_val_split"]
 
 DATA_DIR_ENV = "JAXCNN_DATA_DIR"
 

@@ -63,11 +63,18 @@ def check_input_shape(model: nn.Module, input_shape: Sequence[int]) -> None:
         raise JaxcnnError(f"invalid input shape {input_shape!r}; expected 3 positive ints (height, width, "
                           "channels)")
     expected = getattr(model, EXPECTED_ATTRIBUTE, None)
+    if _hashable((model, expected)):
+        _check_once(model, shape, expected)
+    else:  # a module with a list or dict field: checked every time
+        _check_model(model, shape, expected)
+
+
+def _hashable(value: Any) -> bool:
     try:
-        hash((model, expected))
-    except TypeError:  # a module with a list or dict field: checked every time
-        return _check_model(model, shape, expected)
-    _check_once(model, shape, expected)
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=8)
