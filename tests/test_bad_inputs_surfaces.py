@@ -71,9 +71,9 @@ CASES = [
     ("arrays-not-an-npz", NPZ + ["{root}/garbage.npz"], "cannot be read as an .npz archive"),
     ("arrays-missing-file", NPZ + ["{root}/nowhere.npz"], "nowhere.npz does not exist"),
     # own models
-    ("model-too-many-outputs", MODEL + ["badnets:TooMany"], "returned logits of shape (batch, 5)"),
+    ("model-too-many-outputs", MODEL + ["badnets:TooMany"], "returned logits of shape (batch, 13)"),
     ("model-too-few-outputs", MODEL + ["badnets:TooFew"], "returned logits of shape (batch, 2) with train=False"),
-    ("model-spatial-outputs", MODEL + ["badnets:Spatial"], "returned logits of shape (batch, 8, 8, 2)"),
+    ("model-spatial-outputs", MODEL + ["badnets:Spatial"], "returned logits of shape (batch, 8, 8, 10)"),
     ("model-one-number-per-image", MODEL + ["badnets:OneNumber"], "returned logits of shape (batch,)"),
     ("model-raises-only-training", MODEL + ["badnets:RaisesWhileTraining"],
      "model.name 'badnets:RaisesWhileTraining' raised ZeroDivisionError: no training today while tracing with "
