@@ -184,22 +184,23 @@ def expected_input_shape(section: Mapping[str, Any]) -> tuple[int, int, int] | N
     have, known before loading it: fixed for the built-in datasets, `image_shape` for synthetic;
     None where only loading tells (`tfds:NAME`). Lets the model's shapes be checked before any data
     loads (`models.check_input_shape`)."""
-    name = section["name"]
-    check_dataset_name(name)
-    if name == "synthetic":
-        return synthetic.check_image_shape(section["image_shape"])
-    return DATASETS[name].image_shape if name in DATASETS else None
+    return _known_before_loading(section, "image_shape", synthetic.check_image_shape)
 
 
 def expected_num_classes(section: Mapping[str, Any]) -> int | None:
-    """The number of classes of the dataset of `section` (`config.dataset`), known before loading it
-    as `expected_input_shape` is: fixed for the built-in datasets, `num_classes` for synthetic; None
-    where only loading tells. Lets the config check build the model the run will train."""
+    """The number of classes of the dataset of `section`, known before loading it as
+    `expected_input_shape` is (`num_classes` for synthetic). Lets the config check build the model
+    the run will train."""
+    return _known_before_loading(section, "num_classes", synthetic.check_num_classes)
+
+
+def _known_before_loading(section: Mapping[str, Any], key: str, check_synthetic: Callable[[Any], Any]) -> Any:
+    """`DatasetSource.<key>` of the section's dataset; for synthetic, its option `key` (checked)."""
     name = section["name"]
     check_dataset_name(name)
     if name == "synthetic":
-        return synthetic.check_num_classes(section["num_classes"])
-    return DATASETS[name].num_classes if name in DATASETS else None
+        return check_synthetic(section[key])
+    return getattr(DATASETS[name], key) if name in DATASETS else None
 
 
 def reads_files(name: str) -> bool:
