@@ -63,8 +63,9 @@ FUSED_STEPS = {"rolled": 16, "unrolled": 4}
 # (README, "Start-up"). A run fuses only when its steps save more than this (`Tuned.for_run`).
 FUSED_START_S = 0.5
 # In the cache key: plans measured before a change to what they time are measured again (2: steps
-# per call measured; 3: the max pool's gradient rewritten; 4: the time fused steps save recorded).
-PLAN_VERSION = 4
+# per call measured; 3: the max pool's gradient rewritten; 4: the time fused steps save recorded;
+# 5: BatchNorm's gradient written out).
+PLAN_VERSION = 5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from jax import lax
 
 from jaxcnn import spec
 from jaxcnn.models import conv_plan, im2col
+from jaxcnn.models.batchnorm import BatchNorm
 from jaxcnn.errors import JaxcnnError
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -291,7 +292,5 @@ def batch_norm(
     """BatchNorm over the batch (statistics in `batch_stats`). Under sharded jit the batch is
     global, so the statistics already span all devices: no `axis_name`. Under pmap each device
     holds a slice: `axis_name` (the pmap axis) averages the statistics over the devices."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name,
-        axis_name=axis_name,
-    )(x)
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name,
+                     axis_name=axis_name)(x)
