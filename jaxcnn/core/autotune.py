@@ -64,7 +64,7 @@ FUSED_STEPS = {"rolled": 16, "unrolled": 4}
 FUSED_START_S = 0.5
 # In the cache key: plans measured before a change to what they time are measured again (2: steps
 # per call measured; 3: the max pool's gradient rewritten; 4: the time fused steps save recorded;
-# 5: BatchNorm's gradient written out).
+# 5: BatchNorm's and the convolution bias's gradients as fast sums).
 PLAN_VERSION = 5
 
 

@@ -24,6 +24,7 @@ from jax import lax
 from jaxcnn import spec
 from jaxcnn.models import conv_plan, im2col
 from jaxcnn.models.batchnorm import BatchNorm
+from jaxcnn.models.sums import add_bias
 from jaxcnn.errors import JaxcnnError
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -194,14 +195,15 @@ def conv(
     conv_plan.record(key, in_channels // groups)
     planned = conv_plan.lookup(plan, key, conv_plan.context_of(train)) if conv_impl == "auto" else None
     impl = planned or im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups, train=train)
-    module = nn.Conv(
+    module = Conv(
         features=features,
         kernel_size=kernel,
         strides=stride,
         padding=pads,
         kernel_dilation=dilated,
         feature_group_count=groups,
-        use_bias=use_bias,
+        use_bias=False,
+        biased=use_bias,
         dtype=dtype,
         name=name,
         conv_general_dilated=im2col.IMPLEMENTATIONS[impl],
@@ -210,6 +212,21 @@ def conv(
     what = f"{_size(kernel)} kernel" + (f" dilated to {_size(window)}" if window != kernel else "")
     check_window_fits("/".join(module.path), x.shape[1:-1], window, stride, pads, what)
     return module(x)
+
+
+class Conv(nn.Conv):
+    """`nn.Conv` (the same parameters, named as Flax names them) whose bias, when `biased`, is added
+    by `sums.add_bias`: its gradient is the sum XLA:CPU runs fast. Built with `use_bias=False`."""
+
+    biased: bool = True
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        y = super().__call__(inputs)
+        if not self.biased:
+            return y
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return add_bias(y, bias.astype(y.dtype))
 
 
 def pool(
