@@ -128,6 +128,25 @@ def test_a_short_run_calls_one_step_at_a_time_when_fusing_saves_less_than_its_st
     assert run_length(config, 937) == 937 and run_length(load_config("mnist_speedrun", ["max_steps=50"]), 937) == 50
 
 
+def test_a_run_fuses_a_count_next_to_the_measured_one_when_that_one_fits_its_epochs_and_intervals():
+    """1,875 steps an epoch (60,000 images in batches of 32), logged every 100: 4 per call leaves a
+    call of 3 before each epoch's end (a second program to load), 5 makes every call one program. A
+    count that fits already, or with no fitting count next to it, stays."""
+    from jaxcnn.config import load_config
+    from jaxcnn.core.executor import plan_calls
+    from jaxcnn.training.run import call_period
+    config = load_config("mnist_speedrun", [])
+    period = call_period(config, 1875)
+    assert period == 25
+    plan = autotune.Tuned(steps_per_call=4, fused_saving_ms=1.0)
+    count = plan.for_run(1875, period).steps_per_call
+    assert count == 5 and {size for _, size in plan_calls(0, 1875, 0, count, (100, 0))} == {5}
+    assert {size for _, size in plan_calls(0, 1875, 0, 4, (100, 0))} == {4, 3}
+    assert autotune.fitting_count(4, 1000) == 4 and autotune.fitting_count(4, 0) == 4
+    assert autotune.fitting_count(4, 21) == 3 and autotune.fitting_count(16, 1009) == 16
+    assert call_period(load_config("mnist_speedrun", ["checkpoint.every_steps=30"]), 1875) == 5
+
+
 def test_a_plan_is_measured_once_per_machine_then_read_from_the_cache(tmp_path, monkeypatch):
     make = lambda plan: create_model("tiny_cnn", 10, conv_plan=plan)
     batches = {"train": 8, "forward": 16}

@@ -80,12 +80,15 @@ class Tuned:
     steps_per_call: int = 1  # training steps per compiled call, for `config.steps_per_call = 0` (auto)
     fused_saving_ms: float = 0.0  # per step: what a call of the measured fused count saved against one
 
-    def for_run(self, num_steps: int) -> "Tuned":
+    def for_run(self, num_steps: int, period: int = 0) -> "Tuned":
         """This plan for a run of `num_steps` training steps: its fused calls only when they save more
-        than their start-up (`FUSED_START_S`) over the run; a short run calls one step at a time."""
-        if self.steps_per_call == 1 or 1e-3 * self.fused_saving_ms * num_steps >= FUSED_START_S:
+        than their start-up (`FUSED_START_S`) over the run (a short run calls one step at a time), of
+        a count that fits `period` (`fitting_count`)."""
+        if self.steps_per_call == 1:
             return self
-        return dataclasses.replace(self, steps_per_call=1)
+        if 1e-3 * self.fused_saving_ms * num_steps < FUSED_START_S:
+            return dataclasses.replace(self, steps_per_call=1)
+        return dataclasses.replace(self, steps_per_call=fitting_count(self.steps_per_call, period))
 
     def compiler_options(self) -> dict[str, dict[str, str] | None]:
         """The XLA options of the train program and of the forward-only ones (evaluate, predict)."""
@@ -107,6 +110,17 @@ class Tuned:
 
 
 DEFAULT = Tuned()
+
+
+def fitting_count(count: int, period: int) -> int:
+    """`count` steps per call, or the count next to it (one more, else one less) that divides
+    `period` where `count` does not. `period`: the steps between the points where a call must end
+    (the gcd of the epoch's steps and the logging and checkpoint intervals; 0: none). A fitting count
+    makes every call of the run the same program; otherwise a shorter call ends each period, a
+    second program to load (0.4 s for the speedrun's 1,875 steps of 32 at 4 per call)."""
+    if period <= 0 or period % count == 0:
+        return count
+    return next((near for near in (count + 1, count - 1) if near > 1 and period % near == 0), count)
 
 
 def candidates(in_channels: int) -> tuple[str, ...]:
@@ -308,16 +322,16 @@ def batches_of(config: Any, num_devices: int, whole_on_device: bool) -> dict[str
 
 def choose(config: Any, input_shape: tuple[int, ...], num_classes: int, batches: dict[str, int],
            cache_dir: pathlib.Path | None, recorded: Tuned | None = None, tune_steps: bool = False,
-           run_steps: int = 0) -> Tuned:
+           run_steps: int = 0, period: int = 0) -> Tuned:
     """The plan of `config`'s model: `recorded` (a resumed or verified run's) or `choose_plan`'s
     (with the training call's steps when `tune_steps`: `config.steps_per_call` is 0, one model),
-    for a run of `run_steps` training steps (`Tuned.for_run`)."""
+    for a run of `run_steps` training steps whose calls end every `period` steps (`Tuned.for_run`)."""
     if recorded is not None:
         return recorded
     what = {"model": config.model.to_dict(), "dtype": config.dtype}
     return choose_plan(lambda plan: model_of(config, num_classes, conv_plan=plan), what, input_shape, num_classes,
                        batches, cache_dir, tune_conv=config.model.get("conv_impl", "auto") == "auto",
-                       tune_steps=tune_steps).for_run(run_steps)
+                       tune_steps=tune_steps).for_run(run_steps, period)
 
 
 def choose_plan(make_model: Callable[[conv_plan.Plan], nn.Module], what: dict[str, Any],

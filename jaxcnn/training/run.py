@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import pathlib
 from typing import Any
 
@@ -142,7 +143,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     batches = autotune.batches_of(config, executor.num_devices, stacked and executor.split_members)
     tuned = autotune.choose(config, dataset.input_shape, dataset.num_classes, batches, cache_dir, recorded,
                             tune_steps=config.steps_per_call == 0 and not stacked,
-                            run_steps=run_length(config, steps_per_epoch))
+                            run_steps=run_length(config, steps_per_epoch), period=call_period(config, steps_per_epoch))
     config = with_steps_per_call(config, tuned.steps_per_call)
     parts = build(config, dataset.num_classes, steps_per_epoch, executor.bn_axis_name, tuned.conv)
     calls = executor.compile(make_prepare(config, train=True), make_prepare(config, train=False),
@@ -163,6 +164,13 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
     state = executor.put(init(member_list), executor.member_state)
     check_freeze(config, state, stacked)
     return Program(config, dataset, executor, feeds, steps_per_epoch, member_list, True, calls, state, cache_dir, tuned)
+
+
+def call_period(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The steps between the points where a training call must end (`executor.plan_calls`): the gcd
+    of the epoch's steps and the logging and checkpoint intervals."""
+    checkpoint_every = config.checkpoint.every_steps if config.checkpoint.enabled else 0
+    return math.gcd(steps_per_epoch, config.log_every_steps, checkpoint_every)
 
 
 def with_steps_per_call(config: ml_collections.ConfigDict, measured: int) -> ml_collections.ConfigDict:
