@@ -18,6 +18,7 @@ from jaxcnn.configs.mnist_speedrun import get_config as mnist_speedrun
 def get_config():
     config = mnist_speedrun().unlock()
     config.dataset.name = "fashion_mnist"
+    config.batch_size = 64
     config.model.blocks = ((16,), (32,), (64,))
     config.num_epochs = 10
     config.optimizer.learning_rate = 0.1

@@ -5,13 +5,13 @@ It trains what `jaxcnn train --config mnist_speedrun` (or `fashion_speedrun`) tr
 PyTorch user writes it: the same model (conv 8, 32, 64, each 3x3 SAME -> BatchNorm -> ReLU ->
 max-pool 2, then Dense 576 -> 10), the same initialisation (LeCun normal kernels, zero biases, as
 Flax), Nesterov SGD with momentum 0.9, label smoothing 0.1, the one-cycle schedule (linear up for
-`--warmup-epochs`, then linearly down to 0 at the last step), batch 64 for one epoch (`fashion_speedrun`:
-10 epochs), pixels scaled to [0, 1],
+`--warmup-epochs`, then linearly down to 0 at the last step), batch 32 for one epoch (`fashion_speedrun`:
+batch 64, 10 epochs), pixels scaled to [0, 1],
 a new shuffle per epoch. The images load from the canonical IDX files before the clock starts.
 
     python scripts/peers/torch_speedrun.py --data-dir ../shared/data --seeds 0 1 2 3 4
     python scripts/peers/torch_speedrun.py --dataset fashion_mnist --widths 16 32 64 --epochs 10 \
-        --learning-rate 0.1 --warmup-epochs 0.5 --flip --seeds 0 1 2 3 4   # fashion_speedrun
+        --learning-rate 0.1 --warmup-epochs 0.5 --flip --batch-size 64 --seeds 0 1 2 3 4   # fashion_speedrun
 
 Prints one JSON line per seed: training seconds (the optimisation steps only, as `jaxcnn bench
 --to-accuracy` counts them), test accuracy after the last epoch, and the evaluation's seconds.
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=0.3)
     parser.add_argument("--warmup-epochs", type=float, default=0.2)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
