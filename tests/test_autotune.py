@@ -115,7 +115,7 @@ def test_a_run_with_steps_per_call_0_trains_with_the_measured_count_and_records_
 
 def test_a_short_run_calls_one_step_at_a_time_when_fusing_saves_less_than_its_start_up():
     """4 fused steps saving 0.1 ms each: worth their programs' start-up (`FUSED_START_S`) over 10,000
-    steps, not over 937 (one epoch of `mnist_speedrun`); `max_steps` counts as the run's length."""
+    steps, not over 937 (one epoch of MNIST at batch 64); `max_steps` counts as the run's length."""
     plan = autotune.Tuned(steps_per_call=4, fused_saving_ms=0.1)
     assert autotune.FUSED_START_S == 0.5
     assert plan.for_run(10_000) == plan

@@ -1,5 +1,5 @@
-"""BatchNorm as Flax's `nn.BatchNorm` computes it, with its gradient written out and reductions that
-XLA:CPU runs at the speed of an element-wise pass.
+"""BatchNorm as Flax's `nn.BatchNorm` computes it, with its gradient written out and its sums in the
+form XLA:CPU runs fast (`sums.channel_sums`).
 
 The variables, statistics and running averages are Flax's (`params`: `scale`, `bias`;
 `batch_stats`: `mean`, `var`; the variance as E[x²] - E[x]², clipped at 0; the module is named

@@ -216,7 +216,8 @@ def conv(
 
 class Conv(nn.Conv):
     """`nn.Conv` (the same parameters, named as Flax names them) whose bias, when `biased`, is added
-    by `sums.add_bias`: its gradient is the sum XLA:CPU runs fast. Built with `use_bias=False`."""
+    by `sums.add_bias`: its gradient is the sum XLA:CPU runs fast. Built as `conv` builds it, with
+    `use_bias=False` (Flax's own bias off) and `biased` saying whether there is one."""
 
     biased: bool = True
 
