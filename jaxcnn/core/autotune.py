@@ -117,7 +117,7 @@ def fitting_count(count: int, period: int) -> int:
     `period` where `count` does not. `period`: the steps between the points where a call must end
     (the gcd of the epoch's steps and the logging and checkpoint intervals; 0: none). A fitting count
     makes every call of the run the same program; otherwise a shorter call ends each period, a
-    second program to load (0.4 s for the speedrun's 1,875 steps of 32 at 4 per call)."""
+    second program to load (README, "Chosen by measurement")."""
     if period <= 0 or period % count == 0:
         return count
     return next((near for near in (count + 1, count - 1) if near > 1 and period % near == 0), count)

@@ -183,6 +183,11 @@ def _members_text(members: list[dict] | None) -> str:
     return f"{len(members)} members (seeds {', '.join(str(m['seed']) for m in members[:8])}{', ...' * (len(members) > 8)})"
 
 
+def save_interval(section: ml_collections.ConfigDict) -> int:
+    """The steps between the saves of a config's `checkpoint` section (0: only at epoch ends, or none)."""
+    return section.every_steps if section.enabled else 0
+
+
 class Checkpointer:
     """The training loop's side of checkpointing: save, restore the latest good step, stop on signal.
 
@@ -214,7 +219,7 @@ class Checkpointer:
 
     @property
     def every_steps(self) -> int:
-        return self.section.every_steps if self.section.enabled else 0
+        return save_interval(self.section)
 
     @property
     def stop_reason(self) -> str:

@@ -3,9 +3,9 @@
 XLA:CPU (jax 0.10.2) computes a sum over the batch and spatial axes as one chain of dependent adds
 per channel vector, bound by the add's latency rather than by memory: BatchNorm's statistics and
 their gradient, and the gradient of every convolution's bias. `channel_sums` first adds `PARTS`
-slices of the rows element-wise (independent adds, vectorised), then sums what is left, 2-4x
-faster on the speedrun CNN's activations; `add_bias` is `y + bias` whose gradient takes that sum.
-The measured effect is in README.md, "Speed".
+slices of the rows element-wise (independent adds, vectorised), then sums what is left;
+`add_bias` is `y + bias` whose gradient takes that sum. The measured effect is in README.md,
+"Chosen by measurement".
 """
 
 from __future__ import annotations

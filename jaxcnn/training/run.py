@@ -169,8 +169,7 @@ def setup(config: ml_collections.ConfigDict, executor: Executor, data_dir: str |
 def call_period(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """The steps between the points where a training call must end (`executor.plan_calls`): the gcd
     of the epoch's steps and the logging and checkpoint intervals."""
-    checkpoint_every = config.checkpoint.every_steps if config.checkpoint.enabled else 0
-    return math.gcd(steps_per_epoch, config.log_every_steps, checkpoint_every)
+    return math.gcd(steps_per_epoch, config.log_every_steps, checkpoint.save_interval(config.checkpoint))
 
 
 def with_steps_per_call(config: ml_collections.ConfigDict, measured: int) -> ml_collections.ConfigDict:
