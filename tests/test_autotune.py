@@ -66,7 +66,7 @@ def test_the_descent_keeps_only_changes_that_are_faster_by_the_margin(monkeypatc
 
     monkeypatch.setattr(autotune, "_interleaved", lambda a, b: (a(), b()))
     for context, expected in (("train", "shift"), ("forward", "xla")):
-        plan, option_set, timings = autotune._descend(Probe(context), [("k", 1)], (("k", context, "xla"),), True)
+        plan, option_set, timings = autotune._descend(Probe(context), [("k", 1, False)], (("k", context, "xla"),), True)
         assert conv_plan.lookup(plan, "k", context) == expected and option_set == "individual_dot"
         sets = len(autotune.compilation.OPTION_SETS)
         assert len(timings) == 2 * sets + sets - 1  # two other implementations per option set, then the sets
@@ -187,3 +187,15 @@ def test_a_run_records_its_plan_and_a_resumed_run_replays_it(tmp_path, monkeypat
     again = train_and_evaluate(config, tmp_path / "again", quiet=True)
     assert again["autotune"]["source"] == "recorded"
     assert {e["impl"] for e in again["autotune"]["conv"]} == {"im2col"}
+
+
+def test_the_pooled_first_layer_is_a_candidate_forward_only_where_the_model_allows_it():
+    assert autotune.candidates(1, poolable=True, context="forward")[-1] == "pooled"
+    assert "pooled" not in autotune.candidates(1, poolable=True, context="train")
+    assert "pooled" not in autotune.candidates(1, poolable=False, context="forward")
+    with conv_plan.recorded() as shapes:
+        create_model("cnn", 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert [poolable for _, _, poolable in shapes] == [True, False]  # 1 input channel, then 32
+    with conv_plan.recorded() as shapes:  # BatchNorm between the convolution and its activation
+        create_model("cnn", 10, batch_norm=True).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert [poolable for _, _, poolable in shapes] == [False, False]

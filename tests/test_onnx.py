@@ -91,3 +91,29 @@ def test_predict_onnx_refuses_a_file_that_is_not_onnx_in_one_line(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(JaxcnnError, match="not an ONNX model onnxruntime can load"):
         onnx_export.predict_onnx(tmp_path / "bad.onnx", images(tmp_path, (8, 8, 1), count=1))
+
+
+def test_a_plan_with_the_pooled_first_layer_exports_the_same_probabilities(tmp_path):
+    """A run whose measured plan computes the first layer with its pool (`jaxcnn.models.pooled`):
+    the export replays the plan, and onnxruntime gives `jaxcnn predict`'s probabilities."""
+    import json
+
+    from jaxcnn.core import autotune
+
+    workdir = tmp_path / "cnn"
+    train_and_evaluate(load_config("digits_cnn", ["model.name=cnn", "model.batch_norm=False"] + SHORT), workdir,
+                       quiet=True)
+    key = "8x8x1->32 k3x3 s1x1 pSAME d1x1 g1 float32"  # digits: 8x8 grey images
+    plan = {"conv": [{"shape": key, "context": "forward", "impl": "pooled"}], "options": {}}
+    (workdir / autotune.PLAN_FILE).write_text(json.dumps(plan))
+    saved = load_saved_model(workdir)
+    assert saved.tuned.conv == ((key, "forward", "pooled"),)
+    out, _ = onnx_export.write_onnx(workdir, out=tmp_path / "m.onnx")
+    import onnx
+
+    assert [node.op_type for node in onnx.load(str(out)).graph.node].count("Conv") == 1  # the second layer's
+    files = images(tmp_path, saved.input_shape)
+    for want, have in zip(predict(saved, files, top=10), onnx_export.predict_onnx(out, files, top=10)):
+        probabilities = {c["class"]: c["probability"] for c in want["top"]}
+        for c in have["top"]:
+            assert c["probability"] == pytest.approx(probabilities[c["class"]], abs=1e-5)

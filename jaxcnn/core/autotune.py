@@ -42,7 +42,7 @@ import optax
 
 from jaxcnn.core.build import model_of
 from jaxcnn.core.executor import default_unroll, scan_steps
-from jaxcnn.models import conv_plan, im2col
+from jaxcnn.models import conv_plan, im2col, pooled
 from jaxcnn.models.conv_plan import FORWARD, TRAIN
 from jaxcnn.runtime import compilation
 
@@ -64,8 +64,9 @@ FUSED_STEPS = {"rolled": 16, "unrolled": 4}
 FUSED_START_S = 0.5
 # In the cache key: plans measured before a change to what they time are measured again (2: steps
 # per call measured; 3: the max pool's gradient rewritten; 4: the time fused steps save recorded;
-# 5: BatchNorm's and the convolution bias's gradients as fast sums).
-PLAN_VERSION = 5
+# 5: BatchNorm's and the convolution bias's gradients as fast sums; 6: a first layer computed with
+# its pool, `jaxcnn.models.pooled`).
+PLAN_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +124,13 @@ def fitting_count(count: int, period: int) -> int:
     return next((near for near in (count + 1, count - 1) if near > 1 and period % near == 0), count)
 
 
-def candidates(in_channels: int) -> tuple[str, ...]:
+def candidates(in_channels: int, poolable: bool = False, context: str = FORWARD) -> tuple[str, ...]:
     """The implementations tried for a convolution: XLA's always; shift-and-add and im2col only for
-    few input channels, where they can win (README, "Speed"); with many they lost 2-8x."""
-    return ("xla", "shift", "im2col") if in_channels <= SMALL_CHANNELS else ("xla",)
+    few input channels, where they can win (README, "Speed"); with many they lost 2-8x. Forward
+    only, with the pool after it in one pass where that can be (`poolable`, `jaxcnn.models.pooled`):
+    differentiated, it was 2-4x slower than shift-and-add."""
+    small = ("xla", "shift", "im2col") if in_channels <= SMALL_CHANNELS else ("xla",)
+    return small + ((pooled.IMPL,) if poolable and context == FORWARD else ())
 
 
 def machine_key() -> dict[str, Any]:
@@ -227,7 +231,7 @@ class _Probe:
         return lambda: fn(self.variables["params"])
 
 
-def _descend(probe: _Probe, shapes: list[tuple[str, int]], default: conv_plan.Plan, tune_conv: bool
+def _descend(probe: _Probe, shapes: list[tuple[str, int, bool]], default: conv_plan.Plan, tune_conv: bool
              ) -> tuple[conv_plan.Plan, str, list[tuple[str, str, float]]]:
     """For each compiler option set, coordinate descent over each convolution shape's candidates;
     then the option sets' winners against each other. (Options first, then convolutions, missed
@@ -245,15 +249,15 @@ def _descend(probe: _Probe, shapes: list[tuple[str, int]], default: conv_plan.Pl
     return plan, option_set, timings
 
 
-def _descend_convs(probe: _Probe, shapes: list[tuple[str, int]], plan: conv_plan.Plan, option_set: str,
+def _descend_convs(probe: _Probe, shapes: list[tuple[str, int, bool]], plan: conv_plan.Plan, option_set: str,
                    timings: list) -> tuple[conv_plan.Plan, str, Callable]:
     """Coordinate descent over each convolution shape's candidates under one option set, within
     its share of `BUDGET_S`."""
     deadline = time.perf_counter() + BUDGET_S / len(compilation.OPTION_SETS)
     best = probe.run(plan, option_set)
-    for key, in_channels in shapes:
+    for key, in_channels, poolable in shapes:
         first = conv_plan.lookup(plan, key, probe.context)
-        for impl in candidates(in_channels):
+        for impl in candidates(in_channels, poolable, probe.context):
             if impl != first and time.perf_counter() < deadline:
                 trial = tuple(e for e in plan if e[:2] != (key, probe.context)) + ((key, probe.context, impl),)
                 plan, _, best = _try(probe, plan, option_set, best, trial, option_set,
@@ -294,7 +298,7 @@ def tune(make_model: Callable[[conv_plan.Plan], nn.Module], input_shape: tuple[i
     with conv_plan.recorded() as shapes:
         variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, *input_shape), jnp.float32)))(jax.random.key(0))
     default = tuple((key, context, im2col.resolve_conv_impl("auto", in_channels=cin, train=context == TRAIN))
-                    for key, cin in shapes for context in (TRAIN, FORWARD))
+                    for key, cin, _ in shapes for context in (TRAIN, FORWARD))
     rng = np.random.default_rng(0)
     conv, options, timings, (steps, saving) = [], [], [], (1, 0.0)
     for context in (TRAIN, FORWARD):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxcnn.models import im2col, layers
+from jaxcnn.models import im2col, layers, pooled
 from jaxcnn.errors import JaxcnnError
 
 
@@ -77,25 +77,38 @@ class ConvNet(nn.Module):
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         convs = 0
         for number, block in enumerate(self.blocks, start=1):
-            for features in block:
+            pool = self._pool_after(act, f"pool of block {number} (after Conv_{convs + len(block) - 1})")
+            for index, features in enumerate(block):
+                # The block's last convolution takes the activation and pool along (none between under BatchNorm).
+                then = pool if index == len(block) - 1 and not self.batch_norm else None
                 x = layers.conv(
                     x, features, self.kernel_size, strides=self.strides, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, use_bias=self.use_bias,
-                    dtype=self.dtype, conv_impl=self.conv_impl, train=train, plan=self.conv_plan,
+                    dtype=self.dtype, conv_impl=self.conv_impl, train=train, plan=self.conv_plan, then=then,
                 )
+                convs += 1
+                if then is not None:
+                    break
                 if self.batch_norm:
                     x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)
                 x = act(x)
-                convs += 1
-            after = f" (after Conv_{convs - 1})" if convs else ""
-            x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding,
-                            layer=f"pool of block {number}{after}", train=train)
+            else:
+                after = f" (after Conv_{convs - 1})" if convs else ""
+                x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding,
+                                layer=f"pool of block {number}{after}", train=train)
         x = x.reshape((x.shape[0], -1))
         for features in self.hidden:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x = act(nn.Dense(features, dtype=self.dtype)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+    def _pool_after(self, act: layers.Activation, layer: str) -> pooled.PoolAfter | None:
+        """The blocks' pool with the activation before it, where a convolution can take both along."""
+        window = layers.to_tuple(self.pool_window, "model.pool_window")
+        stride = layers.to_tuple(self.pool_stride, "model.pool_stride")
+        padding = layers.to_padding(self.pool_padding, "model.pool_padding")
+        return pooled.pool_after(act, self.pool, window, stride, padding, layer)
 
 
 # Presets: overrides of ConvNet's defaults. Parameter counts are for the preset's default input and

@@ -41,17 +41,19 @@ def lookup(plan: Plan, key: str, context: str) -> str | None:
     return next((impl for sig, ctx, impl in plan if sig == key and ctx == context), None)
 
 
-def record(key: str, in_channels: int) -> None:
-    """Notes a convolution traced while `recorded()` is active (the tuner's shape survey)."""
+def record(key: str, in_channels: int, poolable: bool = False) -> None:
+    """Notes a convolution traced while `recorded()` is active (the tuner's shape survey);
+    `poolable`: it can be computed together with the pool after it (`jaxcnn.models.pooled`)."""
     seen = _recording.get()
-    if seen is not None and all(key != k for k, _ in seen):
-        seen.append((key, in_channels))
+    if seen is not None and all(key != k for k, *_ in seen):
+        seen.append((key, in_channels, poolable))
 
 
 @contextlib.contextmanager
-def recorded() -> Iterator[list[tuple[str, int]]]:
-    """The `(signature, input channels per group)` of each distinct convolution traced inside, in order."""
-    seen: list[tuple[str, int]] = []
+def recorded() -> Iterator[list[tuple[str, int, bool]]]:
+    """The `(signature, input channels per group, poolable)` of each distinct convolution traced
+    inside, in order."""
+    seen: list[tuple[str, int, bool]] = []
     token = _recording.set(seen)
     try:
         yield seen

@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 from jaxcnn import spec
-from jaxcnn.models import conv_plan, im2col
+from jaxcnn.models import conv_plan, im2col, pooled
 from jaxcnn.models.batchnorm import BatchNorm
 from jaxcnn.models.sums import add_bias
 from jaxcnn.errors import JaxcnnError
@@ -171,8 +172,11 @@ def conv(
     conv_impl: str = "auto",
     train: bool = True,
     plan: conv_plan.Plan = (),
+    then: pooled.PoolAfter | None = None,
 ) -> jax.Array:
-    """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method.
+    """A 2-D convolution over NHWC `x`; call it inside a `@nn.compact` method. With `then`, the
+    activation and the pool that follow it are applied too: in one pass (`jaxcnn.models.pooled`)
+    where the plan names that for this shape and the options allow it.
 
     `padding` is anything `to_padding` accepts; `groups` is Flax's `feature_group_count` and must
     divide both `features` and the input channels. `conv_impl` ("auto", "xla", "im2col", "hybrid",
@@ -192,8 +196,12 @@ def conv(
     pads = to_padding(padding, "model.padding", ndim)
     dilated = to_tuple(dilation, "model.dilation", ndim)
     key = conv_plan.signature(x.shape, features, kernel, stride, pads, dilated, groups, dtype)
-    conv_plan.record(key, in_channels // groups)
+    poolable = then is not None and pooled.fusable(in_channels // groups, stride, dilated, groups)
+    conv_plan.record(key, in_channels // groups, poolable)
     planned = conv_plan.lookup(plan, key, conv_plan.context_of(train)) if conv_impl == "auto" else None
+    fused = planned == pooled.IMPL and poolable
+    if planned == pooled.IMPL:  # the Conv computes it (`pool_after`), or this model cannot: the default
+        planned = "xla" if fused else None
     impl = planned or im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups, train=train)
     module = Conv(
         features=features,
@@ -207,27 +215,55 @@ def conv(
         dtype=dtype,
         name=name,
         conv_general_dilated=im2col.IMPLEMENTATIONS[impl],
+        pool_after=then if fused else None,
     )
     window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilated))
     what = f"{_size(kernel)} kernel" + (f" dilated to {_size(window)}" if window != kernel else "")
     check_window_fits("/".join(module.path), x.shape[1:-1], window, stride, pads, what)
-    return module(x)
+    if fused:  # the pool's window must fit the convolution's output, as `pool` checks it
+        spatial = [size + sum(pair) - k + 1 for size, pair, k in zip(x.shape[1:-1], _explicit(pads, x, kernel), kernel)]
+        check_window_fits(then.layer, spatial, then.window, then.window, "VALID",
+                          f"{then.kind} pool window {_size(then.window)}")
+    y = module(x)
+    if then is None or fused:
+        return y
+    return pool(then.activation(y), then.kind, then.window, layer=then.layer, train=train)
+
+
+def _explicit(pads: Padding, x: jax.Array, kernel: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """`pads` as (lo, hi) pairs for a stride-1 convolution of `kernel` over NHWC `x`."""
+    if isinstance(pads, str):
+        return tuple(map(tuple, lax.padtype_to_pads(x.shape[1:-1], kernel, (1,) * len(kernel), pads)))
+    return tuple(map(tuple, pads))
 
 
 class Conv(nn.Conv):
     """`nn.Conv` (the same parameters, named as Flax names them) whose bias, when `biased`, is added
     by `sums.add_bias`: its gradient is the sum XLA:CPU runs fast. Built as `conv` builds it, with
-    `use_bias=False` (Flax's own bias off) and `biased` saying whether there is one."""
+    `use_bias=False` (Flax's own bias off) and `biased` saying whether there is one. With
+    `pool_after` it returns the pooled activation, computed in one pass (`pooled.pooled_conv`)."""
 
     biased: bool = True
+    pool_after: pooled.PoolAfter | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.pool_after is not None:
+            return self._pooled(inputs)
         y = super().__call__(inputs)
         if not self.biased:
             return y
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return add_bias(y, bias.astype(y.dtype))
+
+    def _pooled(self, inputs: jax.Array) -> jax.Array:
+        """The pooled activation, from the parameters `nn.Conv` creates (groups 1, stride 1)."""
+        shape = (*self.kernel_size, inputs.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.biased else None
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return pooled.pooled_conv(inputs, kernel, bias, _explicit(self.padding, inputs, self.kernel_size),
+                                  self.pool_after)
 
 
 def pool(
