@@ -185,24 +185,19 @@ def conv(
     implementation of this convolution's shape in its context (`train`: differentiated, or forward only).
     """
     ndim = x.ndim - 2
-    in_channels = x.shape[-1]
-    if not _is_int(groups) or groups < 1 or features % groups or in_channels % groups:
-        raise JaxcnnError(
-            f"groups {groups!r} (model.groups) must be an int >= 1 dividing both the input channels "
-            f"({in_channels}) and the conv features ({features}); choose a common divisor, e.g. 1"
-        )
+    in_channels = _channels_per_group(x.shape[-1], features, groups)
     kernel = to_tuple(kernel_size, "model.kernel_size", ndim)
     stride = to_tuple(strides, "model.strides", ndim)
     pads = to_padding(padding, "model.padding", ndim)
     dilated = to_tuple(dilation, "model.dilation", ndim)
     key = conv_plan.signature(x.shape, features, kernel, stride, pads, dilated, groups, dtype)
-    poolable = then is not None and pooled.fusable(in_channels // groups, stride, dilated, groups)
-    conv_plan.record(key, in_channels // groups, poolable)
+    poolable = then is not None and pooled.fusable(in_channels, stride, dilated, groups)
+    conv_plan.record(key, in_channels, poolable)
     planned = conv_plan.lookup(plan, key, conv_plan.context_of(train)) if conv_impl == "auto" else None
-    fused = planned == pooled.IMPL and poolable
-    if planned == pooled.IMPL:  # the Conv computes it (`pool_after`), or this model cannot: the default
-        planned = "xla" if fused else None
-    impl = planned or im2col.resolve_conv_impl(conv_impl, in_channels=in_channels // groups, train=train)
+    if planned == pooled.IMPL and not poolable:  # measured where this model's options allowed it
+        planned = None
+    impl = planned or im2col.resolve_conv_impl(conv_impl, in_channels=in_channels, train=train)
+    fused = impl == pooled.IMPL  # the Conv computes the activation and pool too (`pool_after`)
     module = Conv(
         features=features,
         kernel_size=kernel,
@@ -214,20 +209,25 @@ def conv(
         biased=use_bias,
         dtype=dtype,
         name=name,
-        conv_general_dilated=im2col.IMPLEMENTATIONS[impl],
+        conv_general_dilated=im2col.IMPLEMENTATIONS["xla" if fused else impl],
         pool_after=then if fused else None,
     )
     window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilated))
     what = f"{_size(kernel)} kernel" + (f" dilated to {_size(window)}" if window != kernel else "")
     check_window_fits("/".join(module.path), x.shape[1:-1], window, stride, pads, what)
-    if fused:  # the pool's window must fit the convolution's output, as `pool` checks it
-        spatial = [size + sum(pair) - k + 1 for size, pair, k in zip(x.shape[1:-1], _explicit(pads, x, kernel), kernel)]
-        check_window_fits(then.layer, spatial, then.window, then.window, "VALID",
-                          f"{then.kind} pool window {_size(then.window)}")
     y = module(x)
-    if then is None or fused:
-        return y
-    return pool(then.activation(y), then.kind, then.window, layer=then.layer, train=train)
+    return y if then is None or fused else pool(then.activation(y), then.kind, then.window, layer=then.layer,
+                                                train=train)
+
+
+def _channels_per_group(in_channels: int, features: int, groups: Any) -> int:
+    """The input channels each group of a convolution sees; one clear error for a bad `groups`."""
+    if not _is_int(groups) or groups < 1 or features % groups or in_channels % groups:
+        raise JaxcnnError(
+            f"groups {groups!r} (model.groups) must be an int >= 1 dividing both the input channels "
+            f"({in_channels}) and the conv features ({features}); choose a common divisor, e.g. 1"
+        )
+    return in_channels // groups
 
 
 def _explicit(pads: Padding, x: jax.Array, kernel: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -262,8 +262,12 @@ class Conv(nn.Conv):
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.biased else None
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        return pooled.pooled_conv(inputs, kernel, bias, _explicit(self.padding, inputs, self.kernel_size),
-                                  self.pool_after)
+        pads, after = _explicit(self.padding, inputs, self.kernel_size), self.pool_after
+        # The pool's window must fit the convolution's output, as `pool` checks it.
+        spatial = [size + sum(pair) - k + 1 for size, pair, k in zip(inputs.shape[1:-1], pads, self.kernel_size)]
+        check_window_fits(after.layer, spatial, after.window, after.window, "VALID",
+                          f"{after.kind} pool window {_size(after.window)}")
+        return pooled.pooled_conv(inputs, kernel, bias, pads, after)
 
 
 def pool(
