@@ -77,25 +77,24 @@ class ConvNet(nn.Module):
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         convs = 0
         for number, block in enumerate(self.blocks, start=1):
-            pool = self._pool_after(act, f"pool of block {number} (after Conv_{convs + len(block) - 1})")
+            convs += len(block)
+            layer = f"pool of block {number}" + (f" (after Conv_{convs - 1})" if convs else "")
+            # The block's last convolution takes its activation and pool along (not across a BatchNorm).
+            pool = self._pool_after(act, layer) if block and not self.batch_norm else None
             for index, features in enumerate(block):
-                # The block's last convolution takes the activation and pool along (none between under BatchNorm).
-                then = pool if index == len(block) - 1 and not self.batch_norm else None
+                then = pool if index == len(block) - 1 else None
                 x = layers.conv(
                     x, features, self.kernel_size, strides=self.strides, padding=self.padding,
                     dilation=self.dilation, groups=self.groups, use_bias=self.use_bias,
                     dtype=self.dtype, conv_impl=self.conv_impl, train=train, plan=self.conv_plan, then=then,
                 )
-                convs += 1
-                if then is not None:
-                    break
-                if self.batch_norm:
-                    x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)
-                x = act(x)
-            else:
-                after = f" (after Conv_{convs - 1})" if convs else ""
+                if then is None:
+                    if self.batch_norm:
+                        x = layers.batch_norm(x, train, self.dtype, axis_name=self.bn_axis_name)
+                    x = act(x)
+            if pool is None:
                 x = layers.pool(x, self.pool, self.pool_window, self.pool_stride, self.pool_padding,
-                                layer=f"pool of block {number}{after}", train=train)
+                                layer=layer, train=train)
         x = x.reshape((x.shape[0], -1))
         for features in self.hidden:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)

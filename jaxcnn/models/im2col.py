@@ -61,9 +61,10 @@ def resolve_conv_impl(impl: str, backend: str | None = None, in_channels: int | 
     return "shift" if train and on_cpu and in_channels is not None and in_channels <= SHIFT_MAX_CHANNELS else "xla"
 
 
-def _pads(
+def explicit_pads(
     in_spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Any
 ) -> list[tuple[int, int]]:
+    """`padding` ("SAME", "VALID" or (lo, hi) pairs) as (lo, hi) pairs for these sizes."""
     if isinstance(padding, str):
         return list(lax.padtype_to_pads(tuple(in_spatial), tuple(window), tuple(strides), padding))
     return [(int(lo), int(hi)) for lo, hi in padding]
@@ -122,7 +123,7 @@ def _tap_slices(lhs: jax.Array, rhs_shape: Sequence[int], window_strides: Sequen
     strides = tuple(window_strides)
     kernel = tuple(rhs_shape[:ndim])
     window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-    pads = _pads(lhs.shape[1:-1], window, strides, padding)
+    pads = explicit_pads(lhs.shape[1:-1], window, strides, padding)
     x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
     out = tuple((x.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(ndim))
     slices = []

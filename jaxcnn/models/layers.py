@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
-from jax import lax
 
 from jaxcnn import spec
 from jaxcnn.models import conv_plan, im2col, pooled
@@ -146,8 +145,7 @@ def check_window_fits(layer: str, spatial: Sequence[int], window: Sequence[int],
     spatial size `spatial` padded by `padding`: otherwise the output would be empty, or the shifted
     slices of `jaxcnn.models.im2col` negative. Checked before the layer runs, for every conv_impl."""
     spatial, window = tuple(spatial), tuple(window)
-    pads = (lax.padtype_to_pads(spatial, window, tuple(strides), padding) if isinstance(padding, str)
-            else padding)
+    pads = im2col.explicit_pads(spatial, window, strides, padding)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
     if all(p >= w for p, w in zip(padded, window)):
         return
@@ -230,12 +228,6 @@ def _channels_per_group(in_channels: int, features: int, groups: Any) -> int:
     return in_channels // groups
 
 
-def _explicit(pads: Padding, x: jax.Array, kernel: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-    """`pads` as (lo, hi) pairs for a stride-1 convolution of `kernel` over NHWC `x`."""
-    if isinstance(pads, str):
-        return tuple(map(tuple, lax.padtype_to_pads(x.shape[1:-1], kernel, (1,) * len(kernel), pads)))
-    return tuple(map(tuple, pads))
-
 
 class Conv(nn.Conv):
     """`nn.Conv` (the same parameters, named as Flax names them) whose bias, when `biased`, is added
@@ -262,11 +254,11 @@ class Conv(nn.Conv):
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.biased else None
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        pads, after = _explicit(self.padding, inputs, self.kernel_size), self.pool_after
+        after = self.pool_after
+        pads = im2col.explicit_pads(inputs.shape[1:-1], self.kernel_size, (1,) * len(self.kernel_size), self.padding)
         # The pool's window must fit the convolution's output, as `pool` checks it.
-        spatial = [size + sum(pair) - k + 1 for size, pair, k in zip(inputs.shape[1:-1], pads, self.kernel_size)]
-        check_window_fits(after.layer, spatial, after.window, after.window, "VALID",
-                          f"{after.kind} pool window {_size(after.window)}")
+        check_window_fits(after.layer, pooled.conv_size(inputs.shape[1:-1], pads, self.kernel_size), after.window,
+                          after.window, "VALID", f"{after.kind} pool window {_size(after.window)}")
         return pooled.pooled_conv(inputs, kernel, bias, pads, after)
 
 

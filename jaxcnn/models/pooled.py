@@ -60,16 +60,20 @@ def fusable(in_channels: int, strides: Sequence[int], dilation: Sequence[int], g
             and all(d == 1 for d in dilation))
 
 
+def conv_size(spatial: Sequence[int], pads: Sequence[tuple[int, int]], kernel: Sequence[int]) -> list[int]:
+    """The spatial size of a stride-1 convolution's output."""
+    return [size + lo + hi - k + 1 for size, (lo, hi), k in zip(spatial, pads, kernel)]
+
+
 def pooled_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, pads: Sequence[tuple[int, int]],
                 after: PoolAfter) -> jax.Array:
     """`after.kind`-pool(`after.activation`(conv(x, kernel) + bias)) for an NHWC `x`, an HWIO
     `kernel` applied with stride 1 and explicit `pads`, and a VALID pool of stride `after.window`."""
-    n, height, width, channels = x.shape
+    n, channels = x.shape[0], x.shape[-1]
     kh, kw, _, features = kernel.shape
     sy, sx = after.window
     xp = jnp.pad(jnp.transpose(x, (0, 3, 1, 2)), ((0, 0), (0, 0), *pads))[:, :, None]  # (n, c, 1, h, w)
-    out_h = (height + sum(pads[0]) - kh + 1) // sy
-    out_w = (width + sum(pads[1]) - kw + 1) // sx
+    out_h, out_w = (size // s for size, s in zip(conv_size(x.shape[1:3], pads, (kh, kw)), after.window))
     weights = kernel.reshape(kh, kw, channels, features, 1, 1)
     phases = []
     for py, px in itertools.product(range(sy), range(sx)):
